@@ -1,0 +1,198 @@
+//! The access log: one structured line per request, through `tracing`.
+//!
+//! Lines go to the `statuslens::access` target so `RUST_LOG` can tune them apart from
+//! the rest. No header value is ever logged except the request id, and query
+//! parameters whose names look secret are replaced before the line is written.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{HeaderValue, Method, Uri};
+
+use crate::config::LogVolume;
+use crate::metrics::Source;
+use crate::status;
+
+/// What gets logged per request.
+#[derive(Debug, Clone, Copy)]
+pub struct AccessLog {
+    volume: LogVolume,
+}
+
+/// One finished request, as the log sees it.
+pub struct Entry<'a> {
+    /// Route label.
+    pub route: &'a str,
+    /// Upstream URL of the route ("" for unmatched).
+    pub upstream: &'a str,
+    /// Request method.
+    pub method: &'a Method,
+    /// Request target; its query is redacted before logging.
+    pub uri: &'a Uri,
+    /// Counted status.
+    pub status: u16,
+    /// Who produced the status.
+    pub source: Source,
+    /// When the client left early: the status the upstream had sent.
+    pub upstream_status: Option<u16>,
+    /// Arrival to completion.
+    pub duration: Duration,
+    /// Request body bytes.
+    pub bytes_in: u64,
+    /// Response body bytes.
+    pub bytes_out: u64,
+    /// Client address.
+    pub client: SocketAddr,
+    /// Request id.
+    pub request_id: &'a HeaderValue,
+}
+
+impl AccessLog {
+    /// A log with this volume.
+    pub fn new(volume: LogVolume) -> Self {
+        AccessLog { volume }
+    }
+
+    /// Logs one request if the volume setting asks for it; proxy-made errors always are.
+    pub fn request(&self, e: &Entry<'_>) {
+        let proxy_error = e.source == Source::Proxy;
+        let wanted = match self.volume {
+            LogVolume::All => true,
+            LogVolume::Errors => !(200..300).contains(&e.status),
+            LogVolume::Off => false,
+        };
+        if !(wanted || proxy_error) {
+            return;
+        }
+        let class = status::Class::of(e.status).map_or("invalid", |c| c.label());
+        let path = Redacted(e.uri);
+        let request_id = e.request_id.to_str().unwrap_or("(non-ascii)");
+        macro_rules! line {
+            ($level:ident) => {
+                tracing::$level!(
+                    target: "statuslens::access",
+                    route = e.route,
+                    method = e.method.as_str(),
+                    path = %path,
+                    status = e.status,
+                    class,
+                    meaning = status::meaning(e.status),
+                    source = e.source.label(),
+                    upstream_status = e.upstream_status,
+                    duration_ms = e.duration.as_secs_f64() * 1000.0,
+                    bytes_in = e.bytes_in,
+                    bytes_out = e.bytes_out,
+                    upstream = e.upstream,
+                    client = %e.client,
+                    request_id,
+                    "request"
+                )
+            };
+        }
+        if proxy_error && e.status >= 500 {
+            line!(warn)
+        } else {
+            line!(info)
+        }
+    }
+}
+
+/// Query parameter names whose values never reach a log.
+const SECRET_WORDS: [&str; 12] = [
+    "token",
+    "key",
+    "secret",
+    "password",
+    "passwd",
+    "pwd",
+    "signature",
+    "sig",
+    "auth",
+    "credential",
+    "session",
+    "jwt",
+];
+
+/// Whether a query parameter name looks like it carries a secret.
+pub fn is_secret_param(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    SECRET_WORDS.iter().any(|w| lower.contains(w))
+}
+
+/// Displays a request target with secret-looking query values replaced by `REDACTED`.
+pub struct Redacted<'a>(pub &'a Uri);
+
+impl fmt::Display for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.path())?;
+        let Some(query) = self.0.query() else {
+            return Ok(());
+        };
+        f.write_str("?")?;
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                f.write_str("&")?;
+            }
+            match pair.split_once('=') {
+                Some((name, _)) if is_secret_param(&percent_decode_lossy(name)) => {
+                    write!(f, "{name}=REDACTED")?
+                }
+                _ => f.write_str(pair)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Decodes `%XX` escapes so `api%5Fkey` is recognised as `api_key`.
+fn percent_decode_lossy(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            // Work on bytes: slicing the str here could split a UTF-8 character.
+            if let (Some(hi), Some(lo)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push(hi << 4 | lo);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_secret_query_values() {
+        let uri: Uri = "/a/b?user=bob&access_token=abc123&API%5FKey=zzz&x=1&password=p"
+            .parse()
+            .unwrap();
+        let shown = Redacted(&uri).to_string();
+        assert_eq!(
+            shown,
+            "/a/b?user=bob&access_token=REDACTED&API%5FKey=REDACTED&x=1&password=REDACTED"
+        );
+        assert!(!shown.contains("abc123") && !shown.contains("zzz"));
+    }
+
+    #[test]
+    fn plain_paths_untouched() {
+        let uri: Uri = "/x?a=1&flag".parse().unwrap();
+        assert_eq!(Redacted(&uri).to_string(), "/x?a=1&flag");
+        let uri: Uri = "/x?%E2%82=1&t%C3%A9st=%ZZ".parse().unwrap();
+        assert_eq!(Redacted(&uri).to_string(), "/x?%E2%82=1&t%C3%A9st=%ZZ");
+        let uri: Uri = "/x".parse().unwrap();
+        assert_eq!(Redacted(&uri).to_string(), "/x");
+    }
+}

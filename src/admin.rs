@@ -1,0 +1,182 @@
+//! The admin listener: metrics, health, and the JSON API. It never forwards traffic.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use crate::config::{Config, Signal};
+use crate::metrics::Metrics;
+use crate::status;
+
+/// The admin service.
+pub struct Admin {
+    metrics: Arc<Metrics>,
+    routes: Vec<(String, String)>,
+    signals: Vec<Signal>,
+    draining: watch::Receiver<bool>,
+    started: Instant,
+}
+
+impl Admin {
+    /// An admin service over these metrics; `draining` flips to true on shutdown.
+    pub fn new(metrics: Arc<Metrics>, config: &Config, draining: watch::Receiver<bool>) -> Admin {
+        Admin {
+            metrics,
+            routes: config
+                .routes
+                .iter()
+                .map(|r| (r.name.clone(), r.upstream.clone()))
+                .chain(std::iter::once(("unmatched".to_string(), String::new())))
+                .collect(),
+            signals: config.signals.clone(),
+            draining,
+            started: Instant::now(),
+        }
+    }
+
+    /// Serves one admin request.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n"));
+        }
+        Ok(match req.uri().path() {
+            "/metrics" => {
+                let mut r = Response::new(Full::new(Bytes::from(self.metrics.render())));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                r
+            }
+            "/healthz" => text(StatusCode::OK, "ok\n"),
+            "/readyz" if *self.draining.borrow() => {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            }
+            "/readyz" => text(StatusCode::OK, "ready\n"),
+            "/api/status" => json_response(self.status_json()),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not an admin path: /metrics, /healthz, /readyz, /api/status\n",
+            ),
+        })
+    }
+
+    /// Per route: counts by code and class since start, each code's meaning, and the
+    /// share of each watched signal.
+    fn status_json(&self) -> Value {
+        // Read the counts back from the registry, so the API and /metrics cannot disagree.
+        let mut by_route: BTreeMap<&str, BTreeMap<u16, u64>> = BTreeMap::new();
+        for family in self.metrics.registry().gather() {
+            if family.name() != "statuslens_responses_total" {
+                continue;
+            }
+            for m in family.get_metric() {
+                let mut route = "";
+                let mut code = 0u16;
+                for l in m.get_label() {
+                    match l.name() {
+                        "route" => route = self.route_name(l.value()),
+                        "code" => code = l.value().parse().unwrap_or(0),
+                        _ => {}
+                    }
+                }
+                *by_route.entry(route).or_default().entry(code).or_default() +=
+                    m.get_counter().get_value() as u64;
+            }
+        }
+        let routes: Vec<Value> = self
+            .routes
+            .iter()
+            .map(|(name, upstream)| {
+                let empty = BTreeMap::new();
+                let codes = by_route.get(name.as_str()).unwrap_or(&empty);
+                let total: u64 = codes.values().sum();
+                let mut classes: BTreeMap<&str, u64> =
+                    status::Class::ALL.iter().map(|c| (c.label(), 0)).collect();
+                let by_code: Vec<Value> = codes
+                    .iter()
+                    .map(|(&code, &count)| {
+                        if let Some(c) = status::Class::of(code) {
+                            *classes.entry(c.label()).or_default() += count;
+                        }
+                        let info = status::lookup(code);
+                        json!({
+                            "code": code,
+                            "count": count,
+                            "reason": info.map(|i| i.reason),
+                            "meaning": status::meaning(code),
+                            "retry": info.map(|i| i.retry.label()),
+                            "retry_advice": info.map(|i| i.retry_advice),
+                        })
+                    })
+                    .collect();
+                let signals: BTreeMap<&str, Value> = self
+                    .signals
+                    .iter()
+                    .map(|s| {
+                        let k: u64 = codes
+                            .iter()
+                            .filter(|(&c, _)| s.matches(c))
+                            .map(|(_, &n)| n)
+                            .sum();
+                        let ratio = if total == 0 {
+                            0.0
+                        } else {
+                            k as f64 / total as f64
+                        };
+                        (s.name.as_str(), json!({ "count": k, "ratio": ratio }))
+                    })
+                    .collect();
+                json!({
+                    "route": name,
+                    "upstream": upstream,
+                    "total": total,
+                    "by_class": classes,
+                    "by_code": by_code,
+                    "signals": signals,
+                })
+            })
+            .collect();
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_seconds": self.started.elapsed().as_secs(),
+            "routes": routes,
+        })
+    }
+
+    fn route_name<'a>(&'a self, label: &str) -> &'a str {
+        self.routes
+            .iter()
+            .find(|(n, _)| n == label)
+            .map_or("", |(n, _)| n.as_str())
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json_response(v: Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}

@@ -1,0 +1,176 @@
+//! The command line: `run`, `check`, `explain`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigError, LogFormat, Overrides};
+use crate::{server, status};
+
+/// statuslens: a transparent HTTP reverse proxy that counts, explains and flags status codes.
+#[derive(Debug, Parser)]
+#[command(name = "statuslens", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy: zero-config with --upstream, or from --config.
+    Run {
+        /// Forward everything to this upstream (one route named "default").
+        #[arg(long, value_name = "URL", required_unless_present = "config")]
+        upstream: Option<String>,
+        /// Config file (TOML).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Proxy listener address (default 127.0.0.1:8080).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+        /// Admin listener address: /metrics, /healthz, /readyz, /api/* (default 127.0.0.1:9464).
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<String>,
+        /// Upstream response-head timeout, e.g. 500ms, 30s (default 30s).
+        #[arg(long, value_name = "DURATION")]
+        upstream_timeout: Option<String>,
+        /// Log format: json or pretty.
+        #[arg(long, value_name = "FORMAT")]
+        log_format: Option<String>,
+    },
+    /// Validate a config file and print its route table.
+    Check {
+        /// Config file (TOML).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Explain a status code: meaning, typical causes, fix, retry advice.
+    Explain {
+        /// A status code such as 401 or 503.
+        code: String,
+    },
+}
+
+/// Exit code for usage and configuration errors (clap uses it too).
+const USAGE: u8 = 2;
+
+/// Parses arguments and runs the chosen command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Explain { code } => match status::parse_code(&code) {
+            Ok(c) => {
+                let info = status::lookup(c).expect("parse_code only returns 100..=599");
+                print!("{}", status::render_explain(&info));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("statuslens: {e}");
+                ExitCode::from(USAGE)
+            }
+        },
+        Command::Check { config } => match Config::load(&config, &Overrides::default()) {
+            Ok(c) => {
+                print_routes(&c, &config.display().to_string());
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_error(e),
+        },
+        Command::Run {
+            upstream,
+            config,
+            listen,
+            admin,
+            upstream_timeout,
+            log_format,
+        } => {
+            let overrides = Overrides {
+                upstream,
+                listen,
+                admin,
+                upstream_timeout,
+                log_format,
+            };
+            let loaded = match &config {
+                Some(path) => Config::load(path, &overrides),
+                None => Config::from_flags(&overrides),
+            };
+            let config = match loaded {
+                Ok(c) => c,
+                Err(e) => return config_error(e),
+            };
+            init_tracing(config.access_log.format);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("statuslens: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(server::run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("statuslens: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn config_error(e: ConfigError) -> ExitCode {
+    eprintln!("statuslens: config error: {e}");
+    ExitCode::from(USAGE)
+}
+
+fn print_routes(c: &Config, origin: &str) {
+    println!("{origin}: ok");
+    println!("proxy  {}", c.proxy.listen);
+    println!("admin  {}", c.admin_listen);
+    println!(
+        "signals {}",
+        c.signals
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!();
+    println!(
+        "{:<20} {:<24} {:<24} {:<32} {:>8}",
+        "ROUTE", "HOST", "PATH PREFIX", "UPSTREAM", "TIMEOUT"
+    );
+    for r in &c.routes {
+        println!(
+            "{:<20} {:<24} {:<24} {:<32} {:>8}",
+            r.name,
+            r.host.as_deref().unwrap_or("*"),
+            r.path_prefix,
+            r.upstream,
+            format!("{}ms", r.timeout.as_millis())
+        );
+    }
+}
+
+/// Sets up the tracing subscriber: JSON or pretty lines on stdout, filtered by RUST_LOG
+/// (default `info`).
+pub fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}

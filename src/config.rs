@@ -1,0 +1,784 @@
+//! Configuration: the TOML file and command-line flags become one validated [`Config`].
+//!
+//! Parsing happens in two steps. Serde turns the file into the raw `File*` structs
+//! (unknown fields are errors, and `serde_path_to_error` names the field path of any
+//! type error). `validate` then turns raw values into typed ones, again naming the
+//! field path (`routes[1].upstream`) of anything wrong, so every message a user sees
+//! says where to look.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme, Uri};
+use serde::Deserialize;
+
+use crate::duration;
+
+/// Default proxy listener.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default admin listener: loopback, clear of Prometheus (9090) and Grafana (3000).
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9464";
+/// Default upstream response-head timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A configuration error: where it is and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read config file: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or a field has the wrong type or name.
+    #[error("{origin}: {field}: {message}")]
+    Field {
+        /// File name, or `flags` for command-line values.
+        origin: String,
+        /// Field path such as `routes[1].upstream`.
+        field: String,
+        /// What was expected.
+        message: String,
+    },
+}
+
+fn field_err(origin: &str, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Field {
+        origin: origin.to_string(),
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+// ---------------------------------------------------------------- raw file format
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    proxy: FileProxy,
+    #[serde(default)]
+    admin: FileAdmin,
+    #[serde(default)]
+    access_log: FileAccessLog,
+    #[serde(default)]
+    signals: Option<Vec<FileSignal>>,
+    #[serde(default)]
+    detection: FileDetection,
+    #[serde(default)]
+    routes: Vec<FileRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileProxy {
+    listen: Option<String>,
+    #[serde(default, deserialize_with = "duration::serde_str::option")]
+    drain_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration::serde_str::option")]
+    header_read_timeout: Option<Duration>,
+    max_header_bytes: Option<usize>,
+    max_headers: Option<usize>,
+    max_uri_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAdmin {
+    listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAccessLog {
+    volume: Option<String>,
+    format: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSignal {
+    name: String,
+    codes: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDetection {
+    enabled: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRoute {
+    name: String,
+    #[serde(rename = "match", default)]
+    matcher: FileMatch,
+    upstream: String,
+    #[serde(default, deserialize_with = "duration::serde_str::option")]
+    timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration::serde_str::option")]
+    connect_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration::serde_str::option")]
+    idle_timeout: Option<Duration>,
+    max_body_bytes: Option<u64>,
+    host_header: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileMatch {
+    host: Option<String>,
+    path_prefix: Option<String>,
+}
+
+// ---------------------------------------------------------------- validated config
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Proxy listener and its limits.
+    pub proxy: ProxyConfig,
+    /// Admin listener address.
+    pub admin_listen: SocketAddr,
+    /// Access log settings.
+    pub access_log: AccessLogConfig,
+    /// Watched signals (sets of codes), in order.
+    pub signals: Vec<Signal>,
+    /// Whether spike detection runs.
+    pub detection: bool,
+    /// Routes, in file order.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// Proxy listener settings.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Where the proxy listens.
+    pub listen: SocketAddr,
+    /// How long in-flight requests may take to finish on shutdown.
+    pub drain_timeout: Duration,
+    /// How long a client may take to send a request head (slowloris guard).
+    pub header_read_timeout: Duration,
+    /// Largest request head (all header names and values) before answering 431.
+    pub max_header_bytes: usize,
+    /// Most request headers before answering 431.
+    pub max_headers: usize,
+    /// Longest request target before answering 414.
+    pub max_uri_bytes: usize,
+}
+
+/// How much the access log writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogVolume {
+    /// Every request.
+    All,
+    /// Only responses that are not 2xx (and proxy errors).
+    Errors,
+    /// No per-request lines (spikes and proxy errors are still logged).
+    Off,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Pretty,
+}
+
+/// Access log settings.
+#[derive(Debug, Clone, Copy)]
+pub struct AccessLogConfig {
+    /// How much is logged.
+    pub volume: LogVolume,
+    /// Line format.
+    pub format: LogFormat,
+}
+
+/// A named set of status codes whose share of responses is watched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signal {
+    /// The `signal` label.
+    pub name: String,
+    /// Sorted, deduplicated codes (a class like `5xx` expands to 500..=599).
+    pub codes: Vec<u16>,
+}
+
+impl Signal {
+    /// Whether `code` belongs to this signal.
+    pub fn matches(&self, code: u16) -> bool {
+        self.codes.binary_search(&code).is_ok()
+    }
+}
+
+/// How the `Host` header reaches the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostHeader {
+    /// Keep the client's Host (as Envoy and Traefik do by default).
+    Preserve,
+    /// Replace it with the upstream's authority (what nginx does by default).
+    Upstream,
+}
+
+/// One route: what it matches and where it forwards.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// The `route` label.
+    pub name: String,
+    /// Lower-cased host to match (port stripped), if any.
+    pub host: Option<String>,
+    /// Path prefix to match (`/` if none given).
+    pub path_prefix: String,
+    /// The upstream's scheme.
+    pub scheme: Scheme,
+    /// The upstream's authority (host:port).
+    pub authority: Authority,
+    /// A path the upstream URL carries, prepended to every request path ("" if none).
+    pub base_path: String,
+    /// The upstream URL as written.
+    pub upstream: String,
+    /// Response-head timeout (504 when exceeded).
+    pub timeout: Duration,
+    /// TCP connect timeout (502 when exceeded).
+    pub connect_timeout: Duration,
+    /// How long an idle pooled upstream connection is kept.
+    pub idle_timeout: Duration,
+    /// Largest request body accepted (413 beyond), if limited.
+    pub max_body_bytes: Option<u64>,
+    /// Host header policy.
+    pub host_header: HostHeader,
+}
+
+/// The built-in signals: 401s, 429s and 5xx.
+pub fn default_signals() -> Vec<Signal> {
+    vec![
+        Signal {
+            name: "unauthorized".into(),
+            codes: vec![401],
+        },
+        Signal {
+            name: "rate_limited".into(),
+            codes: vec![429],
+        },
+        Signal {
+            name: "server_error".into(),
+            codes: (500..=599).collect(),
+        },
+    ]
+}
+
+/// Command-line values that override the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--upstream URL`: a single route named `default`.
+    pub upstream: Option<String>,
+    /// `--listen ADDR`.
+    pub listen: Option<String>,
+    /// `--admin ADDR`.
+    pub admin: Option<String>,
+    /// `--upstream-timeout DURATION`.
+    pub upstream_timeout: Option<String>,
+    /// `--log-format json|pretty`.
+    pub log_format: Option<String>,
+}
+
+impl Config {
+    /// Reads and validates a config file, then applies flag overrides.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string(), overrides)
+    }
+
+    /// Validates config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let file: FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            // toml's message carries the line and a caret; keep its last line, the reason.
+            let msg = inner.message().trim().to_string();
+            let line = inner
+                .span()
+                .map(|s| format!(" (line {})", 1 + text[..s.start].matches('\n').count()))
+                .unwrap_or_default();
+            field_err(
+                origin,
+                if field == "." {
+                    "(top level)".into()
+                } else {
+                    field
+                },
+                format!("{msg}{line}"),
+            )
+        })?;
+        validate(file, origin, overrides)
+    }
+
+    /// Zero-config mode: one route `default` to the `--upstream` URL.
+    pub fn from_flags(overrides: &Overrides) -> Result<Config, ConfigError> {
+        validate(FileConfig::default(), "flags", overrides)
+    }
+}
+
+fn parse_addr(origin: &str, field: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        field_err(
+            origin,
+            field,
+            format!("{value:?} is not a socket address: expected IP:PORT, e.g. \"127.0.0.1:8080\""),
+        )
+    })
+}
+
+fn parse_duration(origin: &str, field: &str, value: &str) -> Result<Duration, ConfigError> {
+    duration::parse(value).map_err(|m| field_err(origin, field, m))
+}
+
+fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, ConfigError> {
+    let listen = match (&ov.listen, &file.proxy.listen) {
+        (Some(v), _) => parse_addr("flags", "--listen", v)?,
+        (None, Some(v)) => parse_addr(origin, "proxy.listen", v)?,
+        (None, None) => DEFAULT_LISTEN.parse().expect("valid default"),
+    };
+    let admin_listen = match (&ov.admin, &file.admin.listen) {
+        (Some(v), _) => parse_addr("flags", "--admin", v)?,
+        (None, Some(v)) => parse_addr(origin, "admin.listen", v)?,
+        (None, None) => DEFAULT_ADMIN.parse().expect("valid default"),
+    };
+    if listen == admin_listen && listen.port() != 0 {
+        return Err(field_err(
+            origin,
+            "admin.listen",
+            format!("{admin_listen} is also the proxy listener: the admin port must be separate"),
+        ));
+    }
+    let positive = |field: &str, v: Option<usize>, default: usize| -> Result<usize, ConfigError> {
+        match v {
+            Some(0) => Err(field_err(origin, field, "must be greater than 0")),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        }
+    };
+    let proxy = ProxyConfig {
+        listen,
+        drain_timeout: file.proxy.drain_timeout.unwrap_or(Duration::from_secs(30)),
+        header_read_timeout: file
+            .proxy
+            .header_read_timeout
+            .unwrap_or(Duration::from_secs(10)),
+        max_header_bytes: positive(
+            "proxy.max_header_bytes",
+            file.proxy.max_header_bytes,
+            64 * 1024,
+        )?,
+        max_headers: positive("proxy.max_headers", file.proxy.max_headers, 100)?,
+        max_uri_bytes: positive("proxy.max_uri_bytes", file.proxy.max_uri_bytes, 8 * 1024)?,
+    };
+
+    let volume = match file.access_log.volume.as_deref() {
+        None | Some("all") => LogVolume::All,
+        Some("errors") => LogVolume::Errors,
+        Some("off") => LogVolume::Off,
+        Some(v) => {
+            return Err(field_err(
+                origin,
+                "access_log.volume",
+                format!("{v:?} is not a volume: expected \"all\", \"errors\" or \"off\""),
+            ))
+        }
+    };
+    let format = match (&ov.log_format, &file.access_log.format) {
+        (Some(v), _) => parse_format("flags", "--log-format", v)?,
+        (None, Some(v)) => parse_format(origin, "access_log.format", v)?,
+        (None, None) => LogFormat::Json,
+    };
+
+    let signals = match file.signals {
+        None => default_signals(),
+        Some(list) => validate_signals(origin, list)?,
+    };
+
+    let default_timeout = match &ov.upstream_timeout {
+        Some(v) => Some(parse_duration("flags", "--upstream-timeout", v)?),
+        None => None,
+    };
+
+    let mut routes = Vec::new();
+    if let Some(url) = &ov.upstream {
+        if !file.routes.is_empty() {
+            return Err(field_err(
+                "flags",
+                "--upstream",
+                "cannot be combined with a config file that defines routes",
+            ));
+        }
+        let (scheme, authority, base_path) = parse_upstream("flags", "--upstream", url)?;
+        routes.push(RouteConfig {
+            name: "default".into(),
+            host: None,
+            path_prefix: "/".into(),
+            scheme,
+            authority,
+            base_path,
+            upstream: url.clone(),
+            timeout: default_timeout.unwrap_or(DEFAULT_TIMEOUT),
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(90),
+            max_body_bytes: None,
+            host_header: HostHeader::Preserve,
+        });
+    }
+    let mut names = HashSet::new();
+    let mut matches = HashSet::new();
+    for (i, r) in file.routes.into_iter().enumerate() {
+        let at = |f: &str| format!("routes[{i}].{f}");
+        if r.name.is_empty()
+            || !r
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+        {
+            return Err(field_err(
+                origin,
+                at("name"),
+                format!(
+                    "{:?} is not a route name: use letters, digits, '_', '-' or '.'",
+                    r.name
+                ),
+            ));
+        }
+        if r.name == "unmatched" {
+            return Err(field_err(
+                origin,
+                at("name"),
+                "\"unmatched\" is reserved for requests no route takes",
+            ));
+        }
+        if !names.insert(r.name.clone()) {
+            return Err(field_err(
+                origin,
+                at("name"),
+                format!("duplicate route name {:?}", r.name),
+            ));
+        }
+        let host = match r.matcher.host {
+            Some(h) if h.is_empty() || h.contains('/') || h.contains(' ') => {
+                return Err(field_err(
+                    origin,
+                    at("match.host"),
+                    format!("{h:?} is not a host name"),
+                ))
+            }
+            Some(h) => Some(strip_port(&h.to_ascii_lowercase()).to_string()),
+            None => None,
+        };
+        let path_prefix = match r.matcher.path_prefix {
+            Some(p) if !p.starts_with('/') => {
+                return Err(field_err(
+                    origin,
+                    at("match.path_prefix"),
+                    format!("{p:?} must start with '/'"),
+                ))
+            }
+            Some(p) => p,
+            None => "/".into(),
+        };
+        if !matches.insert((host.clone(), path_prefix.clone())) {
+            return Err(field_err(
+                origin,
+                at("match"),
+                format!(
+                    "route {:?} can never be chosen: an earlier route has the same match (host {:?}, path_prefix {:?})",
+                    r.name, host, path_prefix
+                ),
+            ));
+        }
+        let (scheme, authority, base_path) = parse_upstream(origin, &at("upstream"), &r.upstream)?;
+        let host_header = match r.host_header.as_deref() {
+            None | Some("preserve") => HostHeader::Preserve,
+            Some("upstream") => HostHeader::Upstream,
+            Some(v) => {
+                return Err(field_err(
+                    origin,
+                    at("host_header"),
+                    format!("{v:?} is not a host policy: expected \"preserve\" or \"upstream\""),
+                ))
+            }
+        };
+        let nonzero = |f: &str,
+                       d: Option<Duration>,
+                       def: Duration|
+         -> Result<Duration, ConfigError> {
+            match d {
+                Some(d) if d.is_zero() => Err(field_err(origin, at(f), "must be greater than 0")),
+                Some(d) => Ok(d),
+                None => Ok(def),
+            }
+        };
+        routes.push(RouteConfig {
+            name: r.name,
+            host,
+            path_prefix,
+            scheme,
+            authority,
+            base_path,
+            upstream: r.upstream,
+            timeout: nonzero("timeout", r.timeout.or(default_timeout), DEFAULT_TIMEOUT)?,
+            connect_timeout: nonzero("connect_timeout", r.connect_timeout, Duration::from_secs(5))?,
+            idle_timeout: nonzero("idle_timeout", r.idle_timeout, Duration::from_secs(90))?,
+            max_body_bytes: r.max_body_bytes,
+            host_header,
+        });
+    }
+    if routes.is_empty() {
+        return Err(field_err(
+            origin,
+            "routes",
+            "no routes: add a [[routes]] table or pass --upstream URL",
+        ));
+    }
+    Ok(Config {
+        proxy,
+        admin_listen,
+        access_log: AccessLogConfig { volume, format },
+        signals,
+        detection: file.detection.enabled.unwrap_or(true),
+        routes,
+    })
+}
+
+fn parse_format(origin: &str, field: &str, v: &str) -> Result<LogFormat, ConfigError> {
+    match v {
+        "json" => Ok(LogFormat::Json),
+        "pretty" => Ok(LogFormat::Pretty),
+        _ => Err(field_err(
+            origin,
+            field,
+            format!("{v:?} is not a log format: expected \"json\" or \"pretty\""),
+        )),
+    }
+}
+
+fn validate_signals(origin: &str, list: Vec<FileSignal>) -> Result<Vec<Signal>, ConfigError> {
+    let mut out: Vec<Signal> = Vec::new();
+    for (i, s) in list.into_iter().enumerate() {
+        let valid_name = !s.name.is_empty()
+            && s.name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid_name {
+            return Err(field_err(
+                origin,
+                format!("signals[{i}].name"),
+                format!(
+                    "{:?} is not a signal name: use lower-case letters, digits and '_'",
+                    s.name
+                ),
+            ));
+        }
+        if out.iter().any(|o| o.name == s.name) {
+            return Err(field_err(
+                origin,
+                format!("signals[{i}].name"),
+                format!("duplicate signal {:?}", s.name),
+            ));
+        }
+        if s.codes.is_empty() {
+            return Err(field_err(
+                origin,
+                format!("signals[{i}].codes"),
+                "must list at least one code",
+            ));
+        }
+        let mut codes = Vec::new();
+        for (j, c) in s.codes.iter().enumerate() {
+            let at = format!("signals[{i}].codes[{j}]");
+            match parse_code_or_class(c) {
+                Some(range) => codes.extend(range),
+                None => {
+                    return Err(field_err(
+                        origin,
+                        at,
+                        format!(
+                            "{c:?} is not a status code or class: expected e.g. \"401\" or \"5xx\""
+                        ),
+                    ))
+                }
+            }
+        }
+        codes.sort_unstable();
+        codes.dedup();
+        out.push(Signal {
+            name: s.name,
+            codes,
+        });
+    }
+    Ok(out)
+}
+
+fn parse_code_or_class(s: &str) -> Option<std::ops::RangeInclusive<u16>> {
+    let b = s.as_bytes();
+    if b.len() == 3 && (b'1'..=b'5').contains(&b[0]) && &s[1..] == "xx" {
+        let base = u16::from(b[0] - b'0') * 100;
+        return Some(base..=base + 99);
+    }
+    match s.parse::<u16>() {
+        Ok(c) if (100..=599).contains(&c) && b.len() == 3 => Some(c..=c),
+        _ => None,
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // IPv6 literal: keep up to the closing bracket.
+        return host.find(']').map(|i| &host[..=i]).unwrap_or(host);
+    }
+    host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
+}
+
+fn parse_upstream(
+    origin: &str,
+    field: &str,
+    url: &str,
+) -> Result<(Scheme, Authority, String), ConfigError> {
+    let bad = |why: &str| {
+        field_err(
+            origin,
+            field,
+            format!("{url:?} is not a usable upstream URL: {why} (expected e.g. \"http://127.0.0.1:3000\")"),
+        )
+    };
+    let uri: Uri = url.parse().map_err(|_| bad("it does not parse as a URL"))?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .ok_or_else(|| bad("it has no scheme"))?;
+    if scheme != Scheme::HTTP {
+        if scheme == Scheme::HTTPS {
+            return Err(bad("https upstreams are not supported yet; use http"));
+        }
+        return Err(bad("the scheme must be http"));
+    }
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| bad("it has no host"))?;
+    if authority.host().is_empty() {
+        return Err(bad("it has no host"));
+    }
+    if authority.as_str().contains('@') {
+        return Err(bad("credentials in the URL are not supported"));
+    }
+    if uri.query().is_some() {
+        return Err(bad("it must not have a query"));
+    }
+    let base_path = uri.path().trim_end_matches('/').to_string();
+    Ok((scheme, authority, base_path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.toml", &Overrides::default())
+    }
+
+    #[test]
+    fn example_shape_parses() {
+        let c = parse(
+            r#"
+[proxy]
+listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
+[[routes]]
+name = "crm"
+match = { path_prefix = "/services/data/" }
+upstream = "http://127.0.0.1:3000/base/"
+timeout = "2s"
+[[routes]]
+name = "default"
+upstream = "http://127.0.0.1:3001"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.routes.len(), 2);
+        assert_eq!(c.routes[0].timeout, Duration::from_secs(2));
+        assert_eq!(c.routes[0].base_path, "/base");
+        assert_eq!(c.routes[1].path_prefix, "/");
+        assert_eq!(c.signals, default_signals());
+    }
+
+    #[test]
+    fn errors_name_the_field_path() {
+        let cases = [
+            ("[[routes]]\nname='a'\nupstrem='http://x'\n", "routes[0]"),
+            ("[[routes]]\nname='a'\nupstream='ftp://x'\n", "routes[0].upstream"),
+            (
+                "[[routes]]\nname='a'\nupstream='http://x'\n[[routes]]\nname='a'\nupstream='http://y'\nmatch={path_prefix='/b'}\n",
+                "routes[1].name",
+            ),
+            (
+                "[[routes]]\nname='a'\nupstream='http://x'\n[[routes]]\nname='b'\nupstream='http://y'\n",
+                "routes[1].match",
+            ),
+            ("[proxy]\nlisten='nope'\n[[routes]]\nname='a'\nupstream='http://x'\n", "proxy.listen"),
+            ("[[routes]]\nname='a'\nupstream='http://x'\ntimeout='3 parsecs'\n", "routes[0].timeout"),
+            ("[access_log]\nvolume='loud'\n[[routes]]\nname='a'\nupstream='http://x'\n", "access_log.volume"),
+            (
+                "[[signals]]\nname='forbidden'\ncodes=['4x3']\n[[routes]]\nname='a'\nupstream='http://x'\n",
+                "signals[0].codes[0]",
+            ),
+            ("", "routes"),
+        ];
+        for (text, field) in cases {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.starts_with("test.toml: "), "{err}");
+            assert!(err.contains(field), "expected {field} in: {err}");
+        }
+    }
+
+    #[test]
+    fn signals_expand_classes() {
+        let c = parse(
+            "[[signals]]\nname='gateway'\ncodes=['502','503','504']\n[[signals]]\nname='client'\ncodes=['4xx']\n[[routes]]\nname='a'\nupstream='http://x'\n",
+        )
+        .unwrap();
+        assert_eq!(c.signals[0].codes, vec![502, 503, 504]);
+        assert_eq!(c.signals[1].codes.len(), 100);
+        assert!(c.signals[1].matches(499));
+    }
+
+    #[test]
+    fn flags_override_and_zero_config() {
+        let ov = Overrides {
+            upstream: Some("http://127.0.0.1:9".into()),
+            listen: Some("127.0.0.1:0".into()),
+            upstream_timeout: Some("250ms".into()),
+            ..Default::default()
+        };
+        let c = Config::from_flags(&ov).unwrap();
+        assert_eq!(c.routes[0].name, "default");
+        assert_eq!(c.routes[0].timeout, Duration::from_millis(250));
+        let bad = Overrides {
+            upstream: Some("http://127.0.0.1:9".into()),
+            upstream_timeout: Some("soon".into()),
+            ..Default::default()
+        };
+        let err = Config::from_flags(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("--upstream-timeout") && err.contains("soon"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,527 @@
+//! The proxy service: route → forward → observe → respond.
+//!
+//! `Proxy::handle` is a plain async fn per request. It picks the route, opens an
+//! [`Exchange`] (which guarantees the request is counted once), enforces the limits
+//! that the proxy answers itself, rewrites the hop-by-hop headers RFC 9110 §7.6.1
+//! names, and streams the request to the route's pooled upstream client. Whatever
+//! comes back — or doesn't — becomes a response with an observed body.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use crate::config::{Config, HostHeader, ProxyConfig, RouteConfig};
+use crate::metrics::{Source, UpstreamErrorKind};
+use crate::observe::{
+    BodyTooLarge, Exchange, ObservedBody, Observer, RequestBody, RequestBodyState, ResponseInner,
+};
+use crate::route::Router;
+
+/// A route ready to forward: its settings and its pooled upstream client.
+struct Upstream {
+    cfg: RouteConfig,
+    client: Client<HttpConnector, RequestBody>,
+}
+
+/// The forwarding proxy shared by every connection.
+pub struct Proxy {
+    router: Router,
+    upstreams: Vec<Upstream>,
+    limits: ProxyConfig,
+    observer: Arc<Observer>,
+    draining: AtomicBool,
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+impl Proxy {
+    /// Builds the route table and one upstream client per route.
+    pub fn new(config: &Config, observer: Arc<Observer>) -> Proxy {
+        let upstreams = config
+            .routes
+            .iter()
+            .map(|r| {
+                let mut connector = HttpConnector::new();
+                connector.set_connect_timeout(Some(r.connect_timeout));
+                connector.set_nodelay(true);
+                connector.set_keepalive(Some(Duration::from_secs(60)));
+                let client = Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(r.idle_timeout)
+                    .pool_timer(TokioTimer::new())
+                    .pool_max_idle_per_host(1024)
+                    // The client's own Host (from the absolute URI) only applies when the
+                    // forwarder did not set one, which is the `upstream` policy.
+                    .set_host(true)
+                    .build(connector);
+                Upstream {
+                    cfg: r.clone(),
+                    client,
+                }
+            })
+            .collect();
+        Proxy {
+            router: Router::new(&config.routes),
+            upstreams,
+            limits: config.proxy.clone(),
+            observer,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// From now on, new requests get 503 and connections close.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Serves one request from `client`; `tls` says whether it arrived over TLS.
+    pub async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Result<Response<ObservedBody>, std::convert::Infallible> {
+        // Phase 1: route.
+        let host = request_host(&req).map(str::to_owned);
+        let route = self
+            .router
+            .find(host.as_deref(), req.uri().path())
+            .unwrap_or_else(|| self.observer.metrics.unmatched());
+        let request_id = match req.headers().get(X_REQUEST_ID) {
+            Some(v) if !v.is_empty() && v.len() <= 200 => v.clone(),
+            _ => next_request_id(),
+        };
+        let mut ex = Exchange::start(
+            self.observer.clone(),
+            route,
+            req.method().clone(),
+            req.uri().clone(),
+            request_id,
+            client,
+        );
+
+        // Phase 2: what the proxy answers itself.
+        if self.draining.load(Ordering::Relaxed) {
+            return Ok(local(
+                ex,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "statuslens is shutting down; retry on another instance\n",
+            ));
+        }
+        if let Some(status) = self.check_limits(&req) {
+            let why = match status {
+                StatusCode::URI_TOO_LONG => "request target longer than proxy.max_uri_bytes\n",
+                _ => "request headers exceed proxy.max_header_bytes or proxy.max_headers\n",
+            };
+            return Ok(local(ex, status, why));
+        }
+        let Some(up) = self.upstreams.get(route) else {
+            return Ok(local(
+                ex,
+                StatusCode::NOT_FOUND,
+                "no statuslens route matches this request\n",
+            ));
+        };
+        if let (Some(limit), Some(len)) = (up.cfg.max_body_bytes, content_length(req.headers())) {
+            if len > limit {
+                return Ok(local(
+                    ex,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body larger than the route's max_body_bytes\n",
+                ));
+            }
+        }
+
+        // Phase 3: forward.
+        let upgrade = is_upgrade(req.headers()) && req.version() == Version::HTTP_11;
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let uri = match upstream_uri(&up.cfg, &parts.uri) {
+            Ok(u) => u,
+            Err(_) => {
+                return Ok(local(
+                    ex,
+                    StatusCode::BAD_REQUEST,
+                    "request target cannot be forwarded\n",
+                ))
+            }
+        };
+        let original_host = host;
+        rewrite_request_headers(
+            &mut parts.headers,
+            upgrade,
+            client,
+            original_host.as_deref(),
+            ex.request_id(),
+        );
+        match up.cfg.host_header {
+            HostHeader::Upstream => {
+                parts.headers.remove(header::HOST);
+            }
+            HostHeader::Preserve => {
+                // An HTTP/2 client carries the host in :authority; HTTP/1.1 needs it as Host.
+                if !parts.headers.contains_key(header::HOST) {
+                    if let Some(h) = original_host
+                        .as_deref()
+                        .and_then(|h| HeaderValue::from_str(h).ok())
+                    {
+                        parts.headers.insert(header::HOST, h);
+                    }
+                }
+            }
+        }
+        parts.uri = uri;
+        // The upstream speaks HTTP/1.1 whatever the client spoke (h2c included).
+        parts.version = Version::HTTP_11;
+        let state = Arc::new(RequestBodyState::default());
+        ex.track_request_body(state.clone());
+        let counter = self.observer.metrics.route(route).request_bytes.clone();
+        let body = RequestBody::new(body, state.clone(), counter, up.cfg.max_body_bytes);
+        let upstream_req = Request::from_parts(parts, body);
+
+        let result = tokio::time::timeout(up.cfg.timeout, up.client.request(upstream_req)).await;
+        let mut resp = match result {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(err)) => {
+                if state.too_large.load(Ordering::Relaxed)
+                    || find_cause::<BodyTooLarge>(&err).is_some()
+                {
+                    return Ok(local(
+                        ex,
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "request body larger than the route's max_body_bytes\n",
+                    ));
+                }
+                let kind = classify(&err);
+                ex.upstream_error(kind);
+                tracing::warn!(
+                    route = up.cfg.name.as_str(),
+                    upstream = up.cfg.upstream.as_str(),
+                    kind = kind.label(),
+                    error = %error_chain(&err),
+                    "upstream request failed"
+                );
+                let why = match kind {
+                    UpstreamErrorKind::Connect => "statuslens could not connect to the upstream\n",
+                    UpstreamErrorKind::Protocol => "the upstream sent an invalid HTTP response\n",
+                    _ => "the upstream closed the connection before responding\n",
+                };
+                return Ok(local(ex, StatusCode::BAD_GATEWAY, why));
+            }
+            Err(_elapsed) => {
+                ex.upstream_error(UpstreamErrorKind::Timeout);
+                tracing::warn!(
+                    route = up.cfg.name.as_str(),
+                    upstream = up.cfg.upstream.as_str(),
+                    timeout_ms = up.cfg.timeout.as_millis() as u64,
+                    "upstream did not answer in time"
+                );
+                return Ok(local(
+                    ex,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the upstream did not answer in time\n",
+                ));
+            }
+        };
+
+        // Phase 4: respond.
+        ex.respond(resp.status().as_u16(), Source::Upstream);
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_upgrade) = client_upgrade {
+                let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+                let (parts, _) = resp.into_parts();
+                return Ok(Response::from_parts(
+                    parts,
+                    ObservedBody::new(ResponseInner::Local(None), ex),
+                ));
+            }
+        }
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers, false);
+        Ok(Response::from_parts(
+            parts,
+            ObservedBody::new(ResponseInner::Upstream(body), ex),
+        ))
+    }
+
+    fn check_limits(&self, req: &Request<Incoming>) -> Option<StatusCode> {
+        let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+        if uri_len > self.limits.max_uri_bytes {
+            return Some(StatusCode::URI_TOO_LONG);
+        }
+        let headers = req.headers();
+        if headers.len() > self.limits.max_headers {
+            return Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        }
+        let size: usize = headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum();
+        (size > self.limits.max_header_bytes).then_some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+    }
+}
+
+/// A response the proxy makes itself, counted with `source="proxy"`.
+fn local(mut ex: Exchange, status: StatusCode, body: &'static str) -> Response<ObservedBody> {
+    ex.respond(status.as_u16(), Source::Proxy);
+    let mut resp = Response::new(ObservedBody::new(
+        ResponseInner::Local(Some(Bytes::from_static(body.as_bytes()))),
+        ex,
+    ));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// Copies bytes both ways once client and upstream have both switched protocols.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(error = %e, "upgraded connection ended with an error");
+    }
+}
+
+/// The request's host: `:authority` for HTTP/2, else the Host header.
+fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    req.uri().authority().map(|a| a.as_str()).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Removes the hop-by-hop headers of RFC 9110 §7.6.1, including those `Connection` names.
+/// For an upgrade, `Connection: upgrade` and `Upgrade` are kept so the upstream sees it.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            if !(keep_upgrade && name == header::UPGRADE) {
+                headers.remove(name);
+            }
+        }
+        headers.remove(header::CONNECTION);
+    }
+    for name in [
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+    ] {
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+fn rewrite_request_headers(
+    headers: &mut HeaderMap,
+    upgrade: bool,
+    client: SocketAddr,
+    host: Option<&str>,
+    request_id: &HeaderValue,
+) {
+    strip_hop_by_hop(headers, upgrade);
+    // statuslens streams the body as soon as the client sends it (hyper answers the
+    // client's 100-continue when the upstream starts reading), so the upstream must not
+    // wait for a second 100-continue of its own.
+    headers.remove(header::EXPECT);
+    append(headers, X_FORWARDED_FOR, &client.ip().to_string());
+    append(headers, X_FORWARDED_PROTO, "http");
+    if let Some(h) = host {
+        append(headers, X_FORWARDED_HOST, h);
+    }
+    headers.insert(X_REQUEST_ID, request_id.clone());
+}
+
+/// Appends `value` to a comma-separated list header, as proxies in a chain do.
+fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    let joined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.is_empty() => format!("{prev}, {value}"),
+        _ => value.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&joined) {
+        headers.insert(name, v);
+    }
+}
+
+fn upstream_uri(route: &RouteConfig, uri: &Uri) -> Result<Uri, http::Error> {
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    let pq = if route.base_path.is_empty() {
+        pq.to_string()
+    } else {
+        format!("{}{}", route.base_path, pq)
+    };
+    Uri::builder()
+        .scheme(route.scheme.clone())
+        .authority(route.authority.clone())
+        .path_and_query(pq)
+        .build()
+}
+
+fn find_cause<'a, E: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a E> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(found) = e.downcast_ref::<E>() {
+            return Some(found);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// Maps a client error onto the `kind` label.
+fn classify(err: &hyper_util::client::legacy::Error) -> UpstreamErrorKind {
+    if err.is_connect() {
+        return UpstreamErrorKind::Connect;
+    }
+    if let Some(h) = find_cause::<hyper::Error>(err) {
+        if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() {
+            return UpstreamErrorKind::Protocol;
+        }
+    }
+    UpstreamErrorKind::Reset
+}
+
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        cur = e.source();
+    }
+    out
+}
+
+/// A process-unique request id: a per-process random prefix and a counter.
+fn next_request_id() -> HeaderValue {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let prefix = *PREFIX.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        h.write_u32(std::process::id());
+        h.finish() as u32
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    HeaderValue::from_str(&format!("{prefix:08x}{n:012x}")).expect("hex is a valid header value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_tokens_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Custom-Hop"),
+        );
+        h.insert("x-custom-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("proxy-authorization", HeaderValue::from_static("Basic x"));
+        h.insert("x-end-to-end", HeaderValue::from_static("kept"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-end-to-end"], "kept");
+    }
+
+    #[test]
+    fn forwarded_headers_append() {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
+        let id = HeaderValue::from_static("abc");
+        rewrite_request_headers(
+            &mut h,
+            false,
+            "127.0.0.9:5000".parse().unwrap(),
+            Some("api.test"),
+            &id,
+        );
+        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 127.0.0.9");
+        assert_eq!(h[X_FORWARDED_PROTO], "http");
+        assert_eq!(h[X_FORWARDED_HOST], "api.test");
+        assert_eq!(h[X_REQUEST_ID], "abc");
+    }
+
+    #[test]
+    fn request_ids_are_unique() {
+        assert_ne!(next_request_id(), next_request_id());
+    }
+}

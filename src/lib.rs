@@ -1,0 +1,27 @@
+//! statuslens: a transparent HTTP reverse proxy that counts, explains and flags status codes.
+//!
+//! The life of a request, one module per phase:
+//!
+//! 1. [`server`] accepts connections on the proxy listener (HTTP/1.1 and h2c);
+//! 2. [`route`] picks the configured route (most specific host + path prefix wins);
+//! 3. [`forward`] answers what the proxy must (404, 413, 414, 431, 503) or streams the
+//!    request to the route's pooled upstream client, mapping failures to 502/504;
+//! 4. [`observe`] records each request exactly once when its response ends — into
+//!    [`metrics`] (handles resolved at start-up) and the [`access_log`];
+//! 5. [`admin`] serves `/metrics`, health and the JSON API on a separate listener.
+//!
+//! [`config`] turns the TOML file and flags into one validated `Config`, and [`status`]
+//! knows what every status code means, for `statuslens explain`, the log and the API.
+#![forbid(unsafe_code)]
+
+pub mod access_log;
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod duration;
+pub mod forward;
+pub mod metrics;
+pub mod observe;
+pub mod route;
+pub mod server;
+pub mod status;

@@ -1,0 +1,373 @@
+//! The Prometheus registry and per-route metric handles, resolved once at start-up.
+//!
+//! The request path never looks a label set up by string: each route owns its handles,
+//! and the `statuslens_responses_total` series (route × method × code × source) are
+//! cached in a dense per-route table indexed by method and code, created on first use
+//! so `/metrics` shows only series that happened — bounded by configuration, since
+//! codes and methods come from fixed sets.
+
+use std::sync::OnceLock;
+
+use http::Method;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::status::Class;
+
+/// Methods that get their own `method` label value; anything else is `OTHER`.
+pub const METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "OTHER",
+];
+
+/// The `method` label index of a request method.
+pub fn method_index(m: &Method) -> usize {
+    match *m {
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::DELETE => 4,
+        Method::CONNECT => 5,
+        Method::OPTIONS => 6,
+        Method::TRACE => 7,
+        Method::PATCH => 8,
+        _ => 9,
+    }
+}
+
+/// Who produced the status that was counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The upstream sent it.
+    Upstream,
+    /// statuslens made it (502, 504, 404, 413, 431, 503 …).
+    Proxy,
+    /// The client went away before the response was complete (code 499).
+    Client,
+}
+
+impl Source {
+    /// The `source` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Source::Upstream => "upstream",
+            Source::Proxy => "proxy",
+            Source::Client => "client",
+        }
+    }
+}
+
+/// Why the upstream exchange failed (`kind` label of `statuslens_upstream_errors_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    /// Could not connect (refused, unreachable, connect timeout).
+    Connect,
+    /// No response head within the route's timeout.
+    Timeout,
+    /// The connection was reset or closed mid-exchange.
+    Reset,
+    /// The upstream sent something that is not valid HTTP.
+    Protocol,
+}
+
+impl UpstreamErrorKind {
+    /// All kinds, in label order.
+    pub const ALL: [UpstreamErrorKind; 4] = [
+        UpstreamErrorKind::Connect,
+        UpstreamErrorKind::Timeout,
+        UpstreamErrorKind::Reset,
+        UpstreamErrorKind::Protocol,
+    ];
+    /// The `kind` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Reset => "reset",
+            UpstreamErrorKind::Protocol => "protocol",
+        }
+    }
+}
+
+/// Codes statuslens itself produces.
+const PROXY_CODES: [u16; 8] = [400, 404, 413, 414, 431, 502, 503, 504];
+
+/// Latency buckets: the proxy's own overhead is sub-millisecond, API calls sit between
+/// 10 ms and a few seconds, and 30 s is the default upstream timeout.
+const DURATION_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Dense slot numbers for (code, source) pairs that have a cached series.
+struct Slots {
+    upstream: Box<[u16; 1000]>,
+    proxy_base: usize,
+    count: usize,
+}
+
+const NO_SLOT: u16 = u16::MAX;
+
+impl Slots {
+    fn new() -> Slots {
+        let mut upstream = Box::new([NO_SLOT; 1000]);
+        let mut next = 0u16;
+        // Registered codes get a cached series; an unregistered code from an upstream
+        // (e.g. 299) takes the slower labelled lookup, which is rare by definition.
+        for info in crate::status::all() {
+            upstream[info.code as usize] = next;
+            next += 1;
+        }
+        Slots {
+            upstream,
+            proxy_base: next as usize,
+            count: next as usize + PROXY_CODES.len() + 1,
+        }
+    }
+
+    fn index(&self, code: u16, source: Source) -> Option<usize> {
+        match source {
+            Source::Upstream => match self.upstream.get(code as usize) {
+                Some(&s) if s != NO_SLOT => Some(s as usize),
+                _ => None,
+            },
+            Source::Proxy => PROXY_CODES
+                .iter()
+                .position(|&c| c == code)
+                .map(|p| self.proxy_base + p),
+            Source::Client => (code == 499).then_some(self.proxy_base + PROXY_CODES.len()),
+        }
+    }
+}
+
+/// All of statuslens' metrics.
+pub struct Metrics {
+    registry: Registry,
+    slots: Slots,
+    routes: Vec<RouteMetrics>,
+}
+
+/// The handles of one route (or of `unmatched`).
+pub struct RouteMetrics {
+    name: String,
+    responses_vec: IntCounterVec,
+    /// METHODS.len() × slots, filled on first use.
+    responses: Box<[OnceLock<IntCounter>]>,
+    duration: [Histogram; 5],
+    /// Requests being served right now on this route.
+    pub in_flight: IntGauge,
+    upstream_errors: [IntCounter; 4],
+    /// Request body bytes received from clients.
+    pub request_bytes: IntCounter,
+    /// Response body bytes sent to clients.
+    pub response_bytes: IntCounter,
+}
+
+impl Metrics {
+    /// Registers every metric and resolves the handles of each route; the last entry is
+    /// the `unmatched` pseudo-route.
+    pub fn new(route_names: &[&str]) -> Metrics {
+        let registry = Registry::new();
+        let responses = IntCounterVec::new(
+            Opts::new(
+                "statuslens_responses_total",
+                "Responses by route, method, exact status code, class and who produced the status.",
+            ),
+            &["route", "method", "code", "class", "source"],
+        )
+        .expect("valid metric");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "statuslens_request_duration_seconds",
+                "Time from request received to response complete, by route and status class.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["route", "class"],
+        )
+        .expect("valid metric");
+        let in_flight = IntGaugeVec::new(
+            Opts::new(
+                "statuslens_requests_in_flight",
+                "Requests being served now, by route.",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "statuslens_upstream_errors_total",
+                "Failed upstream exchanges by route and kind (connect, timeout, reset, protocol).",
+            ),
+            &["route", "kind"],
+        )
+        .expect("valid metric");
+        let req_bytes = IntCounterVec::new(
+            Opts::new(
+                "statuslens_request_bytes_total",
+                "Request body bytes received from clients.",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
+        let resp_bytes = IntCounterVec::new(
+            Opts::new(
+                "statuslens_response_bytes_total",
+                "Response body bytes sent to clients.",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "statuslens_build_info",
+                "Always 1; the version label says which build runs.",
+            ),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+
+        for c in [
+            Box::new(responses.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(in_flight.clone()),
+            Box::new(upstream_errors.clone()),
+            Box::new(req_bytes.clone()),
+            Box::new(resp_bytes.clone()),
+            Box::new(build_info),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+
+        let slots = Slots::new();
+        let routes = route_names
+            .iter()
+            .copied()
+            .chain(std::iter::once("unmatched"))
+            .map(|name| RouteMetrics {
+                name: name.to_string(),
+                responses_vec: responses.clone(),
+                responses: (0..METHODS.len() * slots.count)
+                    .map(|_| OnceLock::new())
+                    .collect(),
+                duration: Class::ALL.map(|c| duration.with_label_values(&[name, c.label()])),
+                in_flight: in_flight.with_label_values(&[name]),
+                upstream_errors: UpstreamErrorKind::ALL
+                    .map(|k| upstream_errors.with_label_values(&[name, k.label()])),
+                request_bytes: req_bytes.with_label_values(&[name]),
+                response_bytes: resp_bytes.with_label_values(&[name]),
+            })
+            .collect();
+        Metrics {
+            registry,
+            slots,
+            routes,
+        }
+    }
+
+    /// The registry, for collectors defined elsewhere (spike metrics).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Handles of route `id`; `routes.len()` is `unmatched`.
+    pub fn route(&self, id: usize) -> &RouteMetrics {
+        &self.routes[id]
+    }
+
+    /// Index of the `unmatched` pseudo-route.
+    pub fn unmatched(&self) -> usize {
+        self.routes.len() - 1
+    }
+
+    /// Counts one finished request: one response series and one duration sample.
+    pub fn record(&self, route: usize, method: usize, code: u16, source: Source, seconds: f64) {
+        let r = &self.routes[route];
+        let class = Class::of(code).unwrap_or(Class::ServerError);
+        match self.slots.index(code, source) {
+            Some(slot) => r.responses[method * self.slots.count + slot]
+                .get_or_init(|| r.series(method, code, class, source))
+                .inc(),
+            // Codes outside 100..=599 from an upstream: rare, so the map lookup is fine.
+            None => r.series(method, code, class, source).inc(),
+        }
+        r.duration[class.index()].observe(seconds);
+    }
+
+    /// Counts one failed upstream exchange.
+    pub fn upstream_error(&self, route: usize, kind: UpstreamErrorKind) {
+        self.routes[route].upstream_errors[kind as usize].inc();
+    }
+
+    /// The Prometheus text exposition of everything registered.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into a Vec cannot fail");
+        out
+    }
+}
+
+impl RouteMetrics {
+    fn series(&self, method: usize, code: u16, class: Class, source: Source) -> IntCounter {
+        let buf = itoa_buf(code);
+        let code = std::str::from_utf8(&buf).expect("digits");
+        self.responses_vec.with_label_values(&[
+            &self.name,
+            METHODS[method],
+            code,
+            class.label(),
+            source.label(),
+        ])
+    }
+
+    /// The route label.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+fn itoa_buf(code: u16) -> [u8; 3] {
+    let c = code.min(999);
+    [
+        b'0' + (c / 100) as u8,
+        b'0' + (c / 10 % 10) as u8,
+        b'0' + (c % 10) as u8,
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_land_in_exactly_one_series() {
+        let m = Metrics::new(&["a"]);
+        m.record(0, method_index(&Method::GET), 200, Source::Upstream, 0.01);
+        m.record(0, method_index(&Method::GET), 200, Source::Upstream, 0.01);
+        m.record(
+            0,
+            method_index(&Method::from_bytes(b"PURGE").unwrap()),
+            599,
+            Source::Upstream,
+            0.2,
+        );
+        m.record(1, 0, 404, Source::Proxy, 0.0);
+        m.record(0, 2, 499, Source::Client, 1.0);
+        let text = String::from_utf8(m.render()).unwrap();
+        for want in [
+            r#"statuslens_responses_total{class="2xx",code="200",method="GET",route="a",source="upstream"} 2"#,
+            r#"statuslens_responses_total{class="5xx",code="599",method="OTHER",route="a",source="upstream"} 1"#,
+            r#"statuslens_responses_total{class="4xx",code="404",method="GET",route="unmatched",source="proxy"} 1"#,
+            r#"statuslens_responses_total{class="4xx",code="499",method="POST",route="a",source="client"} 1"#,
+            r#"statuslens_build_info{version=""#,
+        ] {
+            assert!(text.contains(want), "missing {want} in\n{text}");
+        }
+        assert_eq!(text.matches("statuslens_responses_total{").count(), 4);
+    }
+}

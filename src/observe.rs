@@ -1,0 +1,343 @@
+//! Observation: every request becomes exactly one counted, logged outcome.
+//!
+//! An [`Exchange`] is created when a request arrives and records itself when dropped,
+//! so whatever path the request takes — a normal response, a proxy-made error, an
+//! upstream that dies mid-body, a client that disconnects while the upstream thinks —
+//! it is counted once, in one series. Before the response is complete it travels with
+//! the request future; afterwards inside the response body ([`ObservedBody`]), whose
+//! end (or early drop) decides between the status that was sent and `499`.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Uri};
+use http_body::{Body, Frame, SizeHint};
+use prometheus::IntCounter;
+
+use crate::access_log;
+use crate::metrics::{method_index, Metrics, Source, UpstreamErrorKind};
+
+/// Hooks that want every finished request (spike detection).
+pub trait Sink: Send + Sync {
+    /// One request on `route` finished with `code`.
+    fn observe(&self, route: usize, code: u16);
+}
+
+/// Everything an exchange needs to report itself; shared by all requests.
+pub struct Observer {
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    /// The access log.
+    pub log: access_log::AccessLog,
+    /// Route names and upstream URLs, for the log; `unmatched` last.
+    pub route_names: Vec<String>,
+    /// Upstream URL per route ("" for unmatched).
+    pub upstreams: Vec<String>,
+    /// Optional extra consumer (spike detection).
+    pub sink: Option<Arc<dyn Sink>>,
+}
+
+/// One request, from arrival to its single recorded outcome.
+pub struct Exchange {
+    observer: Arc<Observer>,
+    route: usize,
+    method: Method,
+    uri: Uri,
+    request_id: HeaderValue,
+    client: SocketAddr,
+    start: Instant,
+    status: u16,
+    source: Source,
+    completed: bool,
+    bytes_out: u64,
+    request_body: Option<Arc<RequestBodyState>>,
+}
+
+impl Exchange {
+    /// Starts observing a request on `route`.
+    pub fn start(
+        observer: Arc<Observer>,
+        route: usize,
+        method: Method,
+        uri: Uri,
+        request_id: HeaderValue,
+        client: SocketAddr,
+    ) -> Exchange {
+        observer.metrics.route(route).in_flight.inc();
+        Exchange {
+            observer,
+            route,
+            method,
+            uri,
+            request_id,
+            client,
+            start: Instant::now(),
+            status: 499,
+            source: Source::Client,
+            completed: false,
+            bytes_out: 0,
+            request_body: None,
+        }
+    }
+
+    /// The route this request belongs to.
+    pub fn route(&self) -> usize {
+        self.route
+    }
+
+    /// The request id (kept from `X-Request-Id` or made here).
+    pub fn request_id(&self) -> &HeaderValue {
+        &self.request_id
+    }
+
+    /// The status chosen for the response and who chose it; counted once the body ends.
+    pub fn respond(&mut self, status: u16, source: Source) {
+        self.status = status;
+        self.source = source;
+    }
+
+    /// Records a failed upstream exchange (the response status is set separately).
+    pub fn upstream_error(&self, kind: UpstreamErrorKind) {
+        self.observer.metrics.upstream_error(self.route, kind);
+    }
+
+    /// Attaches the request body's byte tally so the log line can report it.
+    pub fn track_request_body(&mut self, state: Arc<RequestBodyState>) {
+        self.request_body = Some(state);
+    }
+
+    /// Marks the response as fully delivered (or ended as far as it could be).
+    pub fn complete(&mut self) {
+        self.completed = true;
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        let (code, source) = if self.completed {
+            (self.status, self.source)
+        } else {
+            (499, Source::Client)
+        };
+        let elapsed = self.start.elapsed();
+        let o = &self.observer;
+        let m = o.metrics.route(self.route);
+        m.in_flight.dec();
+        o.metrics.record(
+            self.route,
+            method_index(&self.method),
+            code,
+            source,
+            elapsed.as_secs_f64(),
+        );
+        if let Some(sink) = &o.sink {
+            sink.observe(self.route, code);
+        }
+        let bytes_in = self
+            .request_body
+            .as_ref()
+            .map_or(0, |s| s.bytes.load(Ordering::Relaxed));
+        o.log.request(&access_log::Entry {
+            route: &o.route_names[self.route],
+            upstream: &o.upstreams[self.route],
+            method: &self.method,
+            uri: &self.uri,
+            status: code,
+            source,
+            upstream_status: (!self.completed && self.source != Source::Client)
+                .then_some(self.status),
+            duration: elapsed,
+            bytes_in,
+            bytes_out: self.bytes_out,
+            client: self.client,
+            request_id: &self.request_id,
+        });
+    }
+}
+
+/// What the forwarder learns about a request body while the upstream reads it.
+#[derive(Debug, Default)]
+pub struct RequestBodyState {
+    /// Bytes received so far.
+    pub bytes: AtomicU64,
+    /// Set when the body went past the route's `max_body_bytes`.
+    pub too_large: AtomicBool,
+}
+
+/// The error a request body yields when it exceeds its route's limit.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the route's max_body_bytes ({0} bytes)")]
+pub struct BodyTooLarge(pub u64);
+
+/// A request body on its way upstream: counted, and cut off past the route's limit.
+pub struct RequestBody {
+    inner: hyper::body::Incoming,
+    state: Arc<RequestBodyState>,
+    counter: IntCounter,
+    limit: Option<u64>,
+}
+
+impl RequestBody {
+    /// Wraps a client's body.
+    pub fn new(
+        inner: hyper::body::Incoming,
+        state: Arc<RequestBodyState>,
+        counter: IntCounter,
+        limit: Option<u64>,
+    ) -> Self {
+        RequestBody {
+            inner,
+            state,
+            counter,
+            limit,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    this.counter.inc_by(n);
+                    let total = this.state.bytes.fetch_add(n, Ordering::Relaxed) + n;
+                    if let Some(limit) = this.limit {
+                        if total > limit {
+                            this.state.too_large.store(true, Ordering::Relaxed);
+                            return Poll::Ready(Some(Err(Box::new(BodyTooLarge(limit)))));
+                        }
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            other => other.map(|_| None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body: the upstream's, or a short one the proxy made.
+pub enum ResponseInner {
+    /// Streamed from the upstream.
+    Upstream(hyper::body::Incoming),
+    /// Made by statuslens (errors) — or empty.
+    Local(Option<Bytes>),
+}
+
+/// A response body that counts bytes and records its exchange when it ends.
+pub struct ObservedBody {
+    inner: ResponseInner,
+    exchange: Option<Exchange>,
+}
+
+impl ObservedBody {
+    /// Wraps `inner`; the exchange is recorded when the body ends or is dropped.
+    pub fn new(inner: ResponseInner, exchange: Exchange) -> Self {
+        ObservedBody {
+            inner,
+            exchange: Some(exchange),
+        }
+    }
+
+    fn inner_ended(&self) -> bool {
+        match &self.inner {
+            ResponseInner::Upstream(b) => b.is_end_stream(),
+            ResponseInner::Local(b) => b.is_none(),
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(mut ex) = self.exchange.take() {
+            ex.complete();
+        }
+    }
+}
+
+impl Body for ObservedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = match &mut this.inner {
+            ResponseInner::Upstream(b) => Pin::new(b).poll_frame(cx),
+            ResponseInner::Local(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+        };
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(ex)) = (frame.data_ref(), this.exchange.as_mut()) {
+                    ex.bytes_out += data.len() as u64;
+                    ex.observer
+                        .metrics
+                        .route(ex.route)
+                        .response_bytes
+                        .inc_by(data.len() as u64);
+                }
+                if this.inner_ended() {
+                    this.finish();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                // The upstream died mid-body: the client sees a truncated response with
+                // the upstream's status, which is what gets counted — once.
+                if let Some(ex) = &this.exchange {
+                    ex.upstream_error(UpstreamErrorKind::Reset);
+                }
+                this.finish();
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                this.finish();
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner_ended()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            ResponseInner::Upstream(b) => b.size_hint(),
+            ResponseInner::Local(b) => {
+                SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        // A body nobody polled because it was empty (HEAD, 204, 304) still completed.
+        if self.inner_ended() {
+            self.finish();
+        }
+    }
+}

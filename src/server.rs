@@ -1,0 +1,163 @@
+//! Listeners and lifecycle: bind, accept, serve, drain.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::access_log::AccessLog;
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::forward::Proxy;
+use crate::metrics::Metrics;
+use crate::observe::Observer;
+
+/// Errors that stop `statuslens run` after the config was accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// `proxy` or `admin`.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Runs the proxy and admin listeners until SIGTERM/SIGINT, then drains and returns.
+pub async fn run(config: Config) -> Result<(), RunError> {
+    let route_names: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
+    let metrics = Arc::new(Metrics::new(&route_names));
+    let mut names: Vec<String> = route_names.iter().map(|s| s.to_string()).collect();
+    names.push("unmatched".into());
+    let mut upstreams: Vec<String> = config.routes.iter().map(|r| r.upstream.clone()).collect();
+    upstreams.push(String::new());
+    let observer = Arc::new(Observer {
+        metrics: metrics.clone(),
+        log: AccessLog::new(config.access_log.volume),
+        route_names: names,
+        upstreams,
+        sink: None,
+    });
+    let proxy = Arc::new(Proxy::new(&config, observer));
+
+    let bind = |what: &'static str, addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| RunError::Bind { what, addr, source })
+    };
+    let proxy_listener = bind("proxy", config.proxy.listen).await?;
+    let admin_listener = bind("admin", config.admin_listen).await?;
+    let proxy_addr = proxy_listener
+        .local_addr()
+        .expect("bound socket has an address");
+    let admin_addr = admin_listener
+        .local_addr()
+        .expect("bound socket has an address");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let admin = Arc::new(Admin::new(metrics.clone(), &config, stop_rx.clone()));
+    tracing::info!(
+        proxy = %proxy_addr,
+        admin = %admin_addr,
+        routes = config.routes.len(),
+        version = env!("CARGO_PKG_VERSION"),
+        "listening"
+    );
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.proxy.header_read_timeout)
+        // Leave room above our own limits so oversized heads reach the service and get a
+        // counted 431 instead of hyper's uncounted one.
+        .max_buf_size(
+            (config.proxy.max_header_bytes + config.proxy.max_uri_bytes + 16 * 1024).max(8192),
+        )
+        .max_headers(config.proxy.max_headers + 100);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+
+    let graceful = GracefulShutdown::new();
+    let admin_task = tokio::spawn(serve_admin(admin_listener, admin));
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(RunError::Signals)?;
+    loop {
+        tokio::select! {
+            accepted = proxy_listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let proxy = proxy.clone();
+                let service = service_fn(move |req| proxy.clone().handle(req, peer));
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+
+    tracing::info!(
+        drain_timeout_ms = config.proxy.drain_timeout.as_millis() as u64,
+        "draining"
+    );
+    let _ = stop_tx.send(true);
+    proxy.start_draining();
+    drop(proxy_listener);
+    match tokio::time::timeout(config.proxy.drain_timeout, graceful.shutdown()).await {
+        Ok(()) => tracing::info!("drained; exiting"),
+        Err(_) => tracing::warn!("drain timeout reached; closing remaining connections"),
+    }
+    admin_task.abort();
+    Ok(())
+}
+
+/// Serves the admin endpoints until aborted; it keeps answering (`/readyz` says 503)
+/// while the proxy drains.
+async fn serve_admin(listener: TcpListener, admin: Arc<Admin>) {
+    let builder = hyper::server::conn::http1::Builder::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let admin = admin.clone();
+                let conn = builder.serve_connection(
+                    TokioIo::new(stream),
+                    service_fn(move |req| admin.clone().handle(req)),
+                );
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+        }
+    }
+}
