@@ -1,0 +1,97 @@
+//! The command line: check, explain, and bad input.
+
+mod common;
+
+use std::process::Command;
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(common::bin()).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn explain_known_unknown_and_invalid() {
+    let (code, out, _) = run(&["explain", "429"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("429 Too Many Requests"), "{out}");
+    assert!(out.contains("Retry-After"), "{out}");
+    let (code, out, _) = run(&["explain", "599"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("5xx"), "{out}");
+    for bad in ["abc", "42", "600", "1000"] {
+        let (code, _, err) = run(&["explain", bad]);
+        assert_eq!(code, 2, "{bad}");
+        assert!(err.contains(&format!("\"{bad}\"")), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn check_prints_the_route_table() {
+    let (code, out, err) = run(&["check", "--config", "config/statuslens.toml"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ROUTE"), "{out}");
+    assert!(out.contains("crm"), "{out}");
+}
+
+#[test]
+fn bad_config_names_the_field_and_exits_2() {
+    let path = common::write_config(
+        "[[routes]]\nname = \"a\"\nupstream = \"http://127.0.0.1:1\"\ntimeout = \"soon\"\n",
+    );
+    for cmd in ["check", "run"] {
+        let (code, _, err) = run(&[cmd, "--config", path.to_str().unwrap()]);
+        assert_eq!(code, 2, "{cmd}: {err}");
+        assert!(
+            err.contains("routes[0].timeout") && err.contains("soon"),
+            "{cmd}: {err}"
+        );
+    }
+    let path = common::write_config(
+        "[[routes]]\nname = \"a\"\nupstream = \"http://127.0.0.1:1\"\ntypo = 1\n",
+    );
+    let (code, _, err) = run(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("routes[0]") && err.contains("typo"), "{err}");
+    let (code, _, err) = run(&["check", "--config", "/nonexistent/x.toml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/x.toml"), "{err}");
+}
+
+#[test]
+fn bad_flags_exit_2_and_start_nothing() {
+    for args in [
+        &["run", "--upstream", "ftp://x"][..],
+        &[
+            "run",
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--listen",
+            "nope",
+        ],
+        &[
+            "run",
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--log-format",
+            "xml",
+        ],
+        &[
+            "run",
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--upstream-timeout",
+            "fast",
+        ],
+        &["run"],
+        &["frobnicate"],
+    ] {
+        let (code, out, err) = run(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(!out.contains("listening"), "{args:?} started: {out}");
+        assert!(!err.is_empty());
+    }
+}

@@ -1,0 +1,485 @@
+//! Test harness: a scriptable upstream, the real statuslens binary, a client and a
+//! Prometheus text parser. Everything binds 127.0.0.1:0.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Generous deadline for anything the tests wait for: the box is small and shared.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+pub fn full(b: impl Into<Bytes>) -> TestBody {
+    Full::new(b.into()).map_err(|e| match e {}).boxed()
+}
+
+/// A body that yields `chunks` and then, if `fail` is set, an error (the connection dies).
+pub fn chunked(chunks: Vec<Bytes>, delay: Duration, fail: bool) -> TestBody {
+    let (tx, rx) = tokio::sync::mpsc::channel::<
+        Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>,
+    >(4);
+    tokio::spawn(async move {
+        for c in chunks {
+            if tx.send(Ok(Frame::data(c))).await.is_err() {
+                return;
+            }
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+        }
+        if fail {
+            let _ = tx.send(Err("upstream dies mid-body".into())).await;
+        }
+    });
+    let stream = futures_stream(rx);
+    StreamBody::new(stream).boxed()
+}
+
+fn futures_stream<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_core::Stream<Item = T> + Send {
+    struct S<T>(tokio::sync::mpsc::Receiver<T>);
+    impl<T> futures_core::Stream for S<T> {
+        type Item = T;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<T>> {
+            self.0.poll_recv(cx)
+        }
+    }
+    let _ = &mut rx;
+    S(rx)
+}
+
+/// What the upstream saw of each request, for header assertions.
+#[derive(Clone, Default)]
+pub struct Seen(pub Arc<Mutex<Vec<http::request::Parts>>>);
+
+/// The scriptable upstream. Paths:
+/// - `/status/NNN`: answer NNN with body "status NNN"
+/// - `/echo`: stream the request body back (same length)
+/// - `/stall/MS`: wait MS milliseconds, then 200
+/// - `/slowbody/MS`: 200 head at once, body chunks every MS ms for 10 chunks
+/// - `/die`: 200 with a body that dies after 3 chunks
+/// - `/big/N`: N bytes of a known pattern, chunked
+/// - `/ws`: 101 upgrade, then echo bytes
+/// - anything else: 200 "ok"
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Seen,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub fn pattern(n: usize) -> Vec<u8> {
+    // Not periodic over small windows, so an off-by-one shows up.
+    (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+pub async fn upstream() -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Seen::default();
+    let seen2 = seen.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let seen = seen2.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| upstream_handle(req, seen.clone()));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    Upstream { addr, seen, task }
+}
+
+async fn upstream_handle(
+    mut req: Request<Incoming>,
+    seen: Seen,
+) -> Result<Response<TestBody>, Infallible> {
+    let path = req.uri().path().to_string();
+    let mut parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // Routes forward their prefix too (`/api/stall/5`): skip to the first command.
+    const COMMANDS: [&str; 7] = ["status", "echo", "stall", "slowbody", "die", "big", "ws"];
+    while parts.len() > 1 && !COMMANDS.contains(&parts[0]) {
+        parts.remove(0);
+    }
+    {
+        let (p, _) = Request::new(()).into_parts();
+        let mut p = p;
+        p.method = req.method().clone();
+        p.uri = req.uri().clone();
+        p.version = req.version();
+        p.headers = req.headers().clone();
+        seen.0.lock().unwrap().push(p);
+    }
+    let resp = match parts.as_slice() {
+        ["status", code] => {
+            let code: u16 = code.parse().unwrap();
+            let mut r = Response::new(full(format!("status {code}")));
+            *r.status_mut() = StatusCode::from_u16(code).unwrap();
+            if code == 204 || code == 304 {
+                *r.body_mut() = full(Bytes::new());
+            }
+            r
+        }
+        ["echo"] => {
+            let body = req.into_body().map_err(|e| Box::new(e) as _).boxed();
+            Response::new(body)
+        }
+        ["stall", ms] => {
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+            Response::new(full("stalled"))
+        }
+        ["slowbody", ms] => Response::new(chunked(
+            vec![Bytes::from_static(b"0123456789"); 10],
+            Duration::from_millis(ms.parse().unwrap()),
+            false,
+        )),
+        ["die"] => Response::new(chunked(
+            vec![Bytes::from_static(b"partial-"); 3],
+            Duration::from_millis(20),
+            true,
+        )),
+        ["big", n] => {
+            let data = pattern(n.parse().unwrap());
+            let chunks = data.chunks(64 * 1024).map(Bytes::copy_from_slice).collect();
+            Response::new(chunked(chunks, Duration::ZERO, false))
+        }
+        ["ws"] => {
+            let on = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(up) = on.await {
+                    let mut io = TokioIo::new(up);
+                    let mut buf = [0u8; 1024];
+                    loop {
+                        match io.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                if io.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+            let mut r = Response::new(full(Bytes::new()));
+            *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            r.headers_mut()
+                .insert("connection", "upgrade".parse().unwrap());
+            r.headers_mut()
+                .insert("upgrade", "websocket".parse().unwrap());
+            r
+        }
+        _ => {
+            let mut r = Response::new(full("ok"));
+            r.headers_mut().insert("x-upstream", "yes".parse().unwrap());
+            r.headers_mut()
+                .insert("connection", "x-hop-resp".parse().unwrap());
+            r.headers_mut()
+                .insert("x-hop-resp", "must-not-reach-client".parse().unwrap());
+            r
+        }
+    };
+    Ok(resp)
+}
+
+/// A raw TCP upstream that answers every connection with `reply` and closes.
+pub async fn raw_upstream(reply: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(reply).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A port with nothing listening on it.
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// The real statuslens binary, running.
+pub struct Proc {
+    child: Child,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub lines: Arc<Mutex<Vec<String>>>,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_statuslens")
+}
+
+impl Proc {
+    /// Starts `statuslens run ARGS` (loopback port 0 unless ARGS say otherwise) and waits
+    /// for its "listening" line.
+    pub fn start(args: &[&str]) -> Proc {
+        let mut cmd = Command::new(bin());
+        cmd.arg("run");
+        if !args.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        if !args.contains(&"--admin") {
+            cmd.args(["--admin", "127.0.0.1:0"]);
+        }
+        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start statuslens");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        let l2 = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { return };
+                if line.contains("\"listening\"") {
+                    let _ = tx.send(line.clone());
+                }
+                l2.lock().unwrap().push(line);
+            }
+        });
+        let err = child.stderr.take().unwrap();
+        let l3 = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                l3.lock().unwrap().push(format!("stderr: {line}"));
+            }
+        });
+        let line = match rx.recv_timeout(DEADLINE) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("statuslens did not start: {:?}", lines.lock().unwrap());
+            }
+        };
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        Proc {
+            proxy: v["proxy"].as_str().unwrap().parse().unwrap(),
+            admin: v["admin"].as_str().unwrap().parse().unwrap(),
+            child,
+            lines,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.proxy, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// Log lines that parse as JSON access-log entries.
+    pub fn access_lines(&self) -> Vec<serde_json::Value> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["target"] == "statuslens::access")
+            .collect()
+    }
+
+    pub fn all_output(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, returning its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let start = Instant::now();
+        while start.elapsed() < DEADLINE {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub type HttpClient = Client<HttpConnector, TestBody>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+pub fn h2_client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new())
+}
+
+/// Sends a request and reads the whole response.
+pub async fn send(c: &HttpClient, req: Request<TestBody>) -> (http::response::Parts, Bytes) {
+    let resp = tokio::time::timeout(DEADLINE, c.request(req))
+        .await
+        .expect("response within deadline")
+        .expect("response");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    (parts, body)
+}
+
+pub async fn get(c: &HttpClient, url: &str) -> (http::response::Parts, Bytes) {
+    send(c, Request::get(url).body(full(Bytes::new())).unwrap()).await
+}
+
+/// One sample of the Prometheus text format.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// Parses the Prometheus text exposition format (no timestamps, which we never emit).
+pub fn parse_metrics(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("sample has a value");
+        let value: f64 = value.parse().expect("numeric value");
+        let (name, labels) = match series.split_once('{') {
+            None => (series.to_string(), BTreeMap::new()),
+            Some((name, rest)) => {
+                let body = rest.strip_suffix('}').expect("closing brace");
+                let mut labels = BTreeMap::new();
+                let mut s = body;
+                while !s.is_empty() {
+                    let (k, r) = s.split_once("=\"").expect("label=");
+                    let mut val = String::new();
+                    let mut chars = r.char_indices();
+                    let mut end = 0;
+                    while let Some((i, c)) = chars.next() {
+                        match c {
+                            '\\' => {
+                                let (_, n) = chars.next().unwrap();
+                                val.push(if n == 'n' { '\n' } else { n });
+                            }
+                            '"' => {
+                                end = i + 1;
+                                break;
+                            }
+                            c => val.push(c),
+                        }
+                    }
+                    labels.insert(k.to_string(), val);
+                    s = r[end..].trim_start_matches(',');
+                }
+                (name.to_string(), labels)
+            }
+        };
+        out.push(Sample {
+            name,
+            labels,
+            value,
+        });
+    }
+    out
+}
+
+pub async fn metrics(p: &Proc) -> Vec<Sample> {
+    let (parts, body) = get(&client(), &p.admin_url("/metrics")).await;
+    assert_eq!(parts.status, 200);
+    parse_metrics(std::str::from_utf8(&body).unwrap())
+}
+
+/// Sum of `name` samples whose labels include all of `want`.
+pub fn sum(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| {
+            s.name == name
+                && want
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+        .sum()
+}
+
+/// Polls the metrics until `check` holds or the deadline passes.
+pub async fn wait_metrics(p: &Proc, what: &str, check: impl Fn(&[Sample]) -> bool) -> Vec<Sample> {
+    let start = Instant::now();
+    loop {
+        let m = metrics(p).await;
+        if check(&m) {
+            return m;
+        }
+        if start.elapsed() > DEADLINE {
+            panic!("timed out waiting for {what}; last metrics: {m:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Writes a config file in a fresh temp dir and returns its path.
+pub fn write_config(text: &str) -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "statuslens-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("statuslens.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}

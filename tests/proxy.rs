@@ -1,0 +1,614 @@
+//! The proxy over real sockets: forwarding, proxy-made errors, counting, logging.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::Request;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_status_passes_through_and_is_counted_exactly() {
+    let up = upstream().await;
+    let p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
+    let c = client();
+    let codes = [
+        200u16, 201, 202, 204, 301, 302, 304, 400, 401, 403, 404, 405, 409, 418, 422, 429, 451,
+        500, 501, 502, 503, 504, 299, 599,
+    ];
+    for code in codes {
+        let (parts, body) = get(&c, &p.url(&format!("/status/{code}"))).await;
+        assert_eq!(parts.status.as_u16(), code);
+        if code != 204 && code != 304 {
+            assert_eq!(body, format!("status {code}"));
+        }
+    }
+    // And a known mix of methods.
+    for m in ["POST", "PUT", "DELETE", "PATCH", "PURGE"] {
+        let req = Request::builder()
+            .method(m)
+            .uri(p.url("/status/201"))
+            .body(full("x"))
+            .unwrap();
+        let (parts, _) = send(&c, req).await;
+        assert_eq!(parts.status, 201);
+    }
+    let total = codes.len() as f64 + 5.0;
+    let m = wait_metrics(&p, "all requests counted", |m| {
+        sum(m, "statuslens_responses_total", &[]) >= total
+    })
+    .await;
+    assert_eq!(sum(&m, "statuslens_responses_total", &[]), total);
+    for code in codes {
+        let c = code.to_string();
+        let class = format!("{}xx", code / 100);
+        assert_eq!(
+            sum(
+                &m,
+                "statuslens_responses_total",
+                &[
+                    ("route", "default"),
+                    ("method", "GET"),
+                    ("code", &c),
+                    ("class", &class),
+                    ("source", "upstream")
+                ]
+            ),
+            1.0,
+            "code {code}"
+        );
+    }
+    for m_ in ["POST", "PUT", "DELETE", "PATCH", "OTHER"] {
+        assert_eq!(
+            sum(
+                &m,
+                "statuslens_responses_total",
+                &[("method", m_), ("code", "201")]
+            ),
+            1.0,
+            "method {m_}"
+        );
+    }
+    // Histogram: one observation per request, split by class.
+    assert_eq!(
+        sum(&m, "statuslens_request_duration_seconds_count", &[]),
+        total
+    );
+    assert_eq!(
+        sum(
+            &m,
+            "statuslens_request_duration_seconds_count",
+            &[("class", "5xx")]
+        ),
+        6.0
+    );
+    assert_eq!(sum(&m, "statuslens_requests_in_flight", &[]), 0.0);
+    assert_eq!(
+        sum(
+            &m,
+            "statuslens_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_are_byte_exact_both_ways() {
+    let up = upstream().await;
+    let p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
+    let c = client();
+    let data = pattern(1_500_000);
+    // Fixed length.
+    let req = Request::post(p.url("/echo"))
+        .body(full(data.clone()))
+        .unwrap();
+    let (parts, body) = send(&c, req).await;
+    assert_eq!(parts.status, 200);
+    assert_eq!(body.len(), data.len());
+    assert!(body == data, "fixed-length echo differs");
+    // Chunked upload, streamed.
+    let chunks: Vec<Bytes> = data.chunks(100_000).map(Bytes::copy_from_slice).collect();
+    let req = Request::post(p.url("/echo"))
+        .body(chunked(chunks, Duration::from_millis(1), false))
+        .unwrap();
+    let (parts, body) = send(&c, req).await;
+    assert_eq!(parts.status, 200);
+    assert!(body == data, "chunked echo differs");
+    // Chunked download.
+    let (parts, body) = get(&c, &p.url("/big/2000000")).await;
+    assert_eq!(parts.status, 200);
+    assert!(body == pattern(2_000_000), "chunked download differs");
+
+    let m = wait_metrics(&p, "three requests", |m| {
+        sum(m, "statuslens_responses_total", &[]) >= 3.0
+    })
+    .await;
+    assert_eq!(
+        sum(
+            &m,
+            "statuslens_request_bytes_total",
+            &[("route", "default")]
+        ),
+        3_000_000.0
+    );
+    assert_eq!(
+        sum(
+            &m,
+            "statuslens_response_bytes_total",
+            &[("route", "default")]
+        ),
+        5_000_000.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_forwarded_hop_by_hop_dropped() {
+    let up = upstream().await;
+    let p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
+    let c = client();
+    let req = Request::get(p.url("/plain?q=1"))
+        .header("host", "api.example.test")
+        .header("x-end-to-end", "kept")
+        .header("connection", "x-hop-req")
+        .header("x-hop-req", "dropped")
+        .header("keep-alive", "timeout=5")
+        .header("te", "trailers")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("x-request-id", "req-abc-123")
+        .body(full(Bytes::new()))
+        .unwrap();
+    let (parts, body) = send(&c, req).await;
+    assert_eq!(body, "ok");
+    assert_eq!(parts.headers["x-upstream"], "yes");
+    assert!(
+        parts.headers.get("x-hop-resp").is_none(),
+        "response hop-by-hop header leaked"
+    );
+    let seen = up.seen.0.lock().unwrap().last().cloned().unwrap();
+    let h = &seen.headers;
+    assert_eq!(seen.uri, "/plain?q=1");
+    assert_eq!(h["host"], "api.example.test");
+    assert_eq!(h["x-end-to-end"], "kept");
+    for gone in ["x-hop-req", "keep-alive", "te", "proxy-authorization"] {
+        assert!(h.get(gone).is_none(), "{gone} reached the upstream");
+    }
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "api.example.test");
+    assert_eq!(h["x-request-id"], "req-abc-123");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_made_errors_have_the_right_code_and_source() {
+    let up = upstream().await;
+    let refused = closed_port();
+    let garbage = raw_upstream(b"this is not http\r\n\r\n").await;
+    let cfg = write_config(&format!(
+        r#"
+[[routes]]
+name = "api"
+match = {{ path_prefix = "/api/" }}
+upstream = "http://{up}"
+timeout = "300ms"
+[[routes]]
+name = "down"
+match = {{ path_prefix = "/down/" }}
+upstream = "http://{refused}"
+[[routes]]
+name = "garbage"
+match = {{ path_prefix = "/garbage/" }}
+upstream = "http://{garbage}"
+"#,
+        up = up.addr
+    ));
+    let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+    let c = client();
+    assert_eq!(get(&c, &p.url("/api/status/200")).await.0.status, 200);
+    assert_eq!(get(&c, &p.url("/api/stall/3000")).await.0.status, 504);
+    assert_eq!(get(&c, &p.url("/down/x")).await.0.status, 502);
+    assert_eq!(get(&c, &p.url("/garbage/x")).await.0.status, 502);
+    assert_eq!(get(&c, &p.url("/elsewhere")).await.0.status, 404);
+
+    let m = wait_metrics(&p, "five requests", |m| {
+        sum(m, "statuslens_responses_total", &[]) >= 5.0
+    })
+    .await;
+    let n = |route: &str, code: &str, source: &str| {
+        sum(
+            &m,
+            "statuslens_responses_total",
+            &[("route", route), ("code", code), ("source", source)],
+        )
+    };
+    assert_eq!(n("api", "200", "upstream"), 1.0);
+    assert_eq!(n("api", "504", "proxy"), 1.0);
+    assert_eq!(n("down", "502", "proxy"), 1.0);
+    assert_eq!(n("garbage", "502", "proxy"), 1.0);
+    assert_eq!(n("unmatched", "404", "proxy"), 1.0);
+    assert_eq!(sum(&m, "statuslens_responses_total", &[]), 5.0);
+    let e = |route: &str, kind: &str| {
+        sum(
+            &m,
+            "statuslens_upstream_errors_total",
+            &[("route", route), ("kind", kind)],
+        )
+    };
+    assert_eq!(e("api", "timeout"), 1.0);
+    assert_eq!(e("down", "connect"), 1.0);
+    assert_eq!(e("garbage", "protocol"), 1.0);
+    assert_eq!(sum(&m, "statuslens_upstream_errors_total", &[]), 3.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_abort_is_499_counted_once() {
+    let up = upstream().await;
+    let p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
+    // Abort while the upstream is still thinking.
+    let mut s = TcpStream::connect(p.proxy).await.unwrap();
+    s.write_all(b"GET /stall/1500 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(s);
+    // Abort in the middle of a slow body.
+    let mut s = TcpStream::connect(p.proxy).await.unwrap();
+    s.write_all(b"GET /slowbody/200 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(std::str::from_utf8(&buf[..n])
+        .unwrap()
+        .starts_with("HTTP/1.1 200"));
+    drop(s);
+    let m = wait_metrics(&p, "two 499s", |m| {
+        sum(m, "statuslens_responses_total", &[("code", "499")]) >= 2.0
+    })
+    .await;
+    // Give a wrongly double-counting proxy time to show it, then check exactness.
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let m2 = metrics(&p).await;
+    assert_eq!(sum(&m2, "statuslens_responses_total", &[]), 2.0, "{m:#?}");
+    assert_eq!(
+        sum(
+            &m2,
+            "statuslens_responses_total",
+            &[("code", "499"), ("source", "client"), ("class", "4xx")]
+        ),
+        2.0
+    );
+    assert_eq!(sum(&m2, "statuslens_requests_in_flight", &[]), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_dying_mid_body_truncates_and_counts_once() {
+    let up = upstream().await;
+    let p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
+    let c = client();
+    let resp = c
+        .request(
+            Request::get(p.url("/die"))
+                .body(full(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let r = http_body_util::BodyExt::collect(resp.into_body()).await;
+    assert!(r.is_err(), "client must see the truncation");
+    let m = wait_metrics(&p, "one response", |m| {
+        sum(m, "statuslens_responses_total", &[]) >= 1.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let m2 = metrics(&p).await;
+    assert_eq!(sum(&m2, "statuslens_responses_total", &[]), 1.0, "{m:#?}");
+    assert_eq!(
+        sum(
+            &m2,
+            "statuslens_responses_total",
+            &[("code", "200"), ("source", "upstream")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sum(
+            &m2,
+            "statuslens_upstream_errors_total",
+            &[("kind", "reset")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_client_reaches_http11_upstream() {
+    let up = upstream().await;
+    let p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
+    let c = h2_client();
+    for _ in 0..3 {
+        let (parts, body) = get(&c, &p.url("/plain")).await;
+        assert_eq!(parts.status, 200);
+        assert_eq!(parts.version, http::Version::HTTP_2);
+        assert_eq!(body, "ok");
+    }
+    let data = pattern(300_000);
+    let (parts, body) = send(
+        &c,
+        Request::post(p.url("/echo"))
+            .body(full(data.clone()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(parts.status, 200);
+    assert!(body == data);
+    let seen = up.seen.0.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(seen.version, http::Version::HTTP_11);
+    assert_eq!(seen.headers["host"], p.proxy.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2load_drives_h2c_through_the_proxy() {
+    let up = upstream().await;
+    let p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
+    let out = tokio::process::Command::new("h2load")
+        .args(["-n", "200", "-c", "4", "-m", "8", &p.url("/status/200")])
+        .output()
+        .await
+        .expect("h2load is installed by .ci/run (Debian nghttp2-client)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("200 succeeded"), "{text}");
+    assert!(text.contains("status codes: 200 2xx"), "{text}");
+    wait_metrics(&p, "200 h2 requests", |m| {
+        sum(m, "statuslens_responses_total", &[("code", "200")]) == 200.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_passes_through() {
+    let up = upstream().await;
+    let p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
+    let mut s = TcpStream::connect(p.proxy).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut b).await.unwrap(),
+            1,
+            "connection closed during head"
+        );
+        head.push(b[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    for msg in [&b"hello"[..], b"second frame", &[0u8, 1, 2, 255]] {
+        s.write_all(msg).await.unwrap();
+        let mut got = vec![0u8; msg.len()];
+        tokio::time::timeout(DEADLINE, s.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, msg);
+    }
+    let seen = up.seen.0.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(seen.headers["upgrade"], "websocket");
+    wait_metrics(&p, "101 counted", |m| {
+        sum(
+            m,
+            "statuslens_responses_total",
+            &[("code", "101"), ("class", "1xx")],
+        ) == 1.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_works() {
+    let up = upstream().await;
+    let p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
+    let mut s = TcpStream::connect(p.proxy).await.unwrap();
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 64];
+    let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100 Continue"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    s.write_all(b"hello").await.unwrap();
+    let mut all = Vec::new();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !String::from_utf8_lossy(&all).ends_with("hello") {
+        let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&all));
+        all.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&all).starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_do_not_grow_with_traffic() {
+    let up = upstream().await;
+    let p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
+    let c = client();
+    get(&c, &p.url("/warm")).await;
+    let before = wait_metrics(&p, "warm-up", |m| {
+        sum(m, "statuslens_responses_total", &[]) >= 1.0
+    })
+    .await
+    .len();
+    for i in 0..300 {
+        let req = Request::get(p.url(&format!("/p/{i}/x?id={i}")))
+            .header(format!("x-h-{i}"), format!("v{i}"))
+            .header("user-agent", format!("agent-{i}"))
+            .body(full(Bytes::new()))
+            .unwrap();
+        send(&c, req).await;
+    }
+    let m = wait_metrics(&p, "all counted", |m| {
+        sum(m, "statuslens_responses_total", &[]) >= 301.0
+    })
+    .await;
+    assert_eq!(
+        m.len(),
+        before,
+        "series count changed with distinct paths/headers"
+    );
+    for s in &m {
+        for v in s.labels.values() {
+            assert!(
+                !v.contains("/p/") && !v.contains("agent-"),
+                "raw traffic in a label: {s:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_redacts_secrets() {
+    let up = upstream().await;
+    let p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
+    let c = client();
+    let req = Request::get(p.url("/status/401?user=ann&access_token=SECRET1&api_key=SECRET2"))
+        .header("authorization", "Bearer SECRET3")
+        .header("cookie", "session=SECRET4")
+        .body(full(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(&c, req).await.0.status, 401);
+    let start = std::time::Instant::now();
+    let line = loop {
+        if let Some(l) = p.access_lines().into_iter().find(|l| l["status"] == 401) {
+            break l;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no access line: {}",
+            p.all_output()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(line["route"], "default");
+    assert_eq!(line["method"], "GET");
+    assert_eq!(line["class"], "4xx");
+    assert_eq!(line["source"], "upstream");
+    assert_eq!(
+        line["path"],
+        "/status/401?user=ann&access_token=REDACTED&api_key=REDACTED"
+    );
+    assert!(
+        line["meaning"].as_str().unwrap().contains("token"),
+        "{line}"
+    );
+    assert!(line["request_id"].as_str().unwrap().len() >= 8);
+    for k in [
+        "timestamp",
+        "duration_ms",
+        "bytes_in",
+        "bytes_out",
+        "upstream",
+        "client",
+    ] {
+        assert!(!line[k].is_null(), "missing {k}: {line}");
+    }
+    let all = p.all_output();
+    for secret in ["SECRET1", "SECRET2", "SECRET3", "SECRET4"] {
+        assert!(!all.contains(secret), "{secret} reached the log");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_and_proxy_ports_stay_apart() {
+    let up = upstream().await;
+    let p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
+    let c = client();
+    // The proxy forwards /metrics like any other path.
+    let (_, body) = get(&c, &p.url("/metrics")).await;
+    assert_eq!(body, "ok");
+    assert_eq!(up.seen.0.lock().unwrap().last().unwrap().uri, "/metrics");
+    // The admin port serves its own paths and forwards nothing.
+    let n_seen = up.seen.0.lock().unwrap().len();
+    assert_eq!(get(&c, &p.admin_url("/healthz")).await.0.status, 200);
+    assert_eq!(get(&c, &p.admin_url("/readyz")).await.0.status, 200);
+    assert_eq!(get(&c, &p.admin_url("/status/200")).await.0.status, 404);
+    assert_eq!(up.seen.0.lock().unwrap().len(), n_seen);
+    let (parts, body) = get(&c, &p.admin_url("/api/status")).await;
+    assert_eq!(parts.headers["content-type"], "application/json");
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let route = &v["routes"][0];
+    assert_eq!(route["route"], "default");
+    assert_eq!(route["total"], 1);
+    assert_eq!(route["by_code"][0]["code"], 200);
+    assert_eq!(route["by_code"][0]["reason"], "OK");
+    assert!(route["signals"]["unauthorized"]["ratio"].is_number());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests() {
+    let up = upstream().await;
+    let mut p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
+    let url = p.url("/stall/1500");
+    let inflight = tokio::spawn(async move { get(&client(), &url).await });
+    wait_metrics(&p, "request in flight", |m| {
+        sum(m, "statuslens_requests_in_flight", &[]) == 1.0
+    })
+    .await;
+    p.sigterm();
+    let (parts, body) = inflight.await.unwrap();
+    assert_eq!(parts.status, 200);
+    assert_eq!(body, "stalled");
+    assert_eq!(p.wait_exit(), Some(0), "{}", p.all_output());
+    assert!(
+        TcpStream::connect(p.proxy).await.is_err(),
+        "still accepting after drain"
+    );
+    let out = p.all_output();
+    assert!(out.contains("\"draining\""), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool_check() {
+    let up = upstream().await;
+    let p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
+    let c = client();
+    for code in [200, 401, 429, 503] {
+        get(&c, &p.url(&format!("/status/{code}"))).await;
+    }
+    let (_, body) = get(&c, &p.admin_url("/metrics")).await;
+    let mut child = tokio::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is installed by .ci/run (Debian prometheus)");
+    child.stdin.take().unwrap().write_all(&body).await.unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
