@@ -12,12 +12,14 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use crate::config::{Config, Signal};
+use crate::detect::Detection;
 use crate::metrics::Metrics;
 use crate::status;
 
 /// The admin service.
 pub struct Admin {
     metrics: Arc<Metrics>,
+    detection: Option<Arc<Detection>>,
     routes: Vec<(String, String)>,
     signals: Vec<Signal>,
     draining: watch::Receiver<bool>,
@@ -26,9 +28,15 @@ pub struct Admin {
 
 impl Admin {
     /// An admin service over these metrics; `draining` flips to true on shutdown.
-    pub fn new(metrics: Arc<Metrics>, config: &Config, draining: watch::Receiver<bool>) -> Admin {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        detection: Option<Arc<Detection>>,
+        config: &Config,
+        draining: watch::Receiver<bool>,
+    ) -> Admin {
         Admin {
             metrics,
+            detection,
             routes: config
                 .routes
                 .iter()
@@ -64,9 +72,13 @@ impl Admin {
             }
             "/readyz" => text(StatusCode::OK, "ready\n"),
             "/api/status" => json_response(self.status_json()),
+            "/api/spikes" => json_response(match &self.detection {
+                Some(d) => d.spikes_json(),
+                None => json!({ "active": [], "recent": [], "detection": "disabled" }),
+            }),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not an admin path: /metrics, /healthz, /readyz, /api/status\n",
+                "not an admin path: /metrics, /healthz, /readyz, /api/status, /api/spikes\n",
             ),
         })
     }
@@ -120,6 +132,7 @@ impl Admin {
                         })
                     })
                     .collect();
+                let live = self.detection.as_ref().map(|d| d.route_signals(name));
                 let signals: BTreeMap<&str, Value> = self
                     .signals
                     .iter()
@@ -134,7 +147,11 @@ impl Admin {
                         } else {
                             k as f64 / total as f64
                         };
-                        (s.name.as_str(), json!({ "count": k, "ratio": ratio }))
+                        let mut v = json!({ "count": k, "ratio": ratio });
+                        if let Some(now) = live.as_ref().and_then(|l| l.get(&s.name)) {
+                            v["live"] = now.clone();
+                        }
+                        (s.name.as_str(), v)
                     })
                     .collect();
                 json!({

@@ -14,6 +14,7 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme, Uri};
 use serde::Deserialize;
 
+use crate::detect::detector::DetectorConfig;
 use crate::duration;
 
 /// Default proxy listener.
@@ -104,12 +105,66 @@ struct FileAccessLog {
 struct FileSignal {
     name: String,
     codes: Vec<String>,
+    severity: Option<String>,
+    #[serde(flatten)]
+    thresholds: FileThresholds,
+}
+
+/// Detector thresholds; any level (detection, signal, route) may set any of them.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileThresholds {
+    min_events: Option<u64>,
+    min_ratio: Option<f64>,
+    min_factor: Option<f64>,
+    p_value: Option<f64>,
+    #[serde(default, deserialize_with = "duration::serde_str::option")]
+    baseline_half_life: Option<Duration>,
+    prior_ratio: Option<f64>,
+    prior_weight: Option<f64>,
+    #[serde(default, deserialize_with = "duration::serde_str::option")]
+    clear_after: Option<Duration>,
+}
+
+impl FileThresholds {
+    /// Fields set here win over `base`.
+    fn apply(&self, base: &mut DetectorConfig) {
+        if let Some(v) = self.min_events {
+            base.min_events = v;
+        }
+        if let Some(v) = self.min_ratio {
+            base.min_ratio = v;
+        }
+        if let Some(v) = self.min_factor {
+            base.min_factor = v;
+        }
+        if let Some(v) = self.p_value {
+            base.p_value = v;
+        }
+        if let Some(v) = self.baseline_half_life {
+            base.baseline_half_life_secs = v.as_secs_f64();
+        }
+        if let Some(v) = self.prior_ratio {
+            base.prior_ratio = v;
+        }
+        if let Some(v) = self.prior_weight {
+            base.prior_weight = v;
+        }
+        if let Some(v) = self.clear_after {
+            base.clear_after_secs = v.as_secs().max(1);
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileDetection {
     enabled: Option<bool>,
+    webhook: Option<String>,
+    instance: Option<String>,
+    history: Option<usize>,
+    #[serde(flatten)]
+    thresholds: FileThresholds,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +182,9 @@ struct FileRoute {
     idle_timeout: Option<Duration>,
     max_body_bytes: Option<u64>,
     host_header: Option<String>,
+    /// Per-signal threshold overrides for this route: `detect.unauthorized.min_ratio`.
+    #[serde(default)]
+    detect: std::collections::BTreeMap<String, FileThresholds>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -149,8 +207,8 @@ pub struct Config {
     pub access_log: AccessLogConfig,
     /// Watched signals (sets of codes), in order.
     pub signals: Vec<Signal>,
-    /// Whether spike detection runs.
-    pub detection: bool,
+    /// Spike detection settings.
+    pub detection: DetectionConfig,
     /// Routes, in file order.
     pub routes: Vec<RouteConfig>,
 }
@@ -201,13 +259,30 @@ pub struct AccessLogConfig {
     pub format: LogFormat,
 }
 
+/// Spike detection settings.
+#[derive(Debug, Clone)]
+pub struct DetectionConfig {
+    /// Whether detectors run at all.
+    pub enabled: bool,
+    /// Alertmanager v2 alerts URL to POST spikes to, if any.
+    pub webhook: Option<Uri>,
+    /// The `instance` label on webhook alerts.
+    pub instance: String,
+    /// How many ended spikes `/api/spikes` keeps.
+    pub history: usize,
+}
+
 /// A named set of status codes whose share of responses is watched.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Signal {
     /// The `signal` label.
     pub name: String,
     /// Sorted, deduplicated codes (a class like `5xx` expands to 500..=599).
     pub codes: Vec<u16>,
+    /// The `severity` label of webhook alerts.
+    pub severity: String,
+    /// Detector thresholds for this signal (before per-route overrides).
+    pub detector: DetectorConfig,
 }
 
 impl Signal {
@@ -253,23 +328,22 @@ pub struct RouteConfig {
     pub max_body_bytes: Option<u64>,
     /// Host header policy.
     pub host_header: HostHeader,
+    /// Detector thresholds per signal, in `Config::signals` order, overrides applied.
+    pub detectors: Vec<DetectorConfig>,
 }
 
-/// The built-in signals: 401s, 429s and 5xx.
+/// The built-in signals: 401s, 429s and 5xx, with default thresholds.
 pub fn default_signals() -> Vec<Signal> {
+    let signal = |name: &str, codes: Vec<u16>, severity: &str| Signal {
+        name: name.into(),
+        codes,
+        severity: severity.into(),
+        detector: DetectorConfig::default(),
+    };
     vec![
-        Signal {
-            name: "unauthorized".into(),
-            codes: vec![401],
-        },
-        Signal {
-            name: "rate_limited".into(),
-            codes: vec![429],
-        },
-        Signal {
-            name: "server_error".into(),
-            codes: (500..=599).collect(),
-        },
+        signal("unauthorized", vec![401], "warning"),
+        signal("rate_limited", vec![429], "warning"),
+        signal("server_error", (500..=599).collect(), "critical"),
     ]
 }
 
@@ -402,9 +476,48 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
         (None, None) => LogFormat::Json,
     };
 
-    let signals = match file.signals {
-        None => default_signals(),
+    let mut base = DetectorConfig::default();
+    file.detection.thresholds.apply(&mut base);
+    check_detector(origin, "detection", &base)?;
+    let signals_with_overrides = match file.signals {
+        None => default_signals()
+            .into_iter()
+            .map(|s| (s, FileThresholds::default()))
+            .collect(),
         Some(list) => validate_signals(origin, list)?,
+    };
+    let mut signals = Vec::with_capacity(signals_with_overrides.len());
+    for (i, (mut s, own)) in signals_with_overrides.into_iter().enumerate() {
+        s.detector = base.clone();
+        own.apply(&mut s.detector);
+        check_detector(origin, &format!("signals[{i}]"), &s.detector)?;
+        signals.push(s);
+    }
+    let webhook = match &file.detection.webhook {
+        None => None,
+        Some(url) => {
+            let uri: Uri = url.parse().map_err(|_| {
+                field_err(origin, "detection.webhook", format!("{url:?} is not a URL"))
+            })?;
+            if uri.scheme() != Some(&Scheme::HTTP) || uri.authority().is_none() {
+                return Err(field_err(
+                    origin,
+                    "detection.webhook",
+                    format!("{url:?} must be an http:// URL, e.g. \"http://127.0.0.1:9093/api/v2/alerts\""),
+                ));
+            }
+            Some(uri)
+        }
+    };
+    let detection = DetectionConfig {
+        enabled: file.detection.enabled.unwrap_or(true),
+        webhook,
+        instance: file
+            .detection
+            .instance
+            .clone()
+            .unwrap_or_else(|| listen.to_string()),
+        history: file.detection.history.unwrap_or(100).clamp(1, 10_000),
     };
 
     let default_timeout = match &ov.upstream_timeout {
@@ -435,6 +548,7 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
             idle_timeout: Duration::from_secs(90),
             max_body_bytes: None,
             host_header: HostHeader::Preserve,
+            detectors: signals.iter().map(|s| s.detector.clone()).collect(),
         });
     }
     let mut names = HashSet::new();
@@ -524,7 +638,28 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
                 None => Ok(def),
             }
         };
+        let mut detectors = Vec::with_capacity(signals.len());
+        for s in &signals {
+            let mut d = s.detector.clone();
+            if let Some(t) = r.detect.get(&s.name) {
+                t.apply(&mut d);
+                check_detector(origin, &at(&format!("detect.{}", s.name)), &d)?;
+            }
+            detectors.push(d);
+        }
+        if let Some(unknown) = r
+            .detect
+            .keys()
+            .find(|k| !signals.iter().any(|s| &s.name == *k))
+        {
+            return Err(field_err(
+                origin,
+                at(&format!("detect.{unknown}")),
+                format!("{unknown:?} is not a configured signal"),
+            ));
+        }
         routes.push(RouteConfig {
+            detectors,
             name: r.name,
             host,
             path_prefix,
@@ -551,7 +686,7 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
         admin_listen,
         access_log: AccessLogConfig { volume, format },
         signals,
-        detection: file.detection.enabled.unwrap_or(true),
+        detection,
         routes,
     })
 }
@@ -568,8 +703,15 @@ fn parse_format(origin: &str, field: &str, v: &str) -> Result<LogFormat, ConfigE
     }
 }
 
-fn validate_signals(origin: &str, list: Vec<FileSignal>) -> Result<Vec<Signal>, ConfigError> {
-    let mut out: Vec<Signal> = Vec::new();
+fn check_detector(origin: &str, at: &str, d: &DetectorConfig) -> Result<(), ConfigError> {
+    d.validate().map_err(|m| field_err(origin, at, m))
+}
+
+fn validate_signals(
+    origin: &str,
+    list: Vec<FileSignal>,
+) -> Result<Vec<(Signal, FileThresholds)>, ConfigError> {
+    let mut out: Vec<(Signal, FileThresholds)> = Vec::new();
     for (i, s) in list.into_iter().enumerate() {
         let valid_name = !s.name.is_empty()
             && s.name
@@ -585,7 +727,7 @@ fn validate_signals(origin: &str, list: Vec<FileSignal>) -> Result<Vec<Signal>, 
                 ),
             ));
         }
-        if out.iter().any(|o| o.name == s.name) {
+        if out.iter().any(|(o, _)| o.name == s.name) {
             return Err(field_err(
                 origin,
                 format!("signals[{i}].name"),
@@ -617,10 +759,24 @@ fn validate_signals(origin: &str, list: Vec<FileSignal>) -> Result<Vec<Signal>, 
         }
         codes.sort_unstable();
         codes.dedup();
-        out.push(Signal {
-            name: s.name,
-            codes,
-        });
+        let severity = s.severity.clone().unwrap_or_else(|| "warning".into());
+        if !["info", "warning", "critical", "page", "ticket"].contains(&severity.as_str()) {
+            return Err(field_err(
+                origin,
+                format!("signals[{i}].severity"),
+                format!("{severity:?} is not a severity: expected info, warning, critical, page or ticket"),
+            ));
+        }
+        // The thresholds are merged over [detection] by the caller.
+        out.push((
+            Signal {
+                name: s.name,
+                codes,
+                severity,
+                detector: DetectorConfig::default(),
+            },
+            s.thresholds,
+        ));
     }
     Ok(out)
 }

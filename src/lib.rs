@@ -8,7 +8,8 @@
 //!    request to the route's pooled upstream client, mapping failures to 502/504;
 //! 4. [`observe`] records each request exactly once when its response ends — into
 //!    [`metrics`] (handles resolved at start-up) and the [`access_log`];
-//! 5. [`admin`] serves `/metrics`, health and the JSON API on a separate listener.
+//! 5. [`detect`] turns the per-second counts of each route × signal into live spikes;
+//! 6. [`admin`] serves `/metrics`, health and the JSON API on a separate listener.
 //!
 //! [`config`] turns the TOML file and flags into one validated `Config`, and [`status`]
 //! knows what every status code means, for `statuslens explain`, the log and the API.
@@ -18,6 +19,7 @@ pub mod access_log;
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod detect;
 pub mod duration;
 pub mod forward;
 pub mod metrics;

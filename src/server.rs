@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::access_log::AccessLog;
 use crate::admin::Admin;
 use crate::config::Config;
+use crate::detect::Detection;
 use crate::forward::Proxy;
 use crate::metrics::Metrics;
 use crate::observe::Observer;
@@ -44,12 +45,16 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     names.push("unmatched".into());
     let mut upstreams: Vec<String> = config.routes.iter().map(|r| r.upstream.clone()).collect();
     upstreams.push(String::new());
+    let detection = config
+        .detection
+        .enabled
+        .then(|| Detection::new(&config, metrics.registry()));
     let observer = Arc::new(Observer {
         metrics: metrics.clone(),
         log: AccessLog::new(config.access_log.volume),
         route_names: names,
         upstreams,
-        sink: None,
+        sink: detection.as_ref().map(|d| d.sink()),
     });
     let proxy = Arc::new(Proxy::new(&config, observer));
 
@@ -68,7 +73,13 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         .expect("bound socket has an address");
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let admin = Arc::new(Admin::new(metrics.clone(), &config, stop_rx.clone()));
+    let admin = Arc::new(Admin::new(
+        metrics.clone(),
+        detection.clone(),
+        &config,
+        stop_rx.clone(),
+    ));
+    let detect_task = detection.map(|d| tokio::spawn(d.run()));
     tracing::info!(
         proxy = %proxy_addr,
         admin = %admin_addr,
@@ -138,6 +149,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         Err(_) => tracing::warn!("drain timeout reached; closing remaining connections"),
     }
     admin_task.abort();
+    if let Some(t) = detect_task {
+        t.abort();
+    }
     Ok(())
 }
 

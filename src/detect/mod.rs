@@ -1,0 +1,375 @@
+//! Live spike detection: per route × signal, in process.
+//!
+//! The request path only bumps atomics ([`Counters::observe`]): a total per route and,
+//! for each signal the code belongs to, a matched count and a per-code count. Once a
+//! second a ticker swaps those counts out and feeds each [`detector::Detector`] — pure,
+//! clock-injected state machines — and reports transitions four ways: a WARN log line,
+//! the `statuslens_spike_*` metrics, `/api/spikes`, and the optional Alertmanager
+//! webhook.
+
+pub mod detector;
+pub mod webhook;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::observe::Sink;
+use crate::status;
+use detector::{Detector, Transition};
+
+/// Bit set of the signals a code belongs to, for codes 0..=999.
+type SignalMask = u32;
+
+/// Most signals one config may define (one bit each in a [`SignalMask`]).
+pub const MAX_SIGNALS: usize = 32;
+
+/// The hot-path side: atomics per route, bumped once per finished request.
+pub struct Counters {
+    masks: Box<[SignalMask; 1000]>,
+    /// Per signal, the position of each of its codes in that signal's per-code array.
+    code_slot: Vec<[u8; 1000]>,
+    routes: Vec<RouteCounters>,
+}
+
+struct RouteCounters {
+    total: AtomicU64,
+    matched: Vec<AtomicU64>,
+    /// Per signal, per code of that signal: responses this second.
+    by_code: Vec<Vec<AtomicU64>>,
+}
+
+impl Counters {
+    fn new(config: &Config) -> Counters {
+        let mut masks = Box::new([0 as SignalMask; 1000]);
+        let mut code_slot = Vec::new();
+        for (i, s) in config.signals.iter().enumerate() {
+            let mut slots = [u8::MAX; 1000];
+            for (j, &c) in s.codes.iter().enumerate() {
+                masks[c as usize] |= 1 << i;
+                slots[c as usize] = j as u8;
+            }
+            code_slot.push(slots);
+        }
+        let routes = config
+            .routes
+            .iter()
+            .map(|_| RouteCounters {
+                total: AtomicU64::new(0),
+                matched: config.signals.iter().map(|_| AtomicU64::new(0)).collect(),
+                by_code: config
+                    .signals
+                    .iter()
+                    .map(|s| s.codes.iter().map(|_| AtomicU64::new(0)).collect())
+                    .collect(),
+            })
+            .collect();
+        Counters {
+            masks,
+            code_slot,
+            routes,
+        }
+    }
+}
+
+impl Sink for Counters {
+    fn observe(&self, route: usize, code: u16) {
+        // `unmatched` has no detectors: its 404s are not an upstream's behaviour.
+        let Some(r) = self.routes.get(route) else {
+            return;
+        };
+        r.total.fetch_add(1, Ordering::Relaxed);
+        let mut mask = self.masks.get(code as usize).copied().unwrap_or(0);
+        while mask != 0 {
+            let s = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            r.matched[s].fetch_add(1, Ordering::Relaxed);
+            let slot = self.code_slot[s][code as usize] as usize;
+            r.by_code[s][slot].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One spike, as `/api/spikes` and the webhook show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Spike {
+    /// Route label.
+    pub route: String,
+    /// Signal label.
+    pub signal: String,
+    /// Unix seconds when it was flagged.
+    pub started_at: u64,
+    /// Unix seconds when it cleared (None while active).
+    pub ended_at: Option<u64>,
+    /// Matching share in the window that fired.
+    pub observed_ratio: f64,
+    /// The route's learned baseline share when it fired.
+    pub baseline_ratio: f64,
+    /// Window length (seconds) that fired.
+    pub window_seconds: u64,
+    /// Responses in that window.
+    pub requests: u64,
+    /// Matching responses in that window.
+    pub matched: u64,
+    /// The most frequent matching code around the start.
+    pub dominant_code: Option<u16>,
+    /// What that code means.
+    pub meaning: String,
+    /// Severity label (from the signal's config).
+    pub severity: String,
+}
+
+struct Key {
+    route: usize,
+    signal: usize,
+    detector: Detector,
+    /// Exponentially decayed counts per code of the signal (10 s half-life), so the
+    /// dominant code reflects what is happening now, not since start-up.
+    recent: Vec<f64>,
+    gauge: IntGauge,
+    total: IntCounter,
+}
+
+/// What `/api/spikes` reads: the active spikes and a bounded history.
+#[derive(Default)]
+pub struct SpikeBook {
+    active: Vec<Spike>,
+    ended: VecDeque<Spike>,
+}
+
+/// The detection engine: counters, detectors, the spike book and the webhook.
+pub struct Detection {
+    counters: Arc<Counters>,
+    keys: Mutex<Vec<Key>>,
+    book: Mutex<SpikeBook>,
+    history: usize,
+    route_names: Vec<String>,
+    signals: Vec<crate::config::Signal>,
+    webhook: Option<webhook::Webhook>,
+    origin: Instant,
+    origin_unix: u64,
+}
+
+impl Detection {
+    /// Builds one detector per route × signal and registers the spike metrics, which
+    /// exist (at 0) for every route × signal from the start.
+    pub fn new(config: &Config, registry: &Registry) -> Arc<Detection> {
+        let active = IntGaugeVec::new(
+            Opts::new(
+                "statuslens_spike_active",
+                "1 while statuslens' live detector flags a spike for this route and signal.",
+            ),
+            &["route", "signal"],
+        )
+        .expect("valid metric");
+        let total = IntCounterVec::new(
+            Opts::new(
+                "statuslens_spikes_total",
+                "Spikes flagged, by route and signal.",
+            ),
+            &["route", "signal"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(active.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(total.clone()))
+            .expect("unique metric");
+        let mut keys = Vec::new();
+        for (r, route) in config.routes.iter().enumerate() {
+            for (s, signal) in config.signals.iter().enumerate() {
+                keys.push(Key {
+                    route: r,
+                    signal: s,
+                    detector: Detector::new(route.detectors[s].clone()),
+                    recent: vec![0.0; signal.codes.len()],
+                    gauge: active.with_label_values(&[&route.name, &signal.name]),
+                    total: total.with_label_values(&[&route.name, &signal.name]),
+                });
+            }
+        }
+        let webhook = config
+            .detection
+            .webhook
+            .clone()
+            .map(|url| webhook::Webhook::start(url, config.detection.instance.clone()));
+        Arc::new(Detection {
+            counters: Arc::new(Counters::new(config)),
+            keys: Mutex::new(keys),
+            book: Mutex::new(SpikeBook::default()),
+            history: config.detection.history,
+            route_names: config.routes.iter().map(|r| r.name.clone()).collect(),
+            signals: config.signals.clone(),
+            webhook,
+            origin: Instant::now(),
+            origin_unix: unix_now(),
+        })
+    }
+
+    /// The hot-path side, for the observer.
+    pub fn sink(&self) -> Arc<dyn Sink> {
+        self.counters.clone()
+    }
+
+    /// Runs the once-a-second evaluation until the task is dropped.
+    pub async fn run(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            // Monotonic seconds on a wall-clock origin: detectors need t never to go back.
+            let now = self.origin_unix + self.origin.elapsed().as_secs();
+            self.tick(now);
+        }
+    }
+
+    /// Swaps out the last second's counts and feeds every detector.
+    pub fn tick(&self, now: u64) {
+        let mut keys = self.keys.lock().expect("detector lock");
+        let mut totals = Vec::with_capacity(self.counters.routes.len());
+        for r in &self.counters.routes {
+            totals.push(r.total.swap(0, Ordering::Relaxed));
+        }
+        for key in keys.iter_mut() {
+            let rc = &self.counters.routes[key.route];
+            let k = rc.matched[key.signal].swap(0, Ordering::Relaxed);
+            for v in key.recent.iter_mut() {
+                *v *= 0.933; // 0.933^10 ≈ 0.5: a 10 s half-life
+            }
+            if k > 0 {
+                for (slot, c) in rc.by_code[key.signal].iter().enumerate() {
+                    key.recent[slot] += c.swap(0, Ordering::Relaxed) as f64;
+                }
+            }
+            let n = totals[key.route];
+            if let Some(t) = key.detector.observe(now, n, k) {
+                self.report(key, t, now);
+            }
+        }
+    }
+
+    fn report(&self, key: &mut Key, t: Transition, now: u64) {
+        let signal = &self.signals[key.signal];
+        let route = &self.route_names[key.route];
+        let dominant = key
+            .recent
+            .iter()
+            .enumerate()
+            .filter(|(_, &v)| v > 0.0)
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| signal.codes[i]);
+        let meaning = dominant
+            .and_then(status::lookup)
+            .map(|i| format!("{} {}: {}", i.code, i.reason, i.meaning))
+            .unwrap_or_default();
+        let mut book = self.book.lock().expect("spike book lock");
+        match t {
+            Transition::Started(st) => {
+                let spike = Spike {
+                    route: route.clone(),
+                    signal: signal.name.clone(),
+                    started_at: now,
+                    ended_at: None,
+                    observed_ratio: st.ratio,
+                    baseline_ratio: st.baseline,
+                    window_seconds: st.window_secs,
+                    requests: st.n,
+                    matched: st.k,
+                    dominant_code: dominant,
+                    meaning,
+                    severity: signal.severity.clone(),
+                };
+                tracing::warn!(
+                    target: "statuslens::spike",
+                    route = route.as_str(),
+                    signal = signal.name.as_str(),
+                    ratio = st.ratio,
+                    baseline = st.baseline,
+                    window_seconds = st.window_secs,
+                    requests = st.n,
+                    matched = st.k,
+                    dominant_code = dominant,
+                    meaning = spike.meaning.as_str(),
+                    "spike started: {} of {} responses on route {} are {} (baseline {:.2}%) — {}",
+                    st.k, st.n, route, signal.name, st.baseline * 100.0, spike.meaning
+                );
+                key.gauge.set(1);
+                key.total.inc();
+                if let Some(w) = &self.webhook {
+                    w.firing(&spike);
+                }
+                book.active.push(spike);
+            }
+            Transition::Ended(st) => {
+                key.gauge.set(0);
+                let idx = book
+                    .active
+                    .iter()
+                    .position(|s| s.route == *route && s.signal == signal.name);
+                let mut spike = match idx {
+                    Some(i) => book.active.remove(i),
+                    None => return,
+                };
+                spike.ended_at = Some(now);
+                tracing::warn!(
+                    target: "statuslens::spike",
+                    route = route.as_str(),
+                    signal = signal.name.as_str(),
+                    ratio = st.ratio,
+                    baseline = st.baseline,
+                    duration_seconds = now.saturating_sub(spike.started_at),
+                    "spike ended: {} on route {} is back near its baseline",
+                    signal.name, route
+                );
+                if let Some(w) = &self.webhook {
+                    w.resolved(&spike);
+                }
+                book.ended.push_front(spike);
+                book.ended.truncate(self.history);
+            }
+        }
+    }
+
+    /// JSON for `/api/spikes`: active spikes and the most recent ended ones, newest first.
+    pub fn spikes_json(&self) -> serde_json::Value {
+        let book = self.book.lock().expect("spike book lock");
+        serde_json::json!({
+            "active": book.active,
+            "recent": book.ended,
+        })
+    }
+
+    /// Per route and signal: current window ratios and baseline, for `/api/status`.
+    pub fn route_signals(&self, route: &str) -> serde_json::Map<String, serde_json::Value> {
+        let keys = self.keys.lock().expect("detector lock");
+        let mut out = serde_json::Map::new();
+        for k in keys.iter().filter(|k| self.route_names[k.route] == route) {
+            let s = k.detector.snapshot();
+            out.insert(
+                self.signals[k.signal].name.clone(),
+                serde_json::json!({
+                    "active": s.active,
+                    "baseline": s.baseline,
+                    "ratio_10s": s.ratio_10s,
+                    "ratio_1m": s.ratio_1m,
+                    "ratio_10m": s.ratio_10m,
+                }),
+            );
+        }
+        out
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
