@@ -568,13 +568,30 @@ async fn admin_and_proxy_ports_stay_apart() {
 async fn sigterm_drains_in_flight_requests() {
     let up = upstream().await;
     let mut p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
-    let url = p.url("/stall/1500");
+    let url = p.url("/stall/3000");
     let inflight = tokio::spawn(async move { get(&client(), &url).await });
     wait_metrics(&p, "request in flight", |m| {
         sum(m, "statuslens_requests_in_flight", &[]) == 1.0
     })
     .await;
     p.sigterm();
+    // While it drains, the admin port stays up and says "not ready".
+    let start = std::time::Instant::now();
+    loop {
+        let r = client()
+            .request(
+                Request::get(p.admin_url("/readyz"))
+                    .body(full(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .expect("admin still serving while draining");
+        if r.status() == 503 {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "/readyz never said 503");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (parts, body) = inflight.await.unwrap();
     assert_eq!(parts.status, 200);
     assert_eq!(body, "stalled");

@@ -75,6 +75,7 @@ pub struct Seen(pub Arc<Mutex<Vec<http::request::Parts>>>);
 /// The scriptable upstream. Paths:
 /// - `/status/NNN`: answer NNN with body "status NNN"
 /// - `/echo`: stream the request body back (same length)
+/// - `/drain`: read the whole request body, then answer its length
 /// - `/stall/MS`: wait MS milliseconds, then 200
 /// - `/slowbody/MS`: 200 head at once, body chunks every MS ms for 10 chunks
 /// - `/die`: 200 with a body that dies after 3 chunks
@@ -128,7 +129,9 @@ async fn upstream_handle(
     let path = req.uri().path().to_string();
     let mut parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     // Routes forward their prefix too (`/api/stall/5`): skip to the first command.
-    const COMMANDS: [&str; 7] = ["status", "echo", "stall", "slowbody", "die", "big", "ws"];
+    const COMMANDS: [&str; 8] = [
+        "status", "echo", "drain", "stall", "slowbody", "die", "big", "ws",
+    ];
     while parts.len() > 1 && !COMMANDS.contains(&parts[0]) {
         parts.remove(0);
     }
@@ -154,6 +157,13 @@ async fn upstream_handle(
         ["echo"] => {
             let body = req.into_body().map_err(|e| Box::new(e) as _).boxed();
             Response::new(body)
+        }
+        ["drain"] => {
+            // Read the whole body before answering, like an API validating a payload.
+            match req.into_body().collect().await {
+                Ok(b) => Response::new(full(format!("{}", b.to_bytes().len()))),
+                Err(_) => Response::new(full("body error")),
+            }
         }
         ["stall", ms] => {
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
@@ -255,7 +265,13 @@ impl Proc {
     /// Starts `statuslens run ARGS` (loopback port 0 unless ARGS say otherwise) and waits
     /// for its "listening" line.
     pub fn start(args: &[&str]) -> Proc {
+        Proc::start_env(args, &[])
+    }
+
+    /// Like `start`, with extra environment variables for the child only.
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Proc {
         let mut cmd = Command::new(bin());
+        cmd.envs(env.iter().copied());
         cmd.arg("run");
         if !args.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);

@@ -1,0 +1,179 @@
+//! Limits the proxy enforces itself, and access-log volume.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::Request;
+
+fn limited_config(up: std::net::SocketAddr, volume: &str) -> std::path::PathBuf {
+    write_config(&format!(
+        r#"
+[proxy]
+max_header_bytes = 2048
+max_headers = 20
+max_uri_bytes = 256
+
+[access_log]
+volume = "{volume}"
+
+[[routes]]
+name = "small"
+match = {{ path_prefix = "/small/" }}
+upstream = "http://{up}"
+max_body_bytes = 1000
+
+[[routes]]
+name = "default"
+upstream = "http://{up}"
+"#
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_answer_413_414_431_and_count_them() {
+    let up = upstream().await;
+    let cfg = limited_config(up.addr, "all");
+    let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+    let c = client();
+    // Body over the route limit, announced by Content-Length.
+    let (parts, _) = send(
+        &c,
+        Request::post(p.url("/small/echo"))
+            .body(full(vec![b'x'; 1001]))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(parts.status, 413);
+    // Body over the limit, chunked: cut off mid-stream.
+    let chunks = vec![Bytes::from(vec![b'y'; 600]); 3];
+    let (parts, _) = send(
+        &c,
+        Request::post(p.url("/small/drain"))
+            .body(chunked(chunks, Duration::from_millis(5), false))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(parts.status, 413);
+    // At the limit is fine; other routes are unlimited.
+    let (parts, body) = send(
+        &c,
+        Request::post(p.url("/small/echo"))
+            .body(full(vec![b'z'; 1000]))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((parts.status.as_u16(), body.len()), (200, 1000));
+    let (parts, _) = send(
+        &c,
+        Request::post(p.url("/echo"))
+            .body(full(vec![b'z'; 5000]))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(parts.status, 200);
+    // URI too long.
+    let long = format!("/status/200?{}", "a".repeat(300));
+    assert_eq!(get(&c, &p.url(&long)).await.0.status, 414);
+    // Header bytes and header count.
+    let (parts, _) = send(
+        &c,
+        Request::get(p.url("/x"))
+            .header("x-big", "b".repeat(3000))
+            .body(full(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(parts.status, 431);
+    let mut req = Request::get(p.url("/x"));
+    for i in 0..25 {
+        req = req.header(format!("x-h{i}"), "v");
+    }
+    assert_eq!(
+        send(&c, req.body(full(Bytes::new())).unwrap())
+            .await
+            .0
+            .status,
+        431
+    );
+
+    let m = wait_metrics(&p, "seven requests", |m| {
+        sum(m, "statuslens_responses_total", &[]) >= 7.0
+    })
+    .await;
+    let n = |route: &str, code: &str| {
+        sum(
+            &m,
+            "statuslens_responses_total",
+            &[("route", route), ("code", code), ("source", "proxy")],
+        )
+    };
+    assert_eq!(n("small", "413"), 2.0);
+    assert_eq!(n("default", "414"), 1.0);
+    assert_eq!(n("default", "431"), 2.0);
+    assert_eq!(
+        sum(&m, "statuslens_responses_total", &[("source", "upstream")]),
+        2.0
+    );
+    assert_eq!(sum(&m, "statuslens_responses_total", &[]), 7.0);
+}
+
+async fn logged_statuses(p: &Proc, expect: usize) -> Vec<u64> {
+    // Wait for the sentinel (a proxy-made 404, always logged) so the log is complete.
+    let start = std::time::Instant::now();
+    loop {
+        let lines = p.access_lines();
+        if lines.iter().any(|l| l["status"] == 414) || start.elapsed() > DEADLINE {
+            let got: Vec<u64> = lines
+                .iter()
+                .map(|l| l["status"].as_u64().unwrap())
+                .collect();
+            assert!(got.len() >= expect, "{got:?}");
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_volume_all_errors_off() {
+    let up = upstream().await;
+    for (volume, want) in [
+        ("all", vec![200, 404, 503, 414]),
+        ("errors", vec![404, 503, 414]),
+        ("off", vec![414]),
+    ] {
+        let cfg = limited_config(up.addr, volume);
+        let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+        let c = client();
+        for code in [200, 404, 503] {
+            get(&c, &p.url(&format!("/status/{code}"))).await;
+        }
+        // A proxy-made error is logged whatever the volume.
+        get(&c, &p.url(&format!("/{}", "a".repeat(300)))).await;
+        assert_eq!(
+            logged_statuses(&p, want.len()).await,
+            want,
+            "volume {volume}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_log_is_respected() {
+    let up = upstream().await;
+    let cfg = limited_config(up.addr, "all");
+    let p = Proc::start_env(
+        &["--config", cfg.to_str().unwrap()],
+        &[("RUST_LOG", "info,statuslens::access=off")],
+    );
+    get(&client(), &p.url("/status/200")).await;
+    wait_metrics(&p, "counted", |m| {
+        sum(m, "statuslens_responses_total", &[]) == 1.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(p.access_lines().is_empty(), "{}", p.all_output());
+}
