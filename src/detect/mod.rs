@@ -145,7 +145,8 @@ pub struct SpikeBook {
 /// The detection engine: counters, detectors, the spike book and the webhook.
 pub struct Detection {
     counters: Arc<Counters>,
-    keys: Mutex<Vec<Key>>,
+    /// Detectors, and a per-route scratch buffer so a tick allocates nothing.
+    keys: Mutex<(Vec<Key>, Vec<u64>)>,
     book: Mutex<SpikeBook>,
     history: usize,
     route_names: Vec<String>,
@@ -201,7 +202,7 @@ impl Detection {
             .map(|url| webhook::Webhook::start(url, config.detection.instance.clone()));
         Arc::new(Detection {
             counters: Arc::new(Counters::new(config)),
-            keys: Mutex::new(keys),
+            keys: Mutex::new((keys, vec![0; config.routes.len()])),
             book: Mutex::new(SpikeBook::default()),
             history: config.detection.history,
             route_names: config.routes.iter().map(|r| r.name.clone()).collect(),
@@ -232,10 +233,10 @@ impl Detection {
 
     /// Swaps out the last second's counts and feeds every detector.
     pub fn tick(&self, now: u64) {
-        let mut keys = self.keys.lock().expect("detector lock");
-        let mut totals = Vec::with_capacity(self.counters.routes.len());
-        for r in &self.counters.routes {
-            totals.push(r.total.swap(0, Ordering::Relaxed));
+        let mut guard = self.keys.lock().expect("detector lock");
+        let (keys, totals) = &mut *guard;
+        for (slot, r) in totals.iter_mut().zip(&self.counters.routes) {
+            *slot = r.total.swap(0, Ordering::Relaxed);
         }
         for key in keys.iter_mut() {
             let rc = &self.counters.routes[key.route];
@@ -348,9 +349,13 @@ impl Detection {
 
     /// Per route and signal: current window ratios and baseline, for `/api/status`.
     pub fn route_signals(&self, route: &str) -> serde_json::Map<String, serde_json::Value> {
-        let keys = self.keys.lock().expect("detector lock");
+        let guard = self.keys.lock().expect("detector lock");
         let mut out = serde_json::Map::new();
-        for k in keys.iter().filter(|k| self.route_names[k.route] == route) {
+        for k in guard
+            .0
+            .iter()
+            .filter(|k| self.route_names[k.route] == route)
+        {
             let s = k.detector.snapshot();
             out.insert(
                 self.signals[k.signal].name.clone(),

@@ -1,0 +1,89 @@
+//! The observe path (count + histogram + detector counters) allocates nothing per
+//! request once a series exists: proved with a counting global allocator.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use http::Method;
+use statuslens::config::{Config, Overrides};
+use statuslens::detect::Detection;
+use statuslens::metrics::{method_index, Metrics, Source};
+
+struct Counting;
+
+thread_local! {
+    // Per thread, so the test harness's other threads cannot disturb the count.
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocs() -> u64 {
+    ALLOCS.with(|c| c.get())
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn observe_path_allocates_nothing_per_request() {
+    let config = Config::from_flags(&Overrides {
+        upstream: Some("http://127.0.0.1:9".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let metrics = Metrics::new(&["default"]);
+    let detection = Detection::new(&config, metrics.registry());
+    let sink = detection.sink();
+    let get = method_index(&Method::GET);
+    let post = method_index(&Method::POST);
+    let mix = [
+        (get, 200, Source::Upstream),
+        (post, 401, Source::Upstream),
+        (get, 503, Source::Upstream),
+        (get, 502, Source::Proxy),
+        (post, 499, Source::Client),
+    ];
+    // First use of each series creates it (allowed: bounded by configuration).
+    for &(m, code, source) in &mix {
+        metrics.record(0, m, code, source, 0.01);
+        sink.observe(0, code);
+    }
+    let before = allocs();
+    for i in 0..10_000u32 {
+        let (m, code, source) = mix[i as usize % mix.len()];
+        metrics.record(0, m, code, source, f64::from(i % 100) / 1000.0);
+        sink.observe(0, code);
+    }
+    let during = allocs() - before;
+    assert_eq!(
+        during, 0,
+        "{during} allocations in 10,000 observed requests"
+    );
+    // The ticker's evaluation is not per request, but a tick without a transition
+    // (spike start/end reports may allocate) must not allocate either.
+    let quiet = Detection::new(&config, Metrics::new(&["default"]).registry());
+    let quiet_sink = quiet.sink();
+    quiet.tick(1_800_000_000);
+    let before = allocs();
+    for t in 1..100 {
+        for _ in 0..50 {
+            quiet_sink.observe(0, 200);
+        }
+        quiet_sink.observe(0, 401);
+        quiet.tick(1_800_000_000 + t);
+    }
+    assert_eq!(allocs() - before, 0, "detector tick allocated");
+}
