@@ -1,4 +1,4 @@
-//! The command line: `run`, `check`, `explain`.
+//! The command line: `run`, `check`, `explain`, `demo`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +45,24 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Self-contained demo: a synthetic API, statuslens in front, traffic with incidents.
+    Demo {
+        /// Proxy listener address (default 127.0.0.1:8080).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+        /// Admin listener address (default 127.0.0.1:9464).
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<String>,
+        /// Length of one phase of the story, e.g. 20s.
+        #[arg(long, value_name = "DURATION", default_value = "20s")]
+        phase: String,
+        /// Play the story this many times, then exit (default: until Ctrl-C).
+        #[arg(long, value_name = "N")]
+        cycles: Option<u32>,
+        /// Requests per second of generated traffic.
+        #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        rate: u32,
+    },
     /// Explain a status code: meaning, typical causes, fix, retry advice.
     Explain {
         /// A status code such as 401 or 503.
@@ -70,6 +88,52 @@ pub fn main() -> ExitCode {
                 ExitCode::from(USAGE)
             }
         },
+        Command::Demo {
+            listen,
+            admin,
+            phase,
+            cycles,
+            rate,
+        } => {
+            let phase = match crate::duration::parse(&phase) {
+                Ok(p) if !p.is_zero() => p,
+                Ok(_) => {
+                    eprintln!("statuslens: --phase must be greater than 0");
+                    return ExitCode::from(USAGE);
+                }
+                Err(e) => {
+                    eprintln!("statuslens: --phase: {e}");
+                    return ExitCode::from(USAGE);
+                }
+            };
+            // The demo narrates on stdout; only errors from the machinery are logged.
+            init_tracing_default(LogFormat::Pretty, "error");
+            let opts = crate::demo::DemoOptions {
+                listen,
+                admin,
+                phase,
+                cycles,
+                rate,
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("statuslens: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(crate::demo::run(opts)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(crate::demo::DemoError::Config(e)) => config_error(e),
+                Err(e) => {
+                    eprintln!("statuslens: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Check { config } => match Config::load(&config, &Overrides::default()) {
             Ok(c) => {
                 print_routes(&c, &config.display().to_string());
@@ -159,8 +223,14 @@ fn print_routes(c: &Config, origin: &str) {
 /// Sets up the tracing subscriber: JSON or pretty lines on stdout, filtered by RUST_LOG
 /// (default `info`).
 pub fn init_tracing(format: LogFormat) {
+    init_tracing_default(format, "info");
+}
+
+/// Like [`init_tracing`] with another default filter when RUST_LOG is unset.
+pub fn init_tracing_default(format: LogFormat, default_filter: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stdout);

@@ -13,12 +13,14 @@
 //!
 //! [`config`] turns the TOML file and flags into one validated `Config`, and [`status`]
 //! knows what every status code means, for `statuslens explain`, the log and the API.
+//! [`demo`] plays the incidents statuslens exists for against a synthetic API.
 #![forbid(unsafe_code)]
 
 pub mod access_log;
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod detect;
 pub mod duration;
 pub mod forward;

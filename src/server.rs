@@ -37,8 +37,34 @@ pub enum RunError {
     Signals(std::io::Error),
 }
 
+/// The addresses the listeners were bound to (port 0 resolved).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// Proxy listener.
+    pub proxy: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+}
+
 /// Runs the proxy and admin listeners until SIGTERM/SIGINT, then drains and returns.
 pub async fn run(config: Config) -> Result<(), RunError> {
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(RunError::Signals)?;
+    let stop = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = sigterm.recv() => {}
+        }
+    };
+    serve(config, None, stop).await
+}
+
+/// Runs until `shutdown` completes; `ready` receives the bound addresses.
+pub async fn serve(
+    config: Config,
+    ready: Option<tokio::sync::oneshot::Sender<Bound>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), RunError> {
     let route_names: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
     let metrics = Arc::new(Metrics::new(&route_names));
     let mut names: Vec<String> = route_names.iter().map(|s| s.to_string()).collect();
@@ -105,8 +131,13 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let graceful = GracefulShutdown::new();
     let admin_task = tokio::spawn(serve_admin(admin_listener, admin));
 
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(RunError::Signals)?;
+    if let Some(tx) = ready {
+        let _ = tx.send(Bound {
+            proxy: proxy_addr,
+            admin: admin_addr,
+        });
+    }
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = proxy_listener.accept() => {
@@ -132,8 +163,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                     }
                 });
             }
-            _ = tokio::signal::ctrl_c() => break,
-            _ = sigterm.recv() => break,
+            _ = &mut shutdown => break,
         }
     }
 

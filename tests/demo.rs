@@ -1,0 +1,75 @@
+//! `statuslens demo` runs for a bounded time and flags the 401, 429 and 5xx episodes.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn demo_flags_401_429_and_5xx_episodes() {
+    let mut child = Command::new(common::bin())
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--phase",
+            "4s",
+            "--cycles",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // One cycle is 10 phases (40 s); allow a slow box plenty more.
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(240) {
+            let _ = child.kill();
+            panic!("demo did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{out}\n{err}");
+    assert!(
+        out.contains("/metrics") && out.contains("/api/spikes"),
+        "{out}"
+    );
+    for (signal, code) in [
+        ("unauthorized", "401 Unauthorized"),
+        ("rate_limited", "429 Too Many Requests"),
+        ("server_error", "5"),
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.contains("SPIKE") && l.contains(&format!("signal {signal}:")))
+            .unwrap_or_else(|| panic!("no {signal} spike narrated:\n{out}"));
+        assert!(line.contains(&format!("— {code}")), "{line}");
+    }
+    // Spikes are narrated in story order: 401s, then 429s, then 5xx.
+    let pos = |s: &str| out.find(&format!("signal {s}:")).unwrap();
+    assert!(
+        pos("unauthorized") < pos("rate_limited") && pos("rate_limited") < pos("server_error"),
+        "{out}"
+    );
+}
