@@ -24,6 +24,8 @@ pub struct Admin {
     signals: Vec<Signal>,
     draining: watch::Receiver<bool>,
     started: Instant,
+    /// `Bearer <token>` the request must carry, when a token is configured.
+    expected_auth: Option<String>,
 }
 
 impl Admin {
@@ -46,6 +48,7 @@ impl Admin {
             signals: config.signals.clone(),
             draining,
             started: Instant::now(),
+            expected_auth: config.admin_token.as_ref().map(|t| format!("Bearer {t}")),
         }
     }
 
@@ -57,7 +60,27 @@ impl Admin {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n"));
         }
-        Ok(match req.uri().path() {
+        let path = req.uri().path();
+        if let Some(expected) = &self.expected_auth {
+            // Health probes stay open so orchestrators need no secret.
+            let open = path == "/healthz" || path == "/readyz";
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .map(|v| v.as_bytes());
+            if !open && !given.is_some_and(|g| constant_time_eq(g, expected.as_bytes())) {
+                let mut r = text(
+                    StatusCode::UNAUTHORIZED,
+                    "admin API: missing or wrong bearer token\n",
+                );
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"statuslens\""),
+                );
+                return Ok(r);
+            }
+        }
+        Ok(match path {
             "/metrics" => {
                 let mut r = Response::new(Full::new(Bytes::from(self.metrics.render())));
                 r.headers_mut().insert(
@@ -177,6 +200,11 @@ impl Admin {
             .find(|(n, _)| n == label)
             .map_or("", |(n, _)| n.as_str())
     }
+}
+
+/// Compares without an early exit, so response timing does not leak the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

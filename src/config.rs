@@ -85,12 +85,16 @@ struct FileProxy {
     max_header_bytes: Option<usize>,
     max_headers: Option<usize>,
     max_uri_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    max_in_flight: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileAdmin {
     listen: Option<String>,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -181,6 +185,7 @@ struct FileRoute {
     #[serde(default, deserialize_with = "duration::serde_str::option")]
     idle_timeout: Option<Duration>,
     max_body_bytes: Option<u64>,
+    max_in_flight: Option<usize>,
     host_header: Option<String>,
     /// Per-signal threshold overrides for this route: `detect.unauthorized.min_ratio`.
     #[serde(default)]
@@ -203,6 +208,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// Admin listener address.
     pub admin_listen: SocketAddr,
+    /// Bearer token the admin API requires (all paths but /healthz and /readyz).
+    pub admin_token: Option<String>,
     /// Access log settings.
     pub access_log: AccessLogConfig,
     /// Watched signals (sets of codes), in order.
@@ -228,6 +235,10 @@ pub struct ProxyConfig {
     pub max_headers: usize,
     /// Longest request target before answering 414.
     pub max_uri_bytes: usize,
+    /// Open client connections beyond which new ones get 503 and are closed.
+    pub max_connections: usize,
+    /// Requests in flight (all routes) beyond which new ones get 503.
+    pub max_in_flight: usize,
 }
 
 /// How much the access log writes.
@@ -326,6 +337,8 @@ pub struct RouteConfig {
     pub idle_timeout: Duration,
     /// Largest request body accepted (413 beyond), if limited.
     pub max_body_bytes: Option<u64>,
+    /// Requests in flight on this route beyond which new ones get 503, if limited.
+    pub max_in_flight: Option<usize>,
     /// Host header policy.
     pub host_header: HostHeader,
     /// Detector thresholds per signal, in `Config::signals` order, overrides applied.
@@ -456,7 +469,46 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
         )?,
         max_headers: positive("proxy.max_headers", file.proxy.max_headers, 100)?,
         max_uri_bytes: positive("proxy.max_uri_bytes", file.proxy.max_uri_bytes, 8 * 1024)?,
+        max_connections: positive("proxy.max_connections", file.proxy.max_connections, 10_000)?,
+        max_in_flight: positive("proxy.max_in_flight", file.proxy.max_in_flight, 10_000)?,
     };
+    let admin_token = match (&file.admin.token, &file.admin.token_file) {
+        (Some(_), Some(_)) => {
+            return Err(field_err(
+                origin,
+                "admin.token_file",
+                "set admin.token or admin.token_file, not both",
+            ))
+        }
+        (Some(t), None) => Some(t.clone()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| {
+                    field_err(
+                        origin,
+                        "admin.token_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => None,
+    };
+    if let Some(t) = &admin_token {
+        if t.len() < 16 || !t.bytes().all(|b| b.is_ascii_graphic()) {
+            let field = if file.admin.token.is_some() {
+                "admin.token"
+            } else {
+                "admin.token_file"
+            };
+            return Err(field_err(
+                origin,
+                field,
+                "the admin token must be at least 16 visible ASCII characters",
+            ));
+        }
+    }
 
     let volume = match file.access_log.volume.as_deref() {
         None | Some("all") => LogVolume::All,
@@ -547,6 +599,7 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(90),
             max_body_bytes: None,
+            max_in_flight: None,
             host_header: HostHeader::Preserve,
             detectors: signals.iter().map(|s| s.detector.clone()).collect(),
         });
@@ -671,6 +724,16 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
             connect_timeout: nonzero("connect_timeout", r.connect_timeout, Duration::from_secs(5))?,
             idle_timeout: nonzero("idle_timeout", r.idle_timeout, Duration::from_secs(90))?,
             max_body_bytes: r.max_body_bytes,
+            max_in_flight: match r.max_in_flight {
+                Some(0) => {
+                    return Err(field_err(
+                        origin,
+                        at("max_in_flight"),
+                        "must be greater than 0",
+                    ))
+                }
+                v => v,
+            },
             host_header,
         });
     }
@@ -684,6 +747,7 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
     Ok(Config {
         proxy,
         admin_listen,
+        admin_token,
         access_log: AccessLogConfig { volume, format },
         signals,
         detection,

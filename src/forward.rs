@@ -92,6 +92,7 @@ impl Proxy {
         self: Arc<Self>,
         mut req: Request<Incoming>,
         client: SocketAddr,
+        overloaded: bool,
     ) -> Result<Response<ObservedBody>, std::convert::Infallible> {
         // Phase 1: route.
         let host = request_host(&req).map(str::to_owned);
@@ -120,6 +121,18 @@ impl Proxy {
                 "statuslens is shutting down; retry on another instance\n",
             ));
         }
+        let (all, on_route) = ex.in_flight();
+        let route_limit = self.upstreams.get(route).and_then(|u| u.cfg.max_in_flight);
+        if overloaded
+            || all > self.limits.max_in_flight as u64
+            || route_limit.is_some_and(|l| on_route > l as u64)
+        {
+            return Ok(local(
+                ex,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "statuslens is at its connection or in-flight limit; retry shortly\n",
+            ));
+        }
         if let Some(status) = self.check_limits(&req) {
             let why = match status {
                 StatusCode::URI_TOO_LONG => "request target longer than proxy.max_uri_bytes\n",
@@ -145,7 +158,8 @@ impl Proxy {
         }
 
         // Phase 3: forward.
-        let upgrade = is_upgrade(req.headers()) && req.version() == Version::HTTP_11;
+        let client_version = req.version();
+        let upgrade = is_upgrade(req.headers()) && client_version == Version::HTTP_11;
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let uri = match upstream_uri(&up.cfg, &parts.uri) {
@@ -251,6 +265,9 @@ impl Proxy {
         }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
+        // The client hears its own protocol version: an HTTP/1.0 upstream must not turn
+        // an HTTP/1.1 client's keep-alive connection into a one-shot one.
+        parts.version = client_version;
         Ok(Response::from_parts(
             parts,
             ObservedBody::new(ResponseInner::Upstream(body), ex),

@@ -40,6 +40,10 @@ pub struct Observer {
     pub upstreams: Vec<String>,
     /// Optional extra consumer (spike detection).
     pub sink: Option<Arc<dyn Sink>>,
+    /// Requests in flight, all routes (for `proxy.max_in_flight`).
+    pub in_flight: AtomicU64,
+    /// Requests in flight per route (for `routes[].max_in_flight`); `unmatched` last.
+    pub route_in_flight: Vec<AtomicU64>,
 }
 
 /// One request, from arrival to its single recorded outcome.
@@ -69,6 +73,8 @@ impl Exchange {
         client: SocketAddr,
     ) -> Exchange {
         observer.metrics.route(route).in_flight.inc();
+        observer.in_flight.fetch_add(1, Ordering::Relaxed);
+        observer.route_in_flight[route].fetch_add(1, Ordering::Relaxed);
         Exchange {
             observer,
             route,
@@ -88,6 +94,14 @@ impl Exchange {
     /// The route this request belongs to.
     pub fn route(&self) -> usize {
         self.route
+    }
+
+    /// Requests in flight now, this one included: (all routes, this route).
+    pub fn in_flight(&self) -> (u64, u64) {
+        (
+            self.observer.in_flight.load(Ordering::Relaxed),
+            self.observer.route_in_flight[self.route].load(Ordering::Relaxed),
+        )
     }
 
     /// The request id (kept from `X-Request-Id` or made here).
@@ -128,6 +142,8 @@ impl Drop for Exchange {
         let o = &self.observer;
         let m = o.metrics.route(self.route);
         m.in_flight.dec();
+        o.in_flight.fetch_sub(1, Ordering::Relaxed);
+        o.route_in_flight[self.route].fetch_sub(1, Ordering::Relaxed);
         o.metrics.record(
             self.route,
             method_index(&self.method),

@@ -1,6 +1,7 @@
 //! Listeners and lifecycle: bind, accept, serve, drain.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,6 +82,10 @@ pub async fn serve(
         route_names: names,
         upstreams,
         sink: detection.as_ref().map(|d| d.sink()),
+        in_flight: Default::default(),
+        route_in_flight: (0..=config.routes.len())
+            .map(|_| Default::default())
+            .collect(),
     });
     let proxy = Arc::new(Proxy::new(&config, observer));
 
@@ -129,6 +134,7 @@ pub async fn serve(
     let builder = Arc::new(builder);
 
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(AtomicUsize::new(0));
     let admin_task = tokio::spawn(serve_admin(admin_listener, admin));
 
     if let Some(tx) = ready {
@@ -151,8 +157,12 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                // Over the connection limit the connection is still served, so that its
+                // requests get a counted 503 with Retry-After instead of a silent reset.
+                let overloaded = connections.load(Ordering::Relaxed) >= config.proxy.max_connections;
+                let guard = ConnectionGuard::new(connections.clone());
                 let proxy = proxy.clone();
-                let service = service_fn(move |req| proxy.clone().handle(req, peer));
+                let service = service_fn(move |req| proxy.clone().handle(req, peer, overloaded));
                 let conn = builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), service)
                     .into_owned();
@@ -161,6 +171,7 @@ pub async fn serve(
                     if let Err(e) = conn.await {
                         tracing::debug!(client = %peer, error = %e, "connection ended with an error");
                     }
+                    drop(guard);
                 });
             }
             _ = &mut shutdown => break,
@@ -183,6 +194,22 @@ pub async fn serve(
         t.abort();
     }
     Ok(())
+}
+
+/// Counts an open client connection for `proxy.max_connections`.
+struct ConnectionGuard(Arc<AtomicUsize>);
+
+impl ConnectionGuard {
+    fn new(count: Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard(count)
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Serves the admin endpoints until aborted; it keeps answering (`/readyz` says 503)

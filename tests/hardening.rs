@@ -1,0 +1,342 @@
+//! Bad input, faults and overload: raw sockets where a client library would be too polite.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Sends raw bytes and returns (first response line, whether the server then closed).
+async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> (String, bool) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    // Read until the server closes, or until a response is in and it stays quiet.
+    let closed = loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+        if !got.is_empty() {
+            match tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break true,
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Err(_) => break false,
+            }
+        }
+    };
+    let text = String::from_utf8_lossy(&got);
+    (text.lines().next().unwrap_or("").to_string(), closed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_attempts_get_400_and_a_closed_connection() {
+    let up = upstream().await;
+    let p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
+    let cases: [(&str, &[u8]); 9] = [
+        ("duplicate CL, different", b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"),
+        ("invalid CL", b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5a\r\n\r\nhello"),
+        ("CL list", b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\nhello"),
+        ("obs-fold", b"GET /status/200 HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n"),
+        ("space in name", b"GET /status/200 HTTP/1.1\r\nHost: x\r\nX A: a\r\n\r\n"),
+        ("space before colon", b"GET /status/200 HTTP/1.1\r\nHost: x\r\nContent-Length : 0\r\n\r\n"),
+        ("NUL in value", b"GET /status/200 HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n"),
+        ("bare CR", b"GET /status/200 HTTP/1.1\r\nHost: x\rX-A: a\r\n\r\n"),
+        ("TE not chunked", b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n"),
+    ];
+    for (name, bytes) in cases {
+        let (line, closed) = raw(p.proxy, bytes).await;
+        assert!(line.starts_with("HTTP/1.1 400"), "{name}: got {line:?}");
+        assert!(closed, "{name}: connection left open");
+    }
+    assert!(
+        up.seen.0.lock().unwrap().is_empty(),
+        "an ambiguous request reached the upstream"
+    );
+
+    // Content-Length together with Transfer-Encoding: hyper applies RFC 9112 §6.3 — the
+    // chunked framing wins, Content-Length is removed before forwarding, and the
+    // connection closes after the response, so the request smuggled behind the body is
+    // never read, let alone forwarded.
+    let (line, closed) = raw(
+        p.proxy,
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    assert!(closed, "connection must close after a CL+TE request");
+    // Equal duplicate Content-Length values are one length (RFC 9110 §8.6).
+    let (line, _) = raw(
+        p.proxy,
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    )
+    .await;
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    let seen = up.seen.0.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    for req in &seen {
+        assert_eq!(req.uri, "/echo");
+        assert!(req.headers.get_all("content-length").iter().count() <= 1);
+        assert!(
+            !(req.headers.contains_key("content-length")
+                && req.headers.contains_key("transfer-encoding"))
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order() {
+    let up = upstream().await;
+    let p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
+    let mut s = TcpStream::connect(p.proxy).await.unwrap();
+    s.write_all(b"GET /status/201 HTTP/1.1\r\nHost: x\r\n\r\nGET /status/404 HTTP/1.1\r\nHost: x\r\n\r\nGET /status/202 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut all = String::new();
+    tokio::time::timeout(DEADLINE, s.read_to_string(&mut all))
+        .await
+        .unwrap()
+        .unwrap();
+    // Bodies ("status 201") carry no newline, so find status lines by their prefix.
+    let statuses: Vec<&str> = all
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &all[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["201", "404", "202"], "{all}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http10_upstream_does_not_break_client_keep_alive() {
+    let old = raw_upstream(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let p = Proc::start(&["--upstream", &format!("http://{old}")]);
+    let mut s = TcpStream::connect(p.proxy).await.unwrap();
+    for i in 0..2 {
+        s.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 512];
+        while !got.ends_with(b"ok") {
+            let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(
+                n > 0,
+                "request {i}: connection closed: {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            got.starts_with(b"HTTP/1.1 200 OK"),
+            "{:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_in_flight_limit_gets_503_with_retry_after() {
+    let up = upstream().await;
+    let cfg = write_config(&format!(
+        "[[routes]]\nname = \"slow\"\nmatch = {{ path_prefix = \"/stall/\" }}\nupstream = \"http://{0}\"\nmax_in_flight = 2\n\n[[routes]]\nname = \"default\"\nupstream = \"http://{0}\"\n",
+        up.addr
+    ));
+    let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+    // Two slow requests fill the route.
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let url = p.url("/stall/3000");
+        slow.push(tokio::spawn(
+            async move { get(&client(), &url).await.0.status },
+        ));
+    }
+    wait_metrics(&p, "two in flight", |m| {
+        sum(m, "statuslens_requests_in_flight", &[("route", "slow")]) == 2.0
+    })
+    .await;
+    let (parts, body) = get(&client(), &p.url("/stall/10")).await;
+    assert_eq!(parts.status, 503);
+    assert_eq!(parts.headers["retry-after"], "1");
+    assert!(String::from_utf8_lossy(&body).contains("limit"));
+    // Other routes are not affected.
+    assert_eq!(get(&client(), &p.url("/status/200")).await.0.status, 200);
+    for h in slow {
+        assert_eq!(h.await.unwrap(), 200);
+    }
+    let m = wait_metrics(&p, "all counted", |m| {
+        sum(m, "statuslens_responses_total", &[]) >= 4.0
+    })
+    .await;
+    assert_eq!(
+        sum(
+            &m,
+            "statuslens_responses_total",
+            &[("code", "503"), ("source", "proxy"), ("route", "slow")]
+        ),
+        1.0
+    );
+    assert_eq!(sum(&m, "statuslens_responses_total", &[]), 4.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_get_503_and_close() {
+    let up = upstream().await;
+    let cfg = write_config(&format!(
+        "[proxy]\nmax_connections = 2\n\n[[routes]]\nname = \"default\"\nupstream = \"http://{}\"\n",
+        up.addr
+    ));
+    let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+    // Two kept-alive connections use up the limit.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(p.proxy).await.unwrap();
+        s.write_all(b"GET /status/200 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        held.push(s);
+    }
+    let (line, closed) = raw(p.proxy, b"GET /status/200 HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(line.starts_with("HTTP/1.1 503"), "{line}");
+    assert!(closed);
+    let m = wait_metrics(&p, "counted", |m| {
+        sum(m, "statuslens_responses_total", &[]) >= 3.0
+    })
+    .await;
+    assert_eq!(
+        sum(
+            &m,
+            "statuslens_responses_total",
+            &[("code", "503"), ("source", "proxy")]
+        ),
+        1.0
+    );
+    // Freeing a connection makes room again.
+    drop(held.pop());
+    let start = Instant::now();
+    loop {
+        let (line, _) = raw(
+            p.proxy,
+            b"GET /status/200 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        if line.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no room after a connection closed: {line}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_sockets_are_cut_and_never_starve_healthy_clients() {
+    let up = upstream().await;
+    let cfg = write_config(&format!(
+        "[proxy]\nheader_read_timeout = \"1s\"\n\n[[routes]]\nname = \"default\"\nupstream = \"http://{}\"\n",
+        up.addr
+    ));
+    let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+    let mut stalled = Vec::new();
+    for _ in 0..300 {
+        let mut s = TcpStream::connect(p.proxy).await.unwrap();
+        s.write_all(b"GET /status/200 HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        stalled.push(s);
+    }
+    // Healthy clients are served while 300 sockets dribble.
+    let c = client();
+    for _ in 0..20 {
+        assert_eq!(get(&c, &p.url("/status/200")).await.0.status, 200);
+    }
+    // And the stalled sockets are closed by the header timeout (hyper answers 408 or closes).
+    let start = Instant::now();
+    for mut s in stalled {
+        let mut buf = [0u8; 512];
+        let left = DEADLINE
+            .saturating_sub(start.elapsed())
+            .max(Duration::from_secs(1));
+        loop {
+            match tokio::time::timeout(left, s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(_)) => continue,
+                Err(_) => panic!("a stalled socket was still open after the header timeout"),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_reset_mid_headers_is_502_reset() {
+    let broken = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Le").await;
+    let p = Proc::start(&["--upstream", &format!("http://{broken}")]);
+    let (parts, _) = get(&client(), &p.url("/x")).await;
+    assert_eq!(parts.status, 502);
+    let m = wait_metrics(&p, "counted", |m| {
+        sum(m, "statuslens_responses_total", &[]) == 1.0
+    })
+    .await;
+    assert_eq!(sum(&m, "statuslens_upstream_errors_total", &[]), 1.0);
+    assert_eq!(
+        sum(
+            &m,
+            "statuslens_responses_total",
+            &[("code", "502"), ("source", "proxy")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_token_guards_the_admin_api() {
+    let up = upstream().await;
+    let token = "s3cr3t-admin-token-0123";
+    let cfg = write_config(&format!(
+        "[admin]\ntoken = \"{token}\"\n\n[[routes]]\nname = \"default\"\nupstream = \"http://{}\"\n",
+        up.addr
+    ));
+    let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+    let c = client();
+    for path in ["/metrics", "/api/status", "/api/spikes"] {
+        assert_eq!(get(&c, &p.admin_url(path)).await.0.status, 401, "{path}");
+        let wrong = http::Request::get(p.admin_url(path))
+            .header("authorization", "Bearer nope")
+            .body(full(bytes::Bytes::new()))
+            .unwrap();
+        assert_eq!(send(&c, wrong).await.0.status, 401, "{path}");
+        let right = http::Request::get(p.admin_url(path))
+            .header("authorization", format!("Bearer {token}"))
+            .body(full(bytes::Bytes::new()))
+            .unwrap();
+        assert_eq!(send(&c, right).await.0.status, 200, "{path}");
+    }
+    assert_eq!(get(&c, &p.admin_url("/healthz")).await.0.status, 200);
+    assert_eq!(get(&c, &p.admin_url("/readyz")).await.0.status, 200);
+    assert!(!p.all_output().contains(token));
+    // A short token is a config error, named.
+    let bad = write_config(&format!(
+        "[admin]\ntoken = \"short\"\n\n[[routes]]\nname = \"d\"\nupstream = \"http://{}\"\n",
+        up.addr
+    ));
+    let out = std::process::Command::new(bin())
+        .args(["check", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("admin.token"));
+}
