@@ -27,7 +27,13 @@ fn main() {
     let run = |n: u32| {
         for i in 0..n {
             let code = codes[i as usize % codes.len()];
-            metrics.record(0, get, code, Source::Upstream, f64::from(i % 1000) / 10_000.0);
+            metrics.record(
+                0,
+                get,
+                code,
+                Source::Upstream,
+                f64::from(i % 1000) / 10_000.0,
+            );
             sink.observe(0, code);
         }
     };

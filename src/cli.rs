@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tracing_appender::non_blocking::WorkerGuard;
 
 use crate::config::{Config, ConfigError, LogFormat, Overrides};
 use crate::{server, status};
@@ -107,7 +108,7 @@ pub fn main() -> ExitCode {
                 }
             };
             // The demo narrates on stdout; only errors from the machinery are logged.
-            init_tracing_default(LogFormat::Pretty, "error");
+            let _log = init_tracing_default(LogFormat::Pretty, "error");
             let opts = crate::demo::DemoOptions {
                 listen,
                 admin,
@@ -164,7 +165,7 @@ pub fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return config_error(e),
             };
-            init_tracing(config.access_log.format);
+            let _log = init_tracing(config.access_log.format);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -222,19 +223,32 @@ fn print_routes(c: &Config, origin: &str) {
 
 /// Sets up the tracing subscriber: JSON or pretty lines on stdout, filtered by RUST_LOG
 /// (default `info`).
-pub fn init_tracing(format: LogFormat) {
-    init_tracing_default(format, "info");
+pub fn init_tracing(format: LogFormat) -> Option<WorkerGuard> {
+    init_tracing_default(format, "info")
 }
 
 /// Like [`init_tracing`] with another default filter when RUST_LOG is unset.
-pub fn init_tracing_default(format: LogFormat, default_filter: &str) {
+///
+/// Lines are formatted on the request's thread but written by a dedicated thread
+/// through a 64 KiB buffer, so the request path never waits on a `write(2)` per line.
+/// The queue is bounded and not lossy: if the disk cannot keep up, requests slow down
+/// rather than log lines vanishing. The returned guard flushes what is queued on drop.
+pub fn init_tracing_default(format: LogFormat, default_filter: &str) -> Option<WorkerGuard> {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(64 * 1024)
+        .thread_name("statuslens-log")
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stdout(),
+        ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stdout);
-    let _ = match format {
+        .with_writer(writer);
+    let installed = match format {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
@@ -243,4 +257,5 @@ pub fn init_tracing_default(format: LogFormat, default_filter: &str) {
             .try_init(),
         LogFormat::Pretty => builder.try_init(),
     };
+    installed.ok().map(|_| guard)
 }
