@@ -34,7 +34,7 @@ fn main() {
                 Source::Upstream,
                 f64::from(i % 1000) / 10_000.0,
             );
-            sink.observe(0, code);
+            sink.observe(0, code, None);
         }
     };
     run(10_000); // create the series

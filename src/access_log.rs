@@ -11,6 +11,7 @@ use std::time::Duration;
 use http::{HeaderValue, Method, Uri};
 
 use crate::config::LogVolume;
+use crate::consumer::ConsumerId;
 use crate::metrics::Source;
 use crate::status;
 
@@ -46,6 +47,10 @@ pub struct Entry<'a> {
     pub client: SocketAddr,
     /// Request id.
     pub request_id: &'a HeaderValue,
+    /// Seconds the upstream's `Retry-After` asked for, if it sent one.
+    pub retry_after: Option<f64>,
+    /// Hashed consumer identity, when the route identifies consumers.
+    pub consumer: Option<ConsumerId>,
 }
 
 impl AccessLog {
@@ -68,6 +73,8 @@ impl AccessLog {
         let class = status::Class::of(e.status).map_or("invalid", |c| c.label());
         let path = Redacted(e.uri);
         let request_id = e.request_id.to_str().unwrap_or("(non-ascii)");
+        let retry = status::lookup(e.status).map_or("", |i| i.retry.label());
+        let consumer = e.consumer.map(tracing::field::display);
         macro_rules! line {
             ($level:ident) => {
                 tracing::$level!(
@@ -86,6 +93,9 @@ impl AccessLog {
                     upstream = e.upstream,
                     client = %e.client,
                     request_id,
+                    retry,
+                    retry_after_s = e.retry_after,
+                    consumer,
                     "request"
                 )
             };

@@ -187,6 +187,7 @@ struct FileRoute {
     max_body_bytes: Option<u64>,
     max_in_flight: Option<usize>,
     host_header: Option<String>,
+    consumer: Option<String>,
     /// Per-signal threshold overrides for this route: `detect.unauthorized.min_ratio`.
     #[serde(default)]
     detect: std::collections::BTreeMap<String, FileThresholds>,
@@ -341,6 +342,8 @@ pub struct RouteConfig {
     pub max_in_flight: Option<usize>,
     /// Host header policy.
     pub host_header: HostHeader,
+    /// How this route identifies consumers for spike attribution, if it does.
+    pub consumer: Option<crate::consumer::IdentitySource>,
     /// Detector thresholds per signal, in `Config::signals` order, overrides applied.
     pub detectors: Vec<DetectorConfig>,
 }
@@ -601,6 +604,7 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
             max_body_bytes: None,
             max_in_flight: None,
             host_header: HostHeader::Preserve,
+            consumer: None,
             detectors: signals.iter().map(|s| s.detector.clone()).collect(),
         });
     }
@@ -691,6 +695,16 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
                 None => Ok(def),
             }
         };
+        let consumer = match r.consumer.as_deref() {
+            None => None,
+            Some(v) => Some(parse_identity(v).ok_or_else(|| {
+                field_err(
+                    origin,
+                    at("consumer"),
+                    format!("{v:?} is not a consumer identity: expected \"header:NAME\", \"client_ip\" or \"jwt_sub\""),
+                )
+            })?),
+        };
         let mut detectors = Vec::with_capacity(signals.len());
         for s in &signals {
             let mut d = s.detector.clone();
@@ -713,6 +727,7 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
         }
         routes.push(RouteConfig {
             detectors,
+            consumer,
             name: r.name,
             host,
             path_prefix,
@@ -753,6 +768,20 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
         detection,
         routes,
     })
+}
+
+fn parse_identity(v: &str) -> Option<crate::consumer::IdentitySource> {
+    use crate::consumer::IdentitySource;
+    match v {
+        "client_ip" => Some(IdentitySource::ClientIp),
+        "jwt_sub" => Some(IdentitySource::JwtSub),
+        _ => {
+            let name = v.strip_prefix("header:")?;
+            http::HeaderName::from_bytes(name.trim().as_bytes())
+                .ok()
+                .map(IdentitySource::Header)
+        }
+    }
 }
 
 fn parse_format(origin: &str, field: &str, v: &str) -> Result<LogFormat, ConfigError> {

@@ -20,16 +20,19 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::config::{Config, HostHeader, ProxyConfig, RouteConfig};
+use crate::consumer::Identifier;
 use crate::metrics::{Source, UpstreamErrorKind};
 use crate::observe::{
     BodyTooLarge, Exchange, ObservedBody, Observer, RequestBody, RequestBodyState, ResponseInner,
 };
+use crate::quota;
 use crate::route::Router;
 
 /// A route ready to forward: its settings and its pooled upstream client.
 struct Upstream {
     cfg: RouteConfig,
     client: Client<HttpConnector, RequestBody>,
+    identifier: Option<Identifier>,
 }
 
 /// The forwarding proxy shared by every connection.
@@ -51,6 +54,9 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 impl Proxy {
     /// Builds the route table and one upstream client per route.
     pub fn new(config: &Config, observer: Arc<Observer>) -> Proxy {
+        // Consumer ids are salted per process, so they cannot be linked across restarts
+        // or reversed with a dictionary by someone who only sees the ids.
+        let salt = random_salt();
         let upstreams = config
             .routes
             .iter()
@@ -70,6 +76,7 @@ impl Proxy {
                 Upstream {
                     cfg: r.clone(),
                     client,
+                    identifier: r.consumer.clone().map(|src| Identifier::new(src, salt)),
                 }
             })
             .collect();
@@ -201,6 +208,9 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         let state = Arc::new(RequestBodyState::default());
         ex.track_request_body(state.clone());
+        if let Some(id) = &up.identifier {
+            ex.set_consumer(id.identify(&parts.headers, client.ip()));
+        }
         let counter = self.observer.metrics.route(route).request_bytes.clone();
         let body = RequestBody::new(body, state.clone(), counter, up.cfg.max_body_bytes);
         let upstream_req = Request::from_parts(parts, body);
@@ -251,7 +261,19 @@ impl Proxy {
         };
 
         // Phase 4: respond.
-        ex.respond(resp.status().as_u16(), Source::Upstream);
+        let status = resp.status().as_u16();
+        ex.respond(status, Source::Upstream);
+        let now = crate::detect::unix_now();
+        if let Some(q) = quota::parse(resp.headers(), now) {
+            self.observer.quota(route, &q);
+        }
+        if status == 429 || status == 503 {
+            ex.set_retry_after(
+                resp.headers()
+                    .get(header::RETRY_AFTER)
+                    .and_then(|v| quota::retry_after_secs(v, now)),
+            );
+        }
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
@@ -470,6 +492,18 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
         out.push_str(": ");
         out.push_str(&e.to_string());
         cur = e.source();
+    }
+    out
+}
+
+/// 128 bits from the standard library's per-process random hasher keys.
+fn random_salt() -> [u64; 2] {
+    use std::hash::{BuildHasher, Hasher};
+    let mut out = [0u64; 2];
+    for (i, v) in out.iter_mut().enumerate() {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_usize(i);
+        *v = h.finish();
     }
     out
 }

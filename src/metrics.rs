@@ -10,8 +10,8 @@ use std::sync::OnceLock;
 
 use http::Method;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::status::Class;
@@ -162,6 +162,10 @@ pub struct RouteMetrics {
     pub request_bytes: IntCounter,
     /// Response body bytes sent to clients.
     pub response_bytes: IntCounter,
+    quota_vecs: [GaugeVec; 3],
+    /// remaining ratio, limit, remaining — created when the upstream first reports a
+    /// quota, so a route without quota headers never shows a misleading 0.
+    quota: OnceLock<[Gauge; 3]>,
 }
 
 impl Metrics {
@@ -229,6 +233,23 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let quota_gauge = |name: &str, help: &str| {
+            GaugeVec::new(Opts::new(name, help), &["route"]).expect("valid metric")
+        };
+        let quota_vecs = [
+            quota_gauge(
+                "statuslens_upstream_quota_remaining_ratio",
+                "Share of the upstream's rate-limit quota left (remaining / limit), from its last response's quota headers.",
+            ),
+            quota_gauge(
+                "statuslens_upstream_quota_limit",
+                "The upstream's rate-limit quota for the current window, from its quota headers.",
+            ),
+            quota_gauge(
+                "statuslens_upstream_quota_remaining",
+                "Requests left in the upstream's current rate-limit window, from its quota headers.",
+            ),
+        ];
 
         for c in [
             Box::new(responses.clone()) as Box<dyn prometheus::core::Collector>,
@@ -238,6 +259,9 @@ impl Metrics {
             Box::new(req_bytes.clone()),
             Box::new(resp_bytes.clone()),
             Box::new(build_info),
+            Box::new(quota_vecs[0].clone()),
+            Box::new(quota_vecs[1].clone()),
+            Box::new(quota_vecs[2].clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -259,6 +283,8 @@ impl Metrics {
                     .map(|k| upstream_errors.with_label_values(&[name, k.label()])),
                 request_bytes: req_bytes.with_label_values(&[name]),
                 response_bytes: resp_bytes.with_label_values(&[name]),
+                quota_vecs: quota_vecs.clone(),
+                quota: OnceLock::new(),
             })
             .collect();
         Metrics {
@@ -295,6 +321,24 @@ impl Metrics {
             None => r.series(method, code, class, source).inc(),
         }
         r.duration[class.index()].observe(seconds);
+    }
+
+    /// Records the upstream's latest quota report for a route; fields it did not carry
+    /// leave their gauge as it was.
+    pub fn set_quota(&self, route: usize, q: &crate::quota::Quota) {
+        let r = &self.routes[route];
+        let g = r.quota.get_or_init(|| {
+            [0, 1, 2].map(|i| r.quota_vecs[i].with_label_values(&[r.name.as_str()]))
+        });
+        if let Some(v) = q.remaining_ratio() {
+            g[0].set(v);
+        }
+        if let Some(v) = q.limit {
+            g[1].set(v);
+        }
+        if let Some(v) = q.remaining {
+            g[2].set(v);
+        }
     }
 
     /// Counts one failed upstream exchange.

@@ -20,12 +20,15 @@ use http_body::{Body, Frame, SizeHint};
 use prometheus::IntCounter;
 
 use crate::access_log;
+use crate::consumer::ConsumerId;
 use crate::metrics::{method_index, Metrics, Source, UpstreamErrorKind};
+use crate::quota::Quota;
 
 /// Hooks that want every finished request (spike detection).
 pub trait Sink: Send + Sync {
-    /// One request on `route` finished with `code`.
-    fn observe(&self, route: usize, code: u16);
+    /// One request on `route` finished with `code`, from `consumer` if the route
+    /// identifies consumers.
+    fn observe(&self, route: usize, code: u16, consumer: Option<ConsumerId>);
 }
 
 /// Everything an exchange needs to report itself; shared by all requests.
@@ -44,6 +47,41 @@ pub struct Observer {
     pub in_flight: AtomicU64,
     /// Requests in flight per route (for `routes[].max_in_flight`); `unmatched` last.
     pub route_in_flight: Vec<AtomicU64>,
+    /// Per route: a low-quota warning was logged and has not been re-armed yet.
+    pub quota_warned: Vec<AtomicBool>,
+}
+
+/// Below this share of quota left, statuslens warns that 429s are near.
+const QUOTA_WARN: f64 = 0.10;
+/// The warning re-arms once the quota is back above this share.
+const QUOTA_REARM: f64 = 0.20;
+
+impl Observer {
+    /// Records an upstream's quota report and warns once when it runs low.
+    pub fn quota(&self, route: usize, q: &Quota) {
+        self.metrics.set_quota(route, q);
+        let Some(ratio) = q.remaining_ratio() else {
+            return;
+        };
+        let warned = &self.quota_warned[route];
+        if ratio < QUOTA_WARN {
+            if !warned.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    target: "statuslens::quota",
+                    route = self.route_names[route].as_str(),
+                    remaining_ratio = ratio,
+                    remaining = q.remaining,
+                    limit = q.limit,
+                    reset_seconds = q.reset_secs,
+                    "upstream quota low on route {}: {:.0}% left — 429s are near; slow down or spread calls",
+                    self.route_names[route],
+                    ratio * 100.0
+                );
+            }
+        } else if ratio > QUOTA_REARM {
+            warned.store(false, Ordering::Relaxed);
+        }
+    }
 }
 
 /// One request, from arrival to its single recorded outcome.
@@ -60,6 +98,8 @@ pub struct Exchange {
     completed: bool,
     bytes_out: u64,
     request_body: Option<Arc<RequestBodyState>>,
+    consumer: Option<ConsumerId>,
+    retry_after: Option<f64>,
 }
 
 impl Exchange {
@@ -88,6 +128,8 @@ impl Exchange {
             completed: false,
             bytes_out: 0,
             request_body: None,
+            consumer: None,
+            retry_after: None,
         }
     }
 
@@ -118,6 +160,16 @@ impl Exchange {
     /// Records a failed upstream exchange (the response status is set separately).
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
         self.observer.metrics.upstream_error(self.route, kind);
+    }
+
+    /// The consumer this request came from (hashed), for spike attribution.
+    pub fn set_consumer(&mut self, consumer: Option<ConsumerId>) {
+        self.consumer = consumer;
+    }
+
+    /// What the upstream's `Retry-After` said, in seconds, for the log.
+    pub fn set_retry_after(&mut self, secs: Option<f64>) {
+        self.retry_after = secs;
     }
 
     /// Attaches the request body's byte tally so the log line can report it.
@@ -152,7 +204,7 @@ impl Drop for Exchange {
             elapsed.as_secs_f64(),
         );
         if let Some(sink) = &o.sink {
-            sink.observe(self.route, code);
+            sink.observe(self.route, code, self.consumer);
         }
         let bytes_in = self
             .request_body
@@ -172,6 +224,8 @@ impl Drop for Exchange {
             bytes_out: self.bytes_out,
             client: self.client,
             request_id: &self.request_id,
+            retry_after: self.retry_after,
+            consumer: self.consumer,
         });
     }
 }

@@ -86,6 +86,9 @@ pub async fn serve(
         route_in_flight: (0..=config.routes.len())
             .map(|_| Default::default())
             .collect(),
+        quota_warned: (0..=config.routes.len())
+            .map(|_| Default::default())
+            .collect(),
     });
     let proxy = Arc::new(Proxy::new(&config, observer));
 

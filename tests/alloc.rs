@@ -6,6 +6,7 @@ use std::cell::Cell;
 
 use http::Method;
 use statuslens::config::{Config, Overrides};
+use statuslens::consumer::ConsumerId;
 use statuslens::detect::Detection;
 use statuslens::metrics::{method_index, Metrics, Source};
 
@@ -59,13 +60,13 @@ async fn observe_path_allocates_nothing_per_request() {
     // First use of each series creates it (allowed: bounded by configuration).
     for &(m, code, source) in &mix {
         metrics.record(0, m, code, source, 0.01);
-        sink.observe(0, code);
+        sink.observe(0, code, Some(ConsumerId(1)));
     }
     let before = allocs();
     for i in 0..10_000u32 {
         let (m, code, source) = mix[i as usize % mix.len()];
         metrics.record(0, m, code, source, f64::from(i % 100) / 1000.0);
-        sink.observe(0, code);
+        sink.observe(0, code, Some(ConsumerId(i % 50)));
     }
     let during = allocs() - before;
     assert_eq!(
@@ -80,9 +81,9 @@ async fn observe_path_allocates_nothing_per_request() {
     let before = allocs();
     for t in 1..100 {
         for _ in 0..50 {
-            quiet_sink.observe(0, 200);
+            quiet_sink.observe(0, 200, None);
         }
-        quiet_sink.observe(0, 401);
+        quiet_sink.observe(0, 401, Some(ConsumerId(7)));
         quiet.tick(1_800_000_000 + t);
     }
     assert_eq!(allocs() - before, 0, "detector tick allocated");

@@ -178,8 +178,9 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     // statuslens with a real route, a dead one and unmatched paths, under mixed traffic.
     let up = upstream().await;
     let dead = closed_port();
+    let quota = raw_upstream(b"HTTP/1.1 200 OK\r\nX-RateLimit-Limit: 100\r\nX-RateLimit-Remaining: 7\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok").await;
     let cfg = write_config(&format!(
-        "[[routes]]\nname = \"api\"\nmatch = {{ path_prefix = \"/api/\" }}\nupstream = \"http://{}\"\n\n[[routes]]\nname = \"dead\"\nmatch = {{ path_prefix = \"/dead/\" }}\nupstream = \"http://{dead}\"\n",
+        "[[routes]]\nname = \"api\"\nmatch = {{ path_prefix = \"/api/\" }}\nupstream = \"http://{}\"\n\n[[routes]]\nname = \"dead\"\nmatch = {{ path_prefix = \"/dead/\" }}\nupstream = \"http://{dead}\"\n\n[[routes]]\nname = \"quota\"\nmatch = {{ path_prefix = \"/quota/\" }}\nupstream = \"http://{quota}\"\n",
         up.addr
     ));
     let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
@@ -198,6 +199,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
             "/dead/x",
             "/nowhere",
             "/api/stall/20",
+            "/quota/x",
         ];
         for i in 0.. {
             let url = format!("http://{proxy}{}", paths[i % paths.len()]);

@@ -19,6 +19,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registr
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::consumer::{ConsumerId, TopK};
 use crate::observe::Sink;
 use crate::status;
 use detector::{Detector, Transition};
@@ -42,7 +43,14 @@ struct RouteCounters {
     matched: Vec<AtomicU64>,
     /// Per signal, per code of that signal: responses this second.
     by_code: Vec<Vec<AtomicU64>>,
+    /// Per signal: who sent the matching requests lately (routes that identify
+    /// consumers only). Locked only for a matching response that carries a consumer,
+    /// i.e. for errors, never for the bulk of healthy traffic.
+    consumers: Vec<Mutex<TopK>>,
 }
+
+/// Consumers tracked per route × signal: enough to name a dominant one.
+const TOP_CONSUMERS: usize = 32;
 
 impl Counters {
     fn new(config: &Config) -> Counters {
@@ -67,6 +75,11 @@ impl Counters {
                     .iter()
                     .map(|s| s.codes.iter().map(|_| AtomicU64::new(0)).collect())
                     .collect(),
+                consumers: config
+                    .signals
+                    .iter()
+                    .map(|_| Mutex::new(TopK::new(TOP_CONSUMERS)))
+                    .collect(),
             })
             .collect();
         Counters {
@@ -78,7 +91,7 @@ impl Counters {
 }
 
 impl Sink for Counters {
-    fn observe(&self, route: usize, code: u16) {
+    fn observe(&self, route: usize, code: u16, consumer: Option<ConsumerId>) {
         // `unmatched` has no detectors: its 404s are not an upstream's behaviour.
         let Some(r) = self.routes.get(route) else {
             return;
@@ -91,6 +104,11 @@ impl Sink for Counters {
             r.matched[s].fetch_add(1, Ordering::Relaxed);
             let slot = self.code_slot[s][code as usize] as usize;
             r.by_code[s][slot].fetch_add(1, Ordering::Relaxed);
+            if let Some(id) = consumer {
+                if let Ok(mut top) = r.consumers[s].lock() {
+                    top.add(id, 1);
+                }
+            }
         }
     }
 }
@@ -122,6 +140,19 @@ pub struct Spike {
     pub meaning: String,
     /// Severity label (from the signal's config).
     pub severity: String,
+    /// "83% of the 401s in this spike came from consumer 7f3a09c1", when one dominates.
+    pub attribution: Option<String>,
+    /// The consumers behind the matching responses around the start (hashed ids).
+    pub top_consumers: Vec<TopConsumer>,
+}
+
+/// One consumer's part in a spike.
+#[derive(Debug, Clone, Serialize)]
+pub struct TopConsumer {
+    /// Hashed consumer id.
+    pub consumer: String,
+    /// Share of the signal's matching responses (a lower bound).
+    pub share: f64,
 }
 
 struct Key {
@@ -249,6 +280,13 @@ impl Detection {
                     key.recent[slot] += c.swap(0, Ordering::Relaxed) as f64;
                 }
             }
+            // Every 10 s halve the consumer tallies: they follow the last ~20 s, the
+            // scale of the windows that fire.
+            if now % 10 == 0 {
+                if let Ok(mut top) = rc.consumers[key.signal].lock() {
+                    top.decay(0.5);
+                }
+            }
             let n = totals[key.route];
             if let Some(t) = key.detector.observe(now, n, k) {
                 self.report(key, t, now);
@@ -273,6 +311,24 @@ impl Detection {
         let mut book = self.book.lock().expect("spike book lock");
         match t {
             Transition::Started(st) => {
+                let what = match dominant {
+                    Some(c) if signal.codes.len() == 1 => format!("{c}s"),
+                    _ => format!("{} responses", signal.name),
+                };
+                let (attribution, top_consumers) =
+                    match self.counters.routes[key.route].consumers[key.signal].lock() {
+                        Ok(top) => (
+                            crate::consumer::attribution(&top, &what, 0.5).map(|(_, _, text)| text),
+                            top.top(5)
+                                .into_iter()
+                                .map(|(id, count, error)| TopConsumer {
+                                    consumer: id.to_string(),
+                                    share: (count - error) as f64 / top.total().max(1) as f64,
+                                })
+                                .collect(),
+                        ),
+                        Err(_) => (None, Vec::new()),
+                    };
                 let spike = Spike {
                     route: route.clone(),
                     signal: signal.name.clone(),
@@ -286,6 +342,8 @@ impl Detection {
                     dominant_code: dominant,
                     meaning,
                     severity: signal.severity.clone(),
+                    attribution,
+                    top_consumers,
                 };
                 tracing::warn!(
                     target: "statuslens::spike",
@@ -298,8 +356,10 @@ impl Detection {
                     matched = st.k,
                     dominant_code = dominant,
                     meaning = spike.meaning.as_str(),
-                    "spike started: {} of {} responses on route {} are {} (baseline {:.2}%) — {}",
-                    st.k, st.n, route, signal.name, st.baseline * 100.0, spike.meaning
+                    attribution = spike.attribution.as_deref(),
+                    "spike started: {} of {} responses on route {} are {} (baseline {:.2}%) — {}{}",
+                    st.k, st.n, route, signal.name, st.baseline * 100.0, spike.meaning,
+                    spike.attribution.as_deref().map(|a| format!("; {a}")).unwrap_or_default()
                 );
                 key.gauge.set(1);
                 key.total.inc();

@@ -1,0 +1,218 @@
+//! Integration insights: upstream quota headers in every dialect, and which consumer
+//! a spike comes from.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http::Request;
+use serde_json::Value;
+
+/// A raw upstream that answers one request with a 200 carrying `headers`.
+async fn quota_upstream(headers: &'static str) -> std::net::SocketAddr {
+    let reply: &'static [u8] = Box::leak(
+        format!("HTTP/1.1 200 OK\r\n{headers}Content-Length: 2\r\nConnection: close\r\n\r\nok")
+            .into_bytes()
+            .into_boxed_slice(),
+    );
+    raw_upstream(reply).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_headers_of_every_dialect_become_gauges() {
+    let dialects: [(&str, &'static str); 6] = [
+        ("github", "X-RateLimit-Limit: 5000\r\nX-RateLimit-Remaining: 250\r\nX-RateLimit-Reset: 30\r\n"),
+        ("ietf", "RateLimit: \"default\";r=40;t=10\r\nRateLimit-Policy: \"default\";q=100;w=60\r\n"),
+        ("ietf_old", "RateLimit-Limit: 200\r\nRateLimit-Remaining: 150\r\nRateLimit-Reset: 5\r\n"),
+        ("salesforce", "Sforce-Limit-Info: api-usage=14250/15000\r\n"),
+        ("malformed", "X-RateLimit-Limit: lots\r\nX-RateLimit-Remaining: -5\r\nSforce-Limit-Info: api-usage=/\r\nRateLimit: ;;;===\r\n"),
+        ("none", ""),
+    ];
+    let mut cfg = String::new();
+    for (name, headers) in dialects {
+        let addr = quota_upstream(headers).await;
+        cfg.push_str(&format!("[[routes]]\nname = \"{name}\"\nmatch = {{ path_prefix = \"/{name}/\" }}\nupstream = \"http://{addr}\"\n\n"));
+    }
+    let p = Proc::start(&["--config", write_config(&cfg).to_str().unwrap()]);
+    let c = client();
+    for (name, _) in dialects {
+        assert_eq!(
+            get(&c, &p.url(&format!("/{name}/x"))).await.0.status,
+            200,
+            "{name}"
+        );
+    }
+    let m = wait_metrics(&p, "six responses", |m| {
+        sum(m, "statuslens_responses_total", &[]) >= 6.0
+    })
+    .await;
+    let ratio = |route: &str| {
+        m.iter()
+            .find(|s| {
+                s.name == "statuslens_upstream_quota_remaining_ratio" && s.labels["route"] == route
+            })
+            .map(|s| s.value)
+    };
+    let gauge = |name: &str, route: &str| {
+        m.iter()
+            .find(|s| s.name == name && s.labels["route"] == route)
+            .map(|s| s.value)
+    };
+    assert_eq!(ratio("github"), Some(0.05));
+    assert_eq!(
+        gauge("statuslens_upstream_quota_limit", "github"),
+        Some(5000.0)
+    );
+    assert_eq!(
+        gauge("statuslens_upstream_quota_remaining", "github"),
+        Some(250.0)
+    );
+    assert_eq!(ratio("ietf"), Some(0.4));
+    assert_eq!(ratio("ietf_old"), Some(0.75));
+    assert_eq!(ratio("salesforce"), Some(0.05));
+    assert_eq!(
+        gauge("statuslens_upstream_quota_remaining", "salesforce"),
+        Some(750.0)
+    );
+    // Malformed values never move a gauge; routes without quota headers have none.
+    for route in ["malformed", "none"] {
+        assert!(
+            m.iter()
+                .all(|s| !(s.name.starts_with("statuslens_upstream_quota")
+                    && s.labels["route"] == route)),
+            "{route}"
+        );
+    }
+    // Low quota (github 5%, salesforce 5%) is warned about before any 429.
+    let start = Instant::now();
+    loop {
+        let warned: Vec<Value> = p
+            .all_output()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["target"] == "statuslens::quota")
+            .collect();
+        if warned.len() == 2 {
+            assert!(warned.iter().all(|w| w["level"] == "WARN"
+                && w["message"].as_str().unwrap().contains("429s are near")));
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "quota warnings: {warned:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_and_retry_advice_reach_the_access_log() {
+    let up = raw_upstream(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
+    let p = Proc::start(&["--upstream", &format!("http://{up}")]);
+    assert_eq!(get(&client(), &p.url("/x")).await.0.status, 429);
+    let start = Instant::now();
+    let line = loop {
+        if let Some(l) = p.access_lines().into_iter().next() {
+            break l;
+        }
+        assert!(start.elapsed() < DEADLINE);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(line["status"], 429);
+    assert_eq!(line["retry"], "backoff");
+    assert_eq!(line["retry_after_s"], 7.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spike_from_one_consumer_is_attributed_to_it() {
+    let up = upstream().await;
+    let cfg = write_config(&format!(
+        "[[routes]]\nname = \"api\"\nupstream = \"http://{}\"\nconsumer = \"header:X-Api-Key\"\n",
+        up.addr
+    ));
+    let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+    let c = client();
+    let send_as = |key: &'static str, code: u16| {
+        let c = c.clone();
+        let url = p.url(&format!("/status/{code}"));
+        async move {
+            let req = Request::get(url)
+                .header("x-api-key", key)
+                .body(full(Bytes::new()))
+                .unwrap();
+            send(&c, req).await.0.status.as_u16()
+        }
+    };
+    // 15 s of healthy traffic from several consumers, so the detector has a baseline;
+    // then one consumer, half of all traffic, has an expired token.
+    let keys = [
+        "key-alpha-1111",
+        "key-expired-9999",
+        "key-beta-2222",
+        "key-expired-9999",
+    ];
+    let healthy = Instant::now();
+    let mut i = 0;
+    while healthy.elapsed() < Duration::from_secs(15) {
+        assert_eq!(send_as(keys[i % 4], 200).await, 200);
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let start = Instant::now();
+    let spike = loop {
+        for i in 0..20 {
+            let key = keys[i % 4];
+            let code = if key == "key-expired-9999" { 401 } else { 200 };
+            send_as(key, code).await;
+        }
+        let (_, body) = get(&c, &p.admin_url("/api/spikes")).await;
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        if let Some(s) = v["active"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["signal"] == "unauthorized")
+        {
+            break s.clone();
+        }
+        if start.elapsed() > DEADLINE {
+            let (_, st) = get(&c, &p.admin_url("/api/status")).await;
+            panic!("no spike: {v}\n{}", String::from_utf8_lossy(&st));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let text = spike["attribution"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no attribution: {spike}"));
+    assert!(
+        text.contains("% of the 401s in this spike came from consumer "),
+        "{text}"
+    );
+    let id = text.rsplit(' ').next().unwrap();
+    assert_eq!(id.len(), 8, "{text}");
+    assert_eq!(spike["top_consumers"][0]["consumer"], id);
+    assert!(
+        spike["top_consumers"][0]["share"].as_f64().unwrap() >= 0.5,
+        "{spike}"
+    );
+    // The raw key is never exposed: not in the API, the log or the metrics.
+    let (_, metrics) = get(&c, &p.admin_url("/metrics")).await;
+    let (_, status) = get(&c, &p.admin_url("/api/status")).await;
+    for text in [
+        spike.to_string(),
+        p.all_output(),
+        String::from_utf8_lossy(&metrics).into_owned(),
+        String::from_utf8_lossy(&status).into_owned(),
+    ] {
+        assert!(
+            !text.contains("key-expired-9999"),
+            "raw consumer key exposed"
+        );
+    }
+    // The spike log line carries the attribution too.
+    let out = p.all_output();
+    assert!(
+        out.lines()
+            .any(|l| l.contains("statuslens::spike") && l.contains(text)),
+        "{out}"
+    );
+}
