@@ -358,9 +358,17 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     // And a recording rule carries the per-route 5xx ratio across the scrape.
-    let v = query("route:statuslens_responses_5xx:ratio_rate5m".into())
-        .await
-        .unwrap();
-    assert!(!v["data"]["result"].as_array().unwrap().is_empty(), "{v}");
+    // (Polled: a rule can be healthy a moment before its first evaluation has data.)
+    let start = Instant::now();
+    loop {
+        let v = query("route:statuslens_responses_5xx:ratio_rate5m".into())
+            .await
+            .unwrap();
+        if !v["data"]["result"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{v}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     traffic.abort();
 }
