@@ -249,12 +249,7 @@ pub fn init_tracing_default(format: LogFormat, default_filter: &str) -> Option<W
         .with_env_filter(filter)
         .with_writer(writer);
     let installed = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .try_init(),
+        LogFormat::Json => builder.event_format(crate::logfmt::JsonLines).try_init(),
         LogFormat::Pretty => builder.try_init(),
     };
     installed.ok().map(|_| guard)

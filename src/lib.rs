@@ -25,6 +25,7 @@ pub mod demo;
 pub mod detect;
 pub mod duration;
 pub mod forward;
+pub mod logfmt;
 pub mod metrics;
 pub mod observe;
 pub mod quota;

@@ -1,0 +1,167 @@
+//! A lean JSON line format for tracing events, access log included.
+//!
+//! Same shape as tracing-subscriber's flattened JSON (`timestamp`, `level`, `message`,
+//! the event's fields, `target`), but written straight into the subscriber's per-thread
+//! buffer with escaping done on the fly: no map, no intermediate strings. The access
+//! log is one event per request, so this is on the hot path.
+
+use std::fmt::{self, Write};
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// The JSON line formatter.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct JsonLines;
+
+impl<S, N> FormatEvent<S, N> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut w: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        w.write_str("{\"timestamp\":\"")?;
+        write_rfc3339_micros(&mut w, now.as_secs(), now.subsec_micros())?;
+        write!(w, "\",\"level\":\"{}\"", event.metadata().level())?;
+        let mut visitor = JsonVisitor {
+            w: &mut w,
+            result: Ok(()),
+        };
+        event.record(&mut visitor);
+        visitor.result?;
+        w.write_str(",\"target\":")?;
+        write_json_str(&mut w, event.metadata().target())?;
+        w.write_str("}\n")
+    }
+}
+
+struct JsonVisitor<'a, 'w> {
+    w: &'a mut Writer<'w>,
+    result: fmt::Result,
+}
+
+impl JsonVisitor<'_, '_> {
+    fn key(&mut self, field: &Field) -> fmt::Result {
+        self.w.write_char(',')?;
+        write_json_str(self.w, field.name())?;
+        self.w.write_char(':')
+    }
+
+    fn put(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+        if self.result.is_ok() {
+            self.result = self.key(field).and_then(|_| value(self.w));
+        }
+    }
+}
+
+impl Visit for JsonVisitor<'_, '_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.put(field, |w| write_json_str(w, value));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field, |w| write!(w, "{value}"));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, |w| write!(w, "{value}"));
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        // JSON has no NaN or infinity.
+        self.put(field, |w| {
+            if value.is_finite() {
+                write!(w, "{value}")
+            } else {
+                w.write_str("null")
+            }
+        });
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, |w| write!(w, "{value}"));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        // `%x` fields and the message arrive here; both are written as strings.
+        self.put(field, |w| {
+            w.write_char('"')?;
+            write!(Escaped(w), "{value:?}")?;
+            w.write_char('"')
+        });
+    }
+}
+
+/// Writes `s` as a JSON string literal.
+fn write_json_str(w: &mut impl Write, s: &str) -> fmt::Result {
+    w.write_char('"')?;
+    Escaped(w).write_str(s)?;
+    w.write_char('"')
+}
+
+/// A writer that JSON-escapes whatever goes through it.
+struct Escaped<'a, W: Write>(&'a mut W);
+
+impl<W: Write> Write for Escaped<'_, W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let mut start = 0;
+        for (i, b) in s.bytes().enumerate() {
+            let esc: Option<&str> = match b {
+                b'"' => Some("\\\""),
+                b'\\' => Some("\\\\"),
+                b'\n' => Some("\\n"),
+                b'\r' => Some("\\r"),
+                b'\t' => Some("\\t"),
+                0..=0x1f | 0x7f => None,
+                _ => continue,
+            };
+            self.0.write_str(&s[start..i])?;
+            match esc {
+                Some(e) => self.0.write_str(e)?,
+                None => write!(self.0, "\\u{b:04x}")?,
+            }
+            start = i + 1;
+        }
+        self.0.write_str(&s[start..])
+    }
+}
+
+fn write_rfc3339_micros(w: &mut impl Write, secs: u64, micros: u32) -> fmt::Result {
+    let (y, m, d, hh, mm, ss) = crate::detect::webhook::civil(secs);
+    write!(
+        w,
+        "{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{micros:06}Z"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_json_strings() {
+        let mut out = String::new();
+        write_json_str(&mut out, "a\"b\\c\nd\u{1}é\u{7f}").unwrap();
+        assert_eq!(out, "\"a\\\"b\\\\c\\nd\\u0001é\\u007f\"");
+        let v: String = serde_json::from_str(&out).unwrap();
+        assert_eq!(v, "a\"b\\c\nd\u{1}é\u{7f}");
+    }
+
+    #[test]
+    fn timestamps_have_microseconds() {
+        let mut out = String::new();
+        write_rfc3339_micros(&mut out, 1_798_160_523, 42).unwrap();
+        assert_eq!(out, "2026-12-25T01:02:03.000042Z");
+    }
+}
