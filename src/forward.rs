@@ -385,6 +385,11 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// Removes the hop-by-hop headers of RFC 9110 §7.6.1, including those `Connection` names.
 /// For an upgrade, `Connection: upgrade` and `Upgrade` are kept so the upstream sees it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of these: one pass comparing names (standard names
+    // compare as enum tags) saves a hash lookup per name on every request and response.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = connection_tokens(headers)
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
@@ -396,15 +401,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         }
         headers.remove(header::CONNECTION);
     }
-    for name in [
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-    ] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
     if keep_upgrade {
@@ -412,6 +409,21 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     } else {
         headers.remove(header::UPGRADE);
     }
+}
+
+/// Hop-by-hop fields besides `Connection`, `Upgrade` and what `Connection` names.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION || *name == header::UPGRADE || HOP_BY_HOP.contains(name)
 }
 
 fn rewrite_request_headers(
@@ -427,7 +439,11 @@ fn rewrite_request_headers(
     // wait for a second 100-continue of its own.
     headers.remove(header::EXPECT);
     append(headers, X_FORWARDED_FOR, &client.ip().to_string());
-    append(headers, X_FORWARDED_PROTO, "http");
+    if headers.contains_key(X_FORWARDED_PROTO) {
+        append(headers, X_FORWARDED_PROTO, "http");
+    } else {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
     if let Some(h) = host {
         append(headers, X_FORWARDED_HOST, h);
     }
@@ -436,11 +452,11 @@ fn rewrite_request_headers(
 
 /// Appends `value` to a comma-separated list header, as proxies in a chain do.
 fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    let joined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {value}"),
-        _ => value.to_string(),
+    let v = match headers.get(&name).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.is_empty() => HeaderValue::from_str(&format!("{prev}, {value}")),
+        _ => HeaderValue::from_str(value),
     };
-    if let Ok(v) = HeaderValue::from_str(&joined) {
+    if let Ok(v) = v {
         headers.insert(name, v);
     }
 }
@@ -524,7 +540,16 @@ fn next_request_id() -> HeaderValue {
         h.finish() as u32
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::from_str(&format!("{prefix:08x}{n:012x}")).expect("hex is a valid header value")
+    // 8 hex digits of prefix, 12 of counter, written without a format string.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 20];
+    for (i, b) in buf[..8].iter_mut().enumerate() {
+        *b = HEX[(prefix >> (28 - 4 * i) & 0xf) as usize];
+    }
+    for (i, b) in buf[8..].iter_mut().enumerate() {
+        *b = HEX[(n >> (44 - 4 * i) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
 }
 
 #[cfg(test)]

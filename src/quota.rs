@@ -108,6 +108,19 @@ const X_RATELIMIT_FIELDS: [[&str; 3]; 2] = [
 /// `now_unix` is used for HTTP-date Retry-After and for X-RateLimit-Reset given as an
 /// absolute epoch timestamp.
 pub fn parse(headers: &HeaderMap, now_unix: u64) -> Option<Quota> {
+    // Called for every response: one pass over the (few) names is far cheaper than a
+    // dozen by-name lookups, each of which parses and hashes its name.
+    let relevant = headers.keys().any(|k| {
+        let k = k.as_str();
+        k == "retry-after"
+            || k.starts_with("ratelimit")
+            || k.starts_with("x-ratelimit")
+            || k.starts_with("x-rate-limit")
+            || k == "sforce-limit-info"
+    });
+    if !relevant {
+        return None;
+    }
     let retry = headers
         .get(http::header::RETRY_AFTER)
         .and_then(|v| retry_after_secs(v, now_unix));
