@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# benches/soak.sh: a long mixed-traffic run with faults (issue 6). Not run in CI.
+#
+# statuslens (default config plus a dead route) in front of an nginx upstream that
+# answers 200/401/429/500/503; wrk sends a weighted mix that also hits the dead route
+# (502, connect refused) and paths no route takes (404). Every SAMPLE seconds it records
+# statuslens' RSS and open file descriptors; at the end it checks that statuslens counted
+# exactly what wrk saw complete (plus the requests wrk cut off at its end, counted 499).
+#
+# Usage: DURATION=1800 bash benches/soak.sh     (default 30 minutes; SAMPLE=10; CONNECTIONS=64)
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+DURATION=${DURATION:-1800}
+SAMPLE=${SAMPLE:-10}
+CONNECTIONS=${CONNECTIONS:-64}
+BASE_PORT=${BASE_PORT:-18580}
+die() { echo "soak: $*" >&2; exit 1; }
+
+need=()
+command -v nginx >/dev/null || need+=(nginx)
+command -v wrk >/dev/null || need+=(wrk)
+if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+(cd "$ROOT" && cargo build --release -q)
+
+WORK=$(mktemp -d /tmp/statuslens-soak.XXXXXX)
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+    local rc=$?
+    trap - EXIT
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+
+P_UP=$BASE_PORT P_SL=$((BASE_PORT + 1)) P_ADMIN=$((BASE_PORT + 2)) P_DEAD=$((BASE_PORT + 3))
+mkdir -p "$WORK/up/tmp"
+cat >"$WORK/up/nginx.conf" <<NGX
+worker_processes 1;
+pid $WORK/up/nginx.pid;
+error_log $WORK/up/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/up/tmp;
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$P_UP backlog=4096;
+        location /api/ok  { return 200 "ok"; }
+        location /api/401 { return 401 "token expired"; }
+        location /api/429 { add_header Retry-After 2 always; add_header X-RateLimit-Limit 1000 always; add_header X-RateLimit-Remaining 40 always; return 429 "slow down"; }
+        location /api/500 { return 500 "boom"; }
+        location /api/503 { return 503 "busy"; }
+        location / { return 200 "ok"; }
+    }
+}
+NGX
+nginx -p "$WORK/up/" -c "$WORK/up/nginx.conf" -g 'daemon off;' &
+PIDS+=($!)
+
+cat >"$WORK/statuslens.toml" <<TOML
+[proxy]
+listen = "127.0.0.1:$P_SL"
+[admin]
+listen = "127.0.0.1:$P_ADMIN"
+[[routes]]
+name = "api"
+match = { path_prefix = "/api/" }
+upstream = "http://127.0.0.1:$P_UP"
+[[routes]]
+name = "dead"
+match = { path_prefix = "/dead/" }
+upstream = "http://127.0.0.1:$P_DEAD"
+connect_timeout = "1s"
+TOML
+"$ROOT/target/release/statuslens" run --config "$WORK/statuslens.toml" >"$WORK/statuslens.log" 2>&1 &
+SL=$!
+PIDS+=("$SL")
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$P_SL") 2>/dev/null && break; sleep 0.1; done
+
+cat >"$WORK/mix.lua" <<'LUA'
+-- Weighted mix: mostly healthy, with 401s, 429s, 5xx, a dead route and unmatched paths.
+local paths = {}
+local function add(p, n) for _ = 1, n do paths[#paths + 1] = p end end
+add("/api/ok", 80) add("/api/401", 5) add("/api/429", 5) add("/api/500", 4)
+add("/api/503", 3) add("/dead/x", 1) add("/nowhere", 2)
+request = function()
+  return wrk.format("GET", paths[math.random(#paths)])
+end
+LUA
+
+rss() { awk '/VmRSS/ {print $2}' "/proc/$SL/status"; }
+fds() { ls "/proc/$SL/fd" | wc -l; }
+echo "| t (s) | RSS (KiB) | open fds |"
+echo "|---:|---:|---:|"
+wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --timeout 5s -s "$WORK/mix.lua" "http://127.0.0.1:$P_SL" >"$WORK/wrk.txt" &
+WRK=$!
+start=$(date +%s)
+rss0="" fd0="" rssmax=0
+while kill -0 "$WRK" 2>/dev/null; do
+    t=$(($(date +%s) - start)); r=$(rss); f=$(fds)
+    [ -n "$rss0" ] || { rss0=$r; fd0=$f; }
+    [ "$r" -le "$rssmax" ] || rssmax=$r
+    echo "| $t | $r | $f |"
+    sleep "$SAMPLE"
+done
+wait "$WRK"
+sleep 2 # let the last responses be counted
+r=$(rss); f=$(fds)
+echo "| end | $r | $f |"
+
+sent=$(awk '/requests in/ {print $1}' "$WORK/wrk.txt")
+metrics=$(curl -s "http://127.0.0.1:$P_ADMIN/metrics")
+counted=$(echo "$metrics" | awk '/^statuslens_responses_total/ {s += $2} END {printf "%d", s}')
+aborted=$(echo "$metrics" | awk '/^statuslens_responses_total.*code="499"/ {s += $2} END {printf "%d", s}')
+echo
+cat "$WORK/wrk.txt"
+echo
+echo "completed by wrk:          $sent"
+echo "counted by statuslens:     $counted ($aborted of them 499: requests wrk cut off when it stopped)"
+echo "RSS first/max/end (KiB):   $rss0 / $rssmax / $r"
+echo "open fds first/end:        $fd0 / $f"
+lost=$((counted - aborted - sent))
+echo "requests lost or double-counted: $lost"
+[ "$lost" -eq 0 ] || die "counts differ from the load generator's tally"
