@@ -5,7 +5,8 @@
 # answers 200/401/429/500/503; wrk sends a weighted mix that also hits the dead route
 # (502, connect refused) and paths no route takes (404). Every SAMPLE seconds it records
 # statuslens' RSS and open file descriptors; at the end it checks that statuslens counted
-# exactly what wrk saw complete (plus the requests wrk cut off at its end, counted 499).
+# what wrk saw complete: never fewer (nothing lost), and no more than the responses in
+# flight when wrk stopped (nothing double-counted).
 #
 # Usage: DURATION=1800 bash benches/soak.sh     (default 30 minutes; SAMPLE=10; CONNECTIONS=64)
 set -euo pipefail
@@ -124,6 +125,11 @@ echo "completed by wrk:          $sent"
 echo "counted by statuslens:     $counted ($aborted of them 499: requests wrk cut off when it stopped)"
 echo "RSS first/max/end (KiB):   $rss0 / $rssmax / $r"
 echo "open fds first/end:        $fd0 / $f"
-lost=$((counted - aborted - sent))
-echo "requests lost or double-counted: $lost"
-[ "$lost" -eq 0 ] || die "counts differ from the load generator's tally"
+# wrk stops by closing its connections: a response statuslens finished writing just then
+# is counted by statuslens but not by wrk, at most one per connection. So statuslens may
+# count up to CONNECTIONS more than wrk completed — never fewer (that would be a loss).
+extra=$((counted - aborted - sent))
+echo "counted beyond wrk's tally: $extra (responses in flight when wrk stopped; at most $CONNECTIONS)"
+[ "$extra" -ge 0 ] || die "statuslens counted fewer requests than wrk completed: $((-extra)) lost"
+[ "$extra" -le "$CONNECTIONS" ] || die "statuslens counted $extra more than wrk completed: double counting"
+echo "requests lost: 0"
