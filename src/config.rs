@@ -188,6 +188,7 @@ struct FileRoute {
     max_in_flight: Option<usize>,
     host_header: Option<String>,
     consumer: Option<String>,
+    ca_file: Option<PathBuf>,
     /// Per-signal threshold overrides for this route: `detect.unauthorized.min_ratio`.
     #[serde(default)]
     detect: std::collections::BTreeMap<String, FileThresholds>,
@@ -342,6 +343,8 @@ pub struct RouteConfig {
     pub max_in_flight: Option<usize>,
     /// Host header policy.
     pub host_header: HostHeader,
+    /// Extra CA certificates (PEM) trusted for an https upstream, besides the system's.
+    pub ca_file: Option<PathBuf>,
     /// How this route identifies consumers for spike attribution, if it does.
     pub consumer: Option<crate::consumer::IdentitySource>,
     /// Detector thresholds per signal, in `Config::signals` order, overrides applied.
@@ -590,6 +593,11 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
             ));
         }
         let (scheme, authority, base_path) = parse_upstream("flags", "--upstream", url)?;
+        let zero_config_host = if scheme == Scheme::HTTPS {
+            HostHeader::Upstream
+        } else {
+            HostHeader::Preserve
+        };
         routes.push(RouteConfig {
             name: "default".into(),
             host: None,
@@ -603,7 +611,8 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
             idle_timeout: Duration::from_secs(90),
             max_body_bytes: None,
             max_in_flight: None,
-            host_header: HostHeader::Preserve,
+            host_header: zero_config_host,
+            ca_file: None,
             consumer: None,
             detectors: signals.iter().map(|s| s.detector.clone()).collect(),
         });
@@ -675,6 +684,9 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
         }
         let (scheme, authority, base_path) = parse_upstream(origin, &at("upstream"), &r.upstream)?;
         let host_header = match r.host_header.as_deref() {
+            // An https upstream checks its certificate against its own name, and virtual
+            // hosts behind it route on Host: send its name unless told otherwise.
+            None if scheme == Scheme::HTTPS => HostHeader::Upstream,
             None | Some("preserve") => HostHeader::Preserve,
             Some("upstream") => HostHeader::Upstream,
             Some(v) => {
@@ -705,6 +717,18 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
                 )
             })?),
         };
+        if let Some(path) = &r.ca_file {
+            if scheme != Scheme::HTTPS {
+                return Err(field_err(
+                    origin,
+                    at("ca_file"),
+                    "only applies to an https:// upstream",
+                ));
+            }
+            crate::tls::read_ca_file(path)
+                .map_err(|e| field_err(origin, at("ca_file"), e.to_string()))?;
+        }
+        let ca_file = r.ca_file.clone();
         let mut detectors = Vec::with_capacity(signals.len());
         for s in &signals {
             let mut d = s.detector.clone();
@@ -728,6 +752,7 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
         routes.push(RouteConfig {
             detectors,
             consumer,
+            ca_file,
             name: r.name,
             host,
             path_prefix,
@@ -911,11 +936,8 @@ fn parse_upstream(
         .scheme()
         .cloned()
         .ok_or_else(|| bad("it has no scheme"))?;
-    if scheme != Scheme::HTTP {
-        if scheme == Scheme::HTTPS {
-            return Err(bad("https upstreams are not supported yet; use http"));
-        }
-        return Err(bad("the scheme must be http"));
+    if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+        return Err(bad("the scheme must be http or https"));
     }
     let authority = uri
         .authority()

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -31,7 +32,7 @@ use crate::route::Router;
 /// A route ready to forward: its settings and its pooled upstream client.
 struct Upstream {
     cfg: RouteConfig,
-    client: Client<HttpConnector, RequestBody>,
+    client: Client<HttpsConnector<HttpConnector>, RequestBody>,
     identifier: Option<Identifier>,
 }
 
@@ -53,7 +54,7 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 
 impl Proxy {
     /// Builds the route table and one upstream client per route.
-    pub fn new(config: &Config, observer: Arc<Observer>) -> Proxy {
+    pub fn new(config: &Config, observer: Arc<Observer>) -> Result<Proxy, crate::tls::TlsError> {
         // Consumer ids are salted per process, so they cannot be linked across restarts
         // or reversed with a dictionary by someone who only sees the ids.
         let salt = random_salt();
@@ -62,6 +63,8 @@ impl Proxy {
             .iter()
             .map(|r| {
                 let mut connector = HttpConnector::new();
+                // The TLS layer on top decides per URI whether to wrap the stream.
+                connector.enforce_http(false);
                 connector.set_connect_timeout(Some(r.connect_timeout));
                 connector.set_nodelay(true);
                 connector.set_keepalive(Some(Duration::from_secs(60)));
@@ -72,21 +75,29 @@ impl Proxy {
                     // The client's own Host (from the absolute URI) only applies when the
                     // forwarder did not set one, which is the `upstream` policy.
                     .set_host(true)
-                    .build(connector);
-                Upstream {
+                    .build(
+                        HttpsConnectorBuilder::new()
+                            .with_tls_config(
+                                (*crate::tls::client_config(r.ca_file.as_deref())?).clone(),
+                            )
+                            .https_or_http()
+                            .enable_http1()
+                            .wrap_connector(connector),
+                    );
+                Ok(Upstream {
                     cfg: r.clone(),
                     client,
                     identifier: r.consumer.clone().map(|src| Identifier::new(src, salt)),
-                }
+                })
             })
-            .collect();
-        Proxy {
+            .collect::<Result<_, crate::tls::TlsError>>()?;
+        Ok(Proxy {
             router: Router::new(&config.routes),
             upstreams,
             limits: config.proxy.clone(),
             observer,
             draining: AtomicBool::new(false),
-        }
+        })
     }
 
     /// From now on, new requests get 503 and connections close.

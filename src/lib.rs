@@ -32,3 +32,4 @@ pub mod quota;
 pub mod route;
 pub mod server;
 pub mod status;
+pub mod tls;

@@ -33,6 +33,9 @@ pub enum RunError {
         /// Why.
         source: std::io::Error,
     },
+    /// An upstream's TLS settings could not be loaded.
+    #[error("upstream TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -90,7 +93,7 @@ pub async fn serve(
             .map(|_| Default::default())
             .collect(),
     });
-    let proxy = Arc::new(Proxy::new(&config, observer));
+    let proxy = Arc::new(Proxy::new(&config, observer)?);
 
     let bind = |what: &'static str, addr: SocketAddr| async move {
         TcpListener::bind(addr)

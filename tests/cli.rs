@@ -95,3 +95,31 @@ fn bad_flags_exit_2_and_start_nothing() {
         assert!(!err.is_empty());
     }
 }
+
+#[test]
+fn the_design_contract_example_config_is_accepted() {
+    // The normative example of DESIGN.md, an https upstream included.
+    let path = common::write_config(
+        r#"
+[proxy]
+listen = "127.0.0.1:8080"
+
+[admin]
+listen = "127.0.0.1:9464"
+
+[[routes]]
+name = "crm"
+match = { path_prefix = "/services/data/" }
+upstream = "https://api.example.com"
+timeout = "30s"
+
+[[routes]]
+name = "default"
+match = { path_prefix = "/" }
+upstream = "http://127.0.0.1:3000"
+"#,
+    );
+    let (code, out, err) = run(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("https://api.example.com"), "{out}");
+}

@@ -1,0 +1,78 @@
+//! TLS toward upstreams: rustls with the system's roots plus an optional CA file.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use rustls::{ClientConfig, RootCertStore};
+
+/// Why a TLS client configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The CA file could not be read or holds no PEM certificate.
+    #[error("{path}: {why}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        why: String,
+    },
+    /// A certificate was rejected by the root store.
+    #[error("{path}: certificate rejected: {source}")]
+    BadCert {
+        /// The file.
+        path: PathBuf,
+        /// rustls' reason.
+        source: rustls::Error,
+    },
+}
+
+/// The PEM certificates in `path`, which must hold at least one.
+pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let err = |why: String| TlsError::CaFile {
+        path: path.to_path_buf(),
+        why,
+    };
+    let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(format!("not a PEM certificate file: {e}")))?;
+    if certs.is_empty() {
+        return Err(err("no PEM certificate in the file".into()));
+    }
+    Ok(certs)
+}
+
+/// The system's trusted roots, loaded once per process (missing or unreadable system
+/// stores leave it empty: a CA file can still be configured).
+fn system_roots() -> &'static [CertificateDer<'static>] {
+    static ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        for e in &found.errors {
+            tracing::debug!(error = %e, "could not load some system root certificates");
+        }
+        found.certs
+    })
+}
+
+/// A client configuration trusting the system roots and, if given, the CAs in `ca_file`.
+pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    // Some system stores carry a certificate rustls cannot parse; skip those alone.
+    let _ = roots.add_parsable_certificates(system_roots().iter().cloned());
+    if let Some(path) = ca_file {
+        for cert in read_ca_file(path)? {
+            roots.add(cert).map_err(|source| TlsError::BadCert {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+    }
+    Ok(Arc::new(
+        ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
+}

@@ -1,0 +1,165 @@
+//! HTTPS upstreams: certificates made at test time (rcgen), a real TLS server
+//! (tokio-rustls), SNI and Host set to the upstream's name, custom CA trust.
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::net::TcpListener;
+
+struct Pki {
+    ca_pem: String,
+    server_cert: rustls::pki_types::CertificateDer<'static>,
+    server_key: Vec<u8>,
+}
+
+fn pki() -> Pki {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    Pki {
+        ca_pem: ca_cert.pem(),
+        server_cert: server.der().clone(),
+        server_key: server_key.serialize_der(),
+    }
+}
+
+/// An HTTPS upstream that answers with the SNI name and Host header it received.
+async fn tls_upstream(pki: &Pki) -> SocketAddr {
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![pki.server_cert.clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki.server_key.clone())),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let sni = tls.get_ref().1.server_name().unwrap_or("").to_string();
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let host = req
+                        .headers()
+                        .get("host")
+                        .and_then(|h| h.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    let body = format!("sni={sni} host={host}");
+                    async move {
+                        Ok::<_, Infallible>(Response::new(http_body_util::Full::new(Bytes::from(
+                            body,
+                        ))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstream_with_a_custom_ca() {
+    let pki = pki();
+    let up = tls_upstream(&pki).await;
+    let cfg = write_config("");
+    let ca = cfg.with_file_name("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[routes]]\nname = \"secure\"\nmatch = {{ path_prefix = \"/secure/\" }}\nupstream = \"https://localhost:{port}\"\nca_file = \"{ca}\"\n\n[[routes]]\nname = \"untrusted\"\nupstream = \"https://localhost:{port}\"\n",
+            port = up.port(),
+            ca = ca.display()
+        ),
+    )
+    .unwrap();
+    let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+    let c = client();
+    let req = Request::get(p.url("/secure/x"))
+        .header("host", "client-facing.example")
+        .body(full(Bytes::new()))
+        .unwrap();
+    let (parts, body) = send(&c, req).await;
+    assert_eq!(parts.status, 200, "{}", p.all_output());
+    // SNI and Host carry the upstream's name, so its certificate and vhost both match.
+    assert_eq!(body, format!("sni=localhost host=localhost:{}", up.port()));
+    // Without the CA the certificate is not trusted: 502, counted as a connect error.
+    let (parts, _) = get(&c, &p.url("/other")).await;
+    assert_eq!(parts.status, 502);
+    let m = wait_metrics(&p, "two responses", |m| {
+        sum(m, "statuslens_responses_total", &[]) >= 2.0
+    })
+    .await;
+    assert_eq!(
+        sum(
+            &m,
+            "statuslens_upstream_errors_total",
+            &[("route", "untrusted"), ("kind", "connect")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sum(
+            &m,
+            "statuslens_responses_total",
+            &[("route", "secure"), ("code", "200")]
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn bad_ca_file_is_a_config_error_naming_the_field() {
+    let cfg = write_config("");
+    let ca = cfg.with_file_name("not-a-ca.pem");
+    std::fs::write(&ca, "hello").unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[routes]]\nname = \"s\"\nupstream = \"https://localhost:1\"\nca_file = \"{}\"\n",
+            ca.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["check", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("routes[0].ca_file") && err.contains("not-a-ca.pem"),
+        "{err}"
+    );
+}
