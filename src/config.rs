@@ -82,6 +82,8 @@ struct FileProxy {
     drain_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "duration::serde_str::option")]
     header_read_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration::serde_str::option")]
+    body_read_timeout: Option<Duration>,
     max_header_bytes: Option<usize>,
     max_headers: Option<usize>,
     max_uri_bytes: Option<usize>,
@@ -229,8 +231,11 @@ pub struct ProxyConfig {
     pub listen: SocketAddr,
     /// How long in-flight requests may take to finish on shutdown.
     pub drain_timeout: Duration,
-    /// How long a client may take to send a request head (slowloris guard).
+    /// How long a client may take to send a request head (slowloris guard); also how
+    /// long an idle keep-alive connection is kept.
     pub header_read_timeout: Duration,
+    /// How long a client may pause mid-body before the request gets 408.
+    pub body_read_timeout: Duration,
     /// Largest request head (all header names and values) before answering 431.
     pub max_header_bytes: usize,
     /// Most request headers before answering 431.
@@ -468,6 +473,10 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
             .proxy
             .header_read_timeout
             .unwrap_or(Duration::from_secs(10)),
+        body_read_timeout: file
+            .proxy
+            .body_read_timeout
+            .unwrap_or(Duration::from_secs(30)),
         max_header_bytes: positive(
             "proxy.max_header_bytes",
             file.proxy.max_header_bytes,

@@ -223,13 +223,29 @@ impl Proxy {
             ex.set_consumer(id.identify(&parts.headers, client.ip()));
         }
         let counter = self.observer.metrics.route(route).request_bytes.clone();
-        let body = RequestBody::new(body, state.clone(), counter, up.cfg.max_body_bytes);
+        let body = RequestBody::new(
+            body,
+            state.clone(),
+            counter,
+            up.cfg.max_body_bytes,
+            self.limits.body_read_timeout,
+        );
         let upstream_req = Request::from_parts(parts, body);
 
         let result = tokio::time::timeout(up.cfg.timeout, up.client.request(upstream_req)).await;
         let mut resp = match result {
             Ok(Ok(resp)) => resp,
             Ok(Err(err)) => {
+                if state.idle.load(Ordering::Relaxed) {
+                    let mut resp = local(
+                        ex,
+                        StatusCode::REQUEST_TIMEOUT,
+                        "the request body stalled longer than proxy.body_read_timeout\n",
+                    );
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    return Ok(resp);
+                }
                 if state.too_large.load(Ordering::Relaxed)
                     || find_cause::<BodyTooLarge>(&err).is_some()
                 {

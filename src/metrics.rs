@@ -92,7 +92,7 @@ impl UpstreamErrorKind {
 }
 
 /// Codes statuslens itself produces.
-const PROXY_CODES: [u16; 8] = [400, 404, 413, 414, 431, 502, 503, 504];
+const PROXY_CODES: [u16; 9] = [400, 404, 408, 413, 414, 431, 502, 503, 504];
 
 /// Latency buckets: the proxy's own overhead is sub-millisecond, API calls sit between
 /// 10 ms and a few seconds, and 30 s is the default upstream timeout.

@@ -7,6 +7,7 @@
 //! the request future; afterwards inside the response body ([`ObservedBody`]), whose
 //! end (or early drop) decides between the status that was sent and `499`.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -237,7 +238,14 @@ pub struct RequestBodyState {
     pub bytes: AtomicU64,
     /// Set when the body went past the route's `max_body_bytes`.
     pub too_large: AtomicBool,
+    /// Set when the client stopped sending its body for longer than the idle timeout.
+    pub idle: AtomicBool,
 }
+
+/// The error a request body yields when the client stalls mid-body.
+#[derive(Debug, thiserror::Error)]
+#[error("client sent no request body data for {0:?}")]
+pub struct BodyIdle(pub std::time::Duration);
 
 /// The error a request body yields when it exceeds its route's limit.
 #[derive(Debug, thiserror::Error)]
@@ -250,6 +258,10 @@ pub struct RequestBody {
     state: Arc<RequestBodyState>,
     counter: IntCounter,
     limit: Option<u64>,
+    idle: std::time::Duration,
+    /// Armed only once the body has to wait for the client, so a body that streams
+    /// without pause never allocates a timer.
+    idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl RequestBody {
@@ -259,12 +271,15 @@ impl RequestBody {
         state: Arc<RequestBodyState>,
         counter: IntCounter,
         limit: Option<u64>,
+        idle: std::time::Duration,
     ) -> Self {
         RequestBody {
             inner,
             state,
             counter,
             limit,
+            idle,
+            idle_timer: None,
         }
     }
 }
@@ -278,7 +293,24 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if polled.is_pending() {
+            let idle = this.idle;
+            let timer = this
+                .idle_timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+            if timer.as_mut().poll(cx).is_ready() {
+                this.state.idle.store(true, Ordering::Relaxed);
+                return Poll::Ready(Some(Err(Box::new(BodyIdle(idle)))));
+            }
+            return Poll::Pending;
+        }
+        if let Some(timer) = this.idle_timer.as_mut() {
+            timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + this.idle);
+        }
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;

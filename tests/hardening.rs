@@ -340,3 +340,79 @@ async fn admin_token_guards_the_admin_api() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("admin.token"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_body_gets_408_and_idle_keep_alive_is_closed() {
+    let up = upstream().await;
+    let cfg = write_config(&format!(
+        "[proxy]\nheader_read_timeout = \"1s\"\nbody_read_timeout = \"1s\"\n\n[[routes]]\nname = \"default\"\nupstream = \"http://{}\"\n",
+        up.addr
+    ));
+    let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+    // Half a body, then silence: 408 from the proxy, connection closed.
+    let (line, closed) = raw(
+        p.proxy,
+        b"POST /drain HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello",
+    )
+    .await;
+    assert!(line.starts_with("HTTP/1.1 408"), "{line}");
+    assert!(closed);
+    let m = wait_metrics(&p, "408 counted", |m| {
+        sum(m, "statuslens_responses_total", &[]) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        sum(
+            &m,
+            "statuslens_responses_total",
+            &[("code", "408"), ("source", "proxy")]
+        ),
+        1.0
+    );
+    // An idle keep-alive connection is closed after the header timeout.
+    let mut s = TcpStream::connect(p.proxy).await.unwrap();
+    s.write_all(b"GET /status/200 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let closed = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "idle keep-alive connection was never closed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_upstream_head_is_502_protocol() {
+    let mut head = String::from("HTTP/1.1 200 OK\r\n");
+    for i in 0..150 {
+        head.push_str(&format!("X-Filler-{i}: {}\r\n", "v".repeat(20)));
+    }
+    head.push_str("Content-Length: 2\r\n\r\nok");
+    let reply: &'static [u8] = Box::leak(head.into_bytes().into_boxed_slice());
+    let big = raw_upstream(reply).await;
+    let p = Proc::start(&["--upstream", &format!("http://{big}")]);
+    assert_eq!(get(&client(), &p.url("/x")).await.0.status, 502);
+    let m = wait_metrics(&p, "counted", |m| {
+        sum(m, "statuslens_responses_total", &[]) == 1.0
+    })
+    .await;
+    assert_eq!(
+        sum(
+            &m,
+            "statuslens_upstream_errors_total",
+            &[("kind", "protocol")]
+        ),
+        1.0
+    );
+}
