@@ -89,6 +89,14 @@ struct FileProxy {
     max_uri_bytes: Option<usize>,
     max_connections: Option<usize>,
     max_in_flight: Option<usize>,
+    tls: Option<FileTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    cert_file: PathBuf,
+    key_file: PathBuf,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -246,6 +254,8 @@ pub struct ProxyConfig {
     pub max_connections: usize,
     /// Requests in flight (all routes) beyond which new ones get 503.
     pub max_in_flight: usize,
+    /// Certificate chain and key files when the proxy listener speaks TLS.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// How much the access log writes.
@@ -486,6 +496,14 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
         max_uri_bytes: positive("proxy.max_uri_bytes", file.proxy.max_uri_bytes, 8 * 1024)?,
         max_connections: positive("proxy.max_connections", file.proxy.max_connections, 10_000)?,
         max_in_flight: positive("proxy.max_in_flight", file.proxy.max_in_flight, 10_000)?,
+        tls: match &file.proxy.tls {
+            None => None,
+            Some(t) => {
+                crate::tls::server_config(&t.cert_file, &t.key_file)
+                    .map_err(|e| field_err(origin, "proxy.tls", e.to_string()))?;
+                Some((t.cert_file.clone(), t.key_file.clone()))
+            }
+        },
     };
     let admin_token = match (&file.admin.token, &file.admin.token_file) {
         (Some(_), Some(_)) => {

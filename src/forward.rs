@@ -111,6 +111,7 @@ impl Proxy {
         mut req: Request<Incoming>,
         client: SocketAddr,
         overloaded: bool,
+        tls: bool,
     ) -> Result<Response<ObservedBody>, std::convert::Infallible> {
         // Phase 1: route.
         let host = request_host(&req).map(str::to_owned);
@@ -197,6 +198,7 @@ impl Proxy {
             client,
             original_host.as_deref(),
             ex.request_id(),
+            if tls { "https" } else { "http" },
         );
         match up.cfg.host_header {
             HostHeader::Upstream => {
@@ -459,6 +461,7 @@ fn rewrite_request_headers(
     client: SocketAddr,
     host: Option<&str>,
     request_id: &HeaderValue,
+    proto: &'static str,
 ) {
     strip_hop_by_hop(headers, upgrade);
     // statuslens streams the body as soon as the client sends it (hyper answers the
@@ -467,9 +470,9 @@ fn rewrite_request_headers(
     headers.remove(header::EXPECT);
     append(headers, X_FORWARDED_FOR, &client.ip().to_string());
     if headers.contains_key(X_FORWARDED_PROTO) {
-        append(headers, X_FORWARDED_PROTO, "http");
+        append(headers, X_FORWARDED_PROTO, proto);
     } else {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     if let Some(h) = host {
         append(headers, X_FORWARDED_HOST, h);
@@ -616,6 +619,7 @@ mod tests {
             "127.0.0.9:5000".parse().unwrap(),
             Some("api.test"),
             &id,
+            "http",
         );
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 127.0.0.9");
         assert_eq!(h[X_FORWARDED_PROTO], "http");

@@ -139,6 +139,12 @@ pub async fn serve(
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
 
+    let tls = match &config.proxy.tls {
+        Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
+            cert, key,
+        )?)),
+        None => None,
+    };
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(AtomicUsize::new(0));
     let admin_task = tokio::spawn(serve_admin(admin_listener, admin));
@@ -168,17 +174,48 @@ pub async fn serve(
                 let overloaded = connections.load(Ordering::Relaxed) >= config.proxy.max_connections;
                 let guard = ConnectionGuard::new(connections.clone());
                 let proxy = proxy.clone();
-                let service = service_fn(move |req| proxy.clone().handle(req, peer, overloaded));
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+                let is_tls = tls.is_some();
+                let service =
+                    service_fn(move |req| proxy.clone().handle(req, peer, overloaded, is_tls));
+                match &tls {
+                    None => {
+                        let conn = builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .into_owned();
+                        let conn = graceful.watch(conn);
+                        tokio::spawn(async move {
+                            if let Err(e) = conn.await {
+                                tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+                            }
+                            drop(guard);
+                        });
                     }
-                    drop(guard);
-                });
+                    Some(acceptor) => {
+                        // The handshake runs in the connection's task, bounded like a
+                        // request head, so a slow handshake never holds up accept().
+                        let acceptor = acceptor.clone();
+                        let builder = builder.clone();
+                        let watcher = graceful.watcher();
+                        let handshake_timeout = config.proxy.header_read_timeout;
+                        tokio::spawn(async move {
+                            let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => return,
+                            };
+                            let conn = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                .into_owned();
+                            if let Err(e) = watcher.watch(conn).await {
+                                tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+                            }
+                            drop(guard);
+                        });
+                    }
+                }
             }
             _ = &mut shutdown => break,
         }

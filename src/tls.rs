@@ -7,12 +7,20 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 
-/// Why a TLS client configuration could not be built.
+/// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// The CA file could not be read or holds no PEM certificate.
     #[error("{path}: {why}")]
     CaFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        why: String,
+    },
+    /// The listener's certificate chain or key could not be used.
+    #[error("{path}: {why}")]
+    Identity {
         /// The file.
         path: PathBuf,
         /// What went wrong.
@@ -75,4 +83,31 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsErr
             .with_root_certificates(roots)
             .with_no_client_auth(),
     ))
+}
+
+/// A server configuration for the TLS listener: the chain in `cert_file`, the key in
+/// `key_file` (PEM), and ALPN offering h2 then http/1.1.
+pub fn server_config(
+    cert_file: &Path,
+    key_file: &Path,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let certs = read_ca_file(cert_file).map_err(|e| TlsError::Identity {
+        path: cert_file.to_path_buf(),
+        why: e.to_string(),
+    })?;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key_file).map_err(|e| {
+        TlsError::Identity {
+            path: key_file.to_path_buf(),
+            why: format!("not a PEM private key: {e}"),
+        }
+    })?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Identity {
+            path: cert_file.to_path_buf(),
+            why: format!("certificate and key do not match or are unusable: {e}"),
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }

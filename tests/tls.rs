@@ -21,6 +21,8 @@ struct Pki {
     ca_pem: String,
     server_cert: rustls::pki_types::CertificateDer<'static>,
     server_key: Vec<u8>,
+    server_cert_pem: String,
+    server_key_pem: String,
 }
 
 fn pki() -> Pki {
@@ -39,6 +41,8 @@ fn pki() -> Pki {
         ca_pem: ca_cert.pem(),
         server_cert: server.der().clone(),
         server_key: server_key.serialize_der(),
+        server_cert_pem: server.pem(),
+        server_key_pem: server_key.serialize_pem(),
     }
 }
 
@@ -161,5 +165,110 @@ fn bad_ca_file_is_a_config_error_naming_the_field() {
     assert!(
         err.contains("routes[0].ca_file") && err.contains("not-a-ca.pem"),
         "{err}"
+    );
+}
+
+/// Connects with TLS trusting `ca_pem`, offering `alpn`; returns the stream and the
+/// protocol the server picked.
+async fn tls_connect(
+    addr: SocketAddr,
+    ca_pem: &str,
+    alpn: &[&[u8]],
+) -> (
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    Option<Vec<u8>>,
+) {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let proto = tls.get_ref().1.alpn_protocol().map(|p| p.to_vec());
+    (tls, proto)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listener_speaks_h2_and_http11_by_alpn() {
+    let pki = pki();
+    let up = upstream().await;
+    let dir = write_config("");
+    let (cert, key) = (
+        dir.with_file_name("cert.pem"),
+        dir.with_file_name("key.pem"),
+    );
+    std::fs::write(&cert, &pki.server_cert_pem).unwrap();
+    std::fs::write(&key, &pki.server_key_pem).unwrap();
+    std::fs::write(
+        &dir,
+        format!(
+            "[proxy]\ntls = {{ cert_file = \"{}\", key_file = \"{}\" }}\n\n[[routes]]\nname = \"default\"\nupstream = \"http://{}\"\n",
+            cert.display(),
+            key.display(),
+            up.addr
+        ),
+    )
+    .unwrap();
+    let p = Proc::start(&["--config", dir.to_str().unwrap()]);
+
+    // HTTP/2 by ALPN.
+    let (tls, proto) = tls_connect(p.proxy, &pki.ca_pem, &[b"h2", b"http/1.1"]).await;
+    assert_eq!(proto.as_deref(), Some(&b"h2"[..]));
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let resp = send
+        .send_request(
+            Request::get("https://localhost/status/201")
+                .body(full(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+
+    // HTTP/1.1 by ALPN.
+    let (tls, proto) = tls_connect(p.proxy, &pki.ca_pem, &[b"http/1.1"]).await;
+    assert_eq!(proto.as_deref(), Some(&b"http/1.1"[..]));
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = send
+        .send_request(
+            Request::get("/status/202")
+                .header("host", "localhost")
+                .body(full(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+
+    // The upstream learns the client spoke https.
+    let seen = up.seen.0.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    assert!(seen
+        .iter()
+        .all(|r| r.headers["x-forwarded-proto"] == "https" && r.version == http::Version::HTTP_11));
+    let m = wait_metrics(&p, "two", |m| {
+        sum(m, "statuslens_responses_total", &[]) == 2.0
+    })
+    .await;
+    assert_eq!(
+        sum(&m, "statuslens_responses_total", &[("code", "201")]),
+        1.0
     );
 }
