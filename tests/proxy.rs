@@ -260,11 +260,7 @@ async fn client_abort_is_499_counted_once() {
     s.write_all(b"GET /slowbody/200 HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    let mut buf = [0u8; 256];
-    let n = s.read(&mut buf).await.unwrap();
-    assert!(std::str::from_utf8(&buf[..n])
-        .unwrap()
-        .starts_with("HTTP/1.1 200"));
+    assert!(read_status_line(&mut s).await.starts_with("HTTP/1.1 200"));
     drop(s);
     let m = wait_metrics(&p, "two 499s", |m| {
         sum(m, "statuslens_responses_total", &[("code", "499")]) >= 2.0

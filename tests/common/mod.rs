@@ -499,3 +499,24 @@ pub fn write_config(text: &str) -> std::path::PathBuf {
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// Reads a response's status line (up to the first CRLF) from a raw socket, byte by
+/// byte, so it works however the server's writes are split; the rest stays unread.
+pub async fn read_status_line(s: &mut tokio::net::TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !got.ends_with(b"\r\n") {
+        let n = tokio::time::timeout_at(deadline, s.read(&mut byte))
+            .await
+            .expect("status line within deadline")
+            .expect("read");
+        assert!(
+            n > 0,
+            "closed before a status line: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.push(byte[0]);
+    }
+    String::from_utf8_lossy(&got).trim_end().to_string()
+}
