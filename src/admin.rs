@@ -11,44 +11,23 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::config::{Config, Signal};
-use crate::detect::Detection;
-use crate::metrics::Metrics;
+use crate::generation::{Generation, Live};
 use crate::status;
 
 /// The admin service.
 pub struct Admin {
-    metrics: Arc<Metrics>,
-    detection: Option<Arc<Detection>>,
-    routes: Vec<(String, String)>,
-    signals: Vec<Signal>,
+    live: Arc<Live>,
     draining: watch::Receiver<bool>,
     started: Instant,
-    /// `Bearer <token>` the request must carry, when a token is configured.
-    expected_auth: Option<String>,
 }
 
 impl Admin {
-    /// An admin service over these metrics; `draining` flips to true on shutdown.
-    pub fn new(
-        metrics: Arc<Metrics>,
-        detection: Option<Arc<Detection>>,
-        config: &Config,
-        draining: watch::Receiver<bool>,
-    ) -> Admin {
+    /// An admin service over the live generation; `draining` flips to true on shutdown.
+    pub fn new(live: Arc<Live>, draining: watch::Receiver<bool>) -> Admin {
         Admin {
-            metrics,
-            detection,
-            routes: config
-                .routes
-                .iter()
-                .map(|r| (r.name.clone(), r.upstream.clone()))
-                .chain(std::iter::once(("unmatched".to_string(), String::new())))
-                .collect(),
-            signals: config.signals.clone(),
+            live,
             draining,
             started: Instant::now(),
-            expected_auth: config.admin_token.as_ref().map(|t| format!("Bearer {t}")),
         }
     }
 
@@ -57,11 +36,24 @@ impl Admin {
         self: Arc<Self>,
         req: Request<Incoming>,
     ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
-        if req.method() != Method::GET && req.method() != Method::HEAD {
-            return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n"));
-        }
+        let gen = self.live.load();
         let path = req.uri().path();
-        if let Some(expected) = &self.expected_auth {
+        let reload = path == "/api/reload";
+        let allowed = if reload {
+            req.method() == Method::POST
+        } else {
+            req.method() == Method::GET || req.method() == Method::HEAD
+        };
+        if !allowed {
+            let only = if reload {
+                "only POST\n"
+            } else {
+                "only GET and HEAD\n"
+            };
+            return Ok(text(StatusCode::METHOD_NOT_ALLOWED, only));
+        }
+        if let Some(token) = &gen.config.admin_token {
+            let expected = format!("Bearer {token}");
             // Health probes stay open so orchestrators need no secret.
             let open = path == "/healthz" || path == "/readyz";
             let given = req
@@ -82,7 +74,7 @@ impl Admin {
         }
         Ok(match path {
             "/metrics" => {
-                let mut r = Response::new(Full::new(Bytes::from(self.metrics.render())));
+                let mut r = Response::new(Full::new(Bytes::from(self.live.families().render())));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -94,33 +86,58 @@ impl Admin {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
             }
             "/readyz" => text(StatusCode::OK, "ready\n"),
-            "/api/status" => json_response(self.status_json()),
-            "/api/spikes" => json_response(match &self.detection {
+            "/api/status" => json_response(self.status_json(&gen)),
+            "/api/reload" if !gen.config.admin_reload => text(
+                StatusCode::FORBIDDEN,
+                "reload over HTTP is disabled: set admin.reload = true (SIGHUP always works)\n",
+            ),
+            "/api/reload" => {
+                let live = self.live.clone();
+                let outcome = tokio::task::spawn_blocking(move || live.reload_and_log("POST /api/reload"))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
+                let mut r = json_response(match &outcome {
+                    Ok(routes) => json!({ "reloaded": true, "routes": routes }),
+                    Err(error) => json!({ "reloaded": false, "error": error }),
+                });
+                if outcome.is_err() {
+                    *r.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+                }
+                r
+            }
+            "/api/spikes" => json_response(match &gen.detection {
                 Some(d) => d.spikes_json(),
                 None => json!({ "active": [], "recent": [], "detection": "disabled" }),
             }),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not an admin path: /metrics, /healthz, /readyz, /api/status, /api/spikes\n",
+                "not an admin path: /metrics, /healthz, /readyz, /api/status, /api/spikes, /api/reload\n",
             ),
         })
     }
 
     /// Per route: counts by code and class since start, each code's meaning, and the
     /// share of each watched signal.
-    fn status_json(&self) -> Value {
+    fn status_json(&self, gen: &Generation) -> Value {
+        let route_list: Vec<(String, String)> = gen
+            .config
+            .routes
+            .iter()
+            .map(|r| (r.name.clone(), r.upstream.clone()))
+            .chain(std::iter::once(("unmatched".to_string(), String::new())))
+            .collect();
         // Read the counts back from the registry, so the API and /metrics cannot disagree.
-        let mut by_route: BTreeMap<&str, BTreeMap<u16, u64>> = BTreeMap::new();
-        for family in self.metrics.registry().gather() {
+        let mut by_route: BTreeMap<String, BTreeMap<u16, u64>> = BTreeMap::new();
+        for family in self.live.families().registry().gather() {
             if family.name() != "statuslens_responses_total" {
                 continue;
             }
             for m in family.get_metric() {
-                let mut route = "";
+                let mut route = String::new();
                 let mut code = 0u16;
                 for l in m.get_label() {
                     match l.name() {
-                        "route" => route = self.route_name(l.value()),
+                        "route" => route = l.value().to_string(),
                         "code" => code = l.value().parse().unwrap_or(0),
                         _ => {}
                     }
@@ -129,8 +146,7 @@ impl Admin {
                     m.get_counter().get_value() as u64;
             }
         }
-        let routes: Vec<Value> = self
-            .routes
+        let routes: Vec<Value> = route_list
             .iter()
             .map(|(name, upstream)| {
                 let empty = BTreeMap::new();
@@ -155,8 +171,9 @@ impl Admin {
                         })
                     })
                     .collect();
-                let live = self.detection.as_ref().map(|d| d.route_signals(name));
-                let signals: BTreeMap<&str, Value> = self
+                let live = gen.detection.as_ref().map(|d| d.route_signals(name));
+                let signals: BTreeMap<&str, Value> = gen
+                    .config
                     .signals
                     .iter()
                     .map(|s| {
@@ -192,13 +209,6 @@ impl Admin {
             "uptime_seconds": self.started.elapsed().as_secs(),
             "routes": routes,
         })
-    }
-
-    fn route_name<'a>(&'a self, label: &str) -> &'a str {
-        self.routes
-            .iter()
-            .find(|(n, _)| n == label)
-            .map_or("", |(n, _)| n.as_str())
     }
 }
 

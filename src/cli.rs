@@ -157,7 +157,8 @@ pub fn main() -> ExitCode {
                 upstream_timeout,
                 log_format,
             };
-            let loaded = match &config {
+            let config_path = config;
+            let loaded = match &config_path {
                 Some(path) => Config::load(path, &overrides),
                 None => Config::from_flags(&overrides),
             };
@@ -176,7 +177,8 @@ pub fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(server::run(config)) {
+            let source = config_path.map(|p| (p, overrides));
+            match runtime.block_on(server::run(config, source)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("statuslens: {e}");

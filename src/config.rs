@@ -103,6 +103,7 @@ struct FileTls {
 #[serde(deny_unknown_fields)]
 struct FileAdmin {
     listen: Option<String>,
+    reload: Option<bool>,
     token: Option<String>,
     token_file: Option<PathBuf>,
 }
@@ -222,6 +223,8 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// Bearer token the admin API requires (all paths but /healthz and /readyz).
     pub admin_token: Option<String>,
+    /// Whether `POST /api/reload` may reload the configuration.
+    pub admin_reload: bool,
     /// Access log settings.
     pub access_log: AccessLogConfig,
     /// Watched signals (sets of codes), in order.
@@ -815,6 +818,7 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
         proxy,
         admin_listen,
         admin_token,
+        admin_reload: file.admin.reload.unwrap_or(false),
         access_log: AccessLogConfig { volume, format },
         signals,
         detection,

@@ -214,7 +214,7 @@ upstream = "http://{api_addr}"
     )?;
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let proxy = tokio::spawn(server::serve(config, Some(ready_tx), async {
+    let proxy = tokio::spawn(server::serve(config, None, Some(ready_tx), async {
         let _ = stop_rx.await;
     }));
     let bound = match ready_rx.await {

@@ -13,6 +13,7 @@
 //!
 //! [`config`] turns the TOML file and flags into one validated `Config`, and [`status`]
 //! knows what every status code means, for `statuslens explain`, the log and the API.
+//! [`generation`] holds the state built from one config and swaps it on reload.
 //! [`demo`] plays the incidents statuslens exists for against a synthetic API.
 #![forbid(unsafe_code)]
 
@@ -25,6 +26,7 @@ pub mod demo;
 pub mod detect;
 pub mod duration;
 pub mod forward;
+pub mod generation;
 pub mod logfmt;
 pub mod metrics;
 pub mod observe;

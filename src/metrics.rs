@@ -6,7 +6,7 @@
 //! so `/metrics` shows only series that happened — bounded by configuration, since
 //! codes and methods come from fixed sets.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use http::Method;
 use prometheus::{
@@ -143,9 +143,22 @@ impl Slots {
 
 /// All of statuslens' metrics.
 pub struct Metrics {
-    registry: Registry,
+    families: Arc<Families>,
     slots: Slots,
     routes: Vec<RouteMetrics>,
+}
+
+/// The registered metric families: created once per process, so a config reload gets
+/// new per-route handles onto the same series and no counter ever goes back.
+pub struct Families {
+    registry: Registry,
+    responses: IntCounterVec,
+    duration: HistogramVec,
+    in_flight: IntGaugeVec,
+    upstream_errors: IntCounterVec,
+    request_bytes: IntCounterVec,
+    response_bytes: IntCounterVec,
+    quota: [GaugeVec; 3],
 }
 
 /// The handles of one route (or of `unmatched`).
@@ -172,6 +185,44 @@ impl Metrics {
     /// Registers every metric and resolves the handles of each route; the last entry is
     /// the `unmatched` pseudo-route.
     pub fn new(route_names: &[&str]) -> Metrics {
+        Metrics::with_families(Families::new(), route_names)
+    }
+
+    /// Handles for `route_names` (and `unmatched`) onto existing families.
+    pub fn with_families(families: Arc<Families>, route_names: &[&str]) -> Metrics {
+        let f = &*families;
+        let slots = Slots::new();
+        let routes = route_names
+            .iter()
+            .copied()
+            .chain(std::iter::once("unmatched"))
+            .map(|name| RouteMetrics {
+                name: name.to_string(),
+                responses_vec: f.responses.clone(),
+                responses: (0..METHODS.len() * slots.count)
+                    .map(|_| OnceLock::new())
+                    .collect(),
+                duration: Class::ALL.map(|c| f.duration.with_label_values(&[name, c.label()])),
+                in_flight: f.in_flight.with_label_values(&[name]),
+                upstream_errors: UpstreamErrorKind::ALL
+                    .map(|k| f.upstream_errors.with_label_values(&[name, k.label()])),
+                request_bytes: f.request_bytes.with_label_values(&[name]),
+                response_bytes: f.response_bytes.with_label_values(&[name]),
+                quota_vecs: f.quota.clone(),
+                quota: OnceLock::new(),
+            })
+            .collect();
+        Metrics {
+            families,
+            slots,
+            routes,
+        }
+    }
+}
+
+impl Families {
+    /// Registers every statuslens metric family in a fresh registry.
+    pub fn new() -> Arc<Families> {
         let registry = Registry::new();
         let responses = IntCounterVec::new(
             Opts::new(
@@ -266,37 +317,42 @@ impl Metrics {
             registry.register(c).expect("metric names are unique");
         }
 
-        let slots = Slots::new();
-        let routes = route_names
-            .iter()
-            .copied()
-            .chain(std::iter::once("unmatched"))
-            .map(|name| RouteMetrics {
-                name: name.to_string(),
-                responses_vec: responses.clone(),
-                responses: (0..METHODS.len() * slots.count)
-                    .map(|_| OnceLock::new())
-                    .collect(),
-                duration: Class::ALL.map(|c| duration.with_label_values(&[name, c.label()])),
-                in_flight: in_flight.with_label_values(&[name]),
-                upstream_errors: UpstreamErrorKind::ALL
-                    .map(|k| upstream_errors.with_label_values(&[name, k.label()])),
-                request_bytes: req_bytes.with_label_values(&[name]),
-                response_bytes: resp_bytes.with_label_values(&[name]),
-                quota_vecs: quota_vecs.clone(),
-                quota: OnceLock::new(),
-            })
-            .collect();
-        Metrics {
+        Arc::new(Families {
             registry,
-            slots,
-            routes,
-        }
+            responses,
+            duration,
+            in_flight,
+            upstream_errors,
+            request_bytes: req_bytes,
+            response_bytes: resp_bytes,
+            quota: quota_vecs,
+        })
     }
 
     /// The registry, for collectors defined elsewhere (spike metrics).
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The Prometheus text exposition of everything registered.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into a Vec cannot fail");
+        out
+    }
+}
+
+impl Metrics {
+    /// The registry, for collectors defined elsewhere (spike metrics).
+    pub fn registry(&self) -> &Registry {
+        &self.families.registry
+    }
+
+    /// The families these handles point into.
+    pub fn families(&self) -> &Arc<Families> {
+        &self.families
     }
 
     /// Handles of route `id`; `routes.len()` is `unmatched`.
@@ -348,11 +404,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of everything registered.
     pub fn render(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 * 1024);
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding into a Vec cannot fail");
-        out
+        self.families.render()
     }
 }
 

@@ -1,6 +1,7 @@
 //! Listeners and lifecycle: bind, accept, serve, drain.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,13 +13,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::access_log::AccessLog;
 use crate::admin::Admin;
-use crate::config::Config;
-use crate::detect::Detection;
-use crate::forward::Proxy;
-use crate::metrics::Metrics;
-use crate::observe::Observer;
+use crate::config::{Config, Overrides};
+use crate::generation::Live;
 
 /// Errors that stop `statuslens run` after the config was accepted.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +48,8 @@ pub struct Bound {
 }
 
 /// Runs the proxy and admin listeners until SIGTERM/SIGINT, then drains and returns.
-pub async fn run(config: Config) -> Result<(), RunError> {
+/// `source` (the config file and flags) makes SIGHUP and `POST /api/reload` work.
+pub async fn run(config: Config, source: Option<(PathBuf, Overrides)>) -> Result<(), RunError> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(RunError::Signals)?;
     let stop = async move {
@@ -60,40 +58,17 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             _ = sigterm.recv() => {}
         }
     };
-    serve(config, None, stop).await
+    serve(config, source, None, stop).await
 }
 
 /// Runs until `shutdown` completes; `ready` receives the bound addresses.
 pub async fn serve(
     config: Config,
+    source: Option<(PathBuf, Overrides)>,
     ready: Option<tokio::sync::oneshot::Sender<Bound>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let route_names: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
-    let metrics = Arc::new(Metrics::new(&route_names));
-    let mut names: Vec<String> = route_names.iter().map(|s| s.to_string()).collect();
-    names.push("unmatched".into());
-    let mut upstreams: Vec<String> = config.routes.iter().map(|r| r.upstream.clone()).collect();
-    upstreams.push(String::new());
-    let detection = config
-        .detection
-        .enabled
-        .then(|| Detection::new(&config, metrics.registry()));
-    let observer = Arc::new(Observer {
-        metrics: metrics.clone(),
-        log: AccessLog::new(config.access_log.volume),
-        route_names: names,
-        upstreams,
-        sink: detection.as_ref().map(|d| d.sink()),
-        in_flight: Default::default(),
-        route_in_flight: (0..=config.routes.len())
-            .map(|_| Default::default())
-            .collect(),
-        quota_warned: (0..=config.routes.len())
-            .map(|_| Default::default())
-            .collect(),
-    });
-    let proxy = Arc::new(Proxy::new(&config, observer)?);
+    let live = Arc::new(Live::new(config.clone(), source)?);
 
     let bind = |what: &'static str, addr: SocketAddr| async move {
         TcpListener::bind(addr)
@@ -110,13 +85,10 @@ pub async fn serve(
         .expect("bound socket has an address");
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let admin = Arc::new(Admin::new(
-        metrics.clone(),
-        detection.clone(),
-        &config,
-        stop_rx.clone(),
-    ));
-    let detect_task = detection.map(|d| tokio::spawn(d.run()));
+    let admin = Arc::new(Admin::new(live.clone(), stop_rx.clone()));
+    let detect_task = tokio::spawn(tick_detectors(live.clone()));
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(RunError::Signals)?;
     tracing::info!(
         proxy = %proxy_addr,
         admin = %admin_addr,
@@ -171,12 +143,16 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 // Over the connection limit the connection is still served, so that its
                 // requests get a counted 503 with Retry-After instead of a silent reset.
-                let overloaded = connections.load(Ordering::Relaxed) >= config.proxy.max_connections;
+                let max_connections = live.load().config.proxy.max_connections;
+                let overloaded = connections.load(Ordering::Relaxed) >= max_connections;
                 let guard = ConnectionGuard::new(connections.clone());
-                let proxy = proxy.clone();
+                let live = live.clone();
                 let is_tls = tls.is_some();
-                let service =
-                    service_fn(move |req| proxy.clone().handle(req, peer, overloaded, is_tls));
+                // Each request takes the generation current when it arrives and keeps it
+                // to its end: a reload never changes a request in flight.
+                let service = service_fn(move |req| {
+                    live.load().proxy.clone().handle(req, peer, overloaded, is_tls)
+                });
                 match &tls {
                     None => {
                         let conn = builder
@@ -217,6 +193,11 @@ pub async fn serve(
                     }
                 }
             }
+            _ = hangup.recv() => {
+                let live = live.clone();
+                // Building upstream clients and reading files is blocking work.
+                let _ = tokio::task::spawn_blocking(move || live.reload_and_log("SIGHUP")).await;
+            }
             _ = &mut shutdown => break,
         }
     }
@@ -226,17 +207,28 @@ pub async fn serve(
         "draining"
     );
     let _ = stop_tx.send(true);
-    proxy.start_draining();
+    live.load().proxy.start_draining();
     drop(proxy_listener);
     match tokio::time::timeout(config.proxy.drain_timeout, graceful.shutdown()).await {
         Ok(()) => tracing::info!("drained; exiting"),
         Err(_) => tracing::warn!("drain timeout reached; closing remaining connections"),
     }
     admin_task.abort();
-    if let Some(t) = detect_task {
-        t.abort();
-    }
+    detect_task.abort();
     Ok(())
+}
+
+/// Once a second, feeds the current generation's detectors the second's counts.
+async fn tick_detectors(live: Arc<Live>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Some(d) = &live.load().detection {
+            d.tick(d.now());
+        }
+    }
 }
 
 /// Counts an open client connection for `proxy.max_connections`.

@@ -13,7 +13,7 @@ pub mod webhook;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use serde::Serialize;
@@ -167,30 +167,21 @@ struct Key {
 }
 
 /// What `/api/spikes` reads: the active spikes and a bounded history.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct SpikeBook {
     active: Vec<Spike>,
     ended: VecDeque<Spike>,
 }
 
-/// The detection engine: counters, detectors, the spike book and the webhook.
-pub struct Detection {
-    counters: Arc<Counters>,
-    /// Detectors, and a per-route scratch buffer so a tick allocates nothing.
-    keys: Mutex<(Vec<Key>, Vec<u64>)>,
-    book: Mutex<SpikeBook>,
-    history: usize,
-    route_names: Vec<String>,
-    signals: Vec<crate::config::Signal>,
-    webhook: Option<webhook::Webhook>,
-    origin: Instant,
-    origin_unix: u64,
+/// The spike metric families, registered once per process.
+pub struct SpikeFamilies {
+    active: IntGaugeVec,
+    total: IntCounterVec,
 }
 
-impl Detection {
-    /// Builds one detector per route × signal and registers the spike metrics, which
-    /// exist (at 0) for every route × signal from the start.
-    pub fn new(config: &Config, registry: &Registry) -> Arc<Detection> {
+impl SpikeFamilies {
+    /// Registers `statuslens_spike_active` and `statuslens_spikes_total`.
+    pub fn register(registry: &Registry) -> SpikeFamilies {
         let active = IntGaugeVec::new(
             Opts::new(
                 "statuslens_spike_active",
@@ -213,34 +204,118 @@ impl Detection {
         registry
             .register(Box::new(total.clone()))
             .expect("unique metric");
+        SpikeFamilies { active, total }
+    }
+}
+
+/// The detection engine: counters, detectors, the spike book and the webhook.
+pub struct Detection {
+    counters: Arc<Counters>,
+    /// Detectors, and a per-route scratch buffer so a tick allocates nothing.
+    keys: Mutex<(Vec<Key>, Vec<u64>)>,
+    book: Mutex<SpikeBook>,
+    history: usize,
+    route_names: Vec<String>,
+    signals: Vec<crate::config::Signal>,
+    webhook: Option<Arc<webhook::Webhook>>,
+    origin: Instant,
+    origin_unix: u64,
+}
+
+impl Detection {
+    /// Builds one detector per route × signal and registers the spike metrics, which
+    /// exist (at 0) for every route × signal from the start.
+    pub fn new(config: &Config, registry: &Registry) -> Arc<Detection> {
+        let webhook = config.detection.webhook.clone().map(|url| {
+            Arc::new(webhook::Webhook::start(
+                url,
+                config.detection.instance.clone(),
+            ))
+        });
+        Detection::build(config, &SpikeFamilies::register(registry), webhook, None)
+    }
+
+    /// Builds the detectors of `config`. With `previous` (a config reload), a route ×
+    /// signal that keeps its name and thresholds keeps its detector — baseline, windows
+    /// and any active spike — so a reload neither forgets what is normal nor re-fires.
+    pub fn build(
+        config: &Config,
+        families: &SpikeFamilies,
+        webhook: Option<Arc<webhook::Webhook>>,
+        previous: Option<&Detection>,
+    ) -> Arc<Detection> {
+        let prev_keys = previous.map(|p| p.keys.lock().expect("detector lock"));
         let mut keys = Vec::new();
         for (r, route) in config.routes.iter().enumerate() {
             for (s, signal) in config.signals.iter().enumerate() {
+                let carried = prev_keys.as_ref().and_then(|guard| {
+                    let p = previous.expect("keys come from previous");
+                    guard.0.iter().find(|k| {
+                        p.route_names[k.route] == route.name
+                            && p.signals[k.signal].name == signal.name
+                            && p.signals[k.signal].codes == signal.codes
+                            && k.detector.config() == &route.detectors[s]
+                    })
+                });
                 keys.push(Key {
                     route: r,
                     signal: s,
-                    detector: Detector::new(route.detectors[s].clone()),
-                    recent: vec![0.0; signal.codes.len()],
-                    gauge: active.with_label_values(&[&route.name, &signal.name]),
-                    total: total.with_label_values(&[&route.name, &signal.name]),
+                    detector: carried
+                        .map(|k| k.detector.clone())
+                        .unwrap_or_else(|| Detector::new(route.detectors[s].clone())),
+                    recent: carried
+                        .map(|k| k.recent.clone())
+                        .unwrap_or_else(|| vec![0.0; signal.codes.len()]),
+                    gauge: families
+                        .active
+                        .with_label_values(&[&route.name, &signal.name]),
+                    total: families
+                        .total
+                        .with_label_values(&[&route.name, &signal.name]),
                 });
             }
         }
-        let webhook = config
-            .detection
-            .webhook
-            .clone()
-            .map(|url| webhook::Webhook::start(url, config.detection.instance.clone()));
+        drop(prev_keys);
+        let now = unix_now();
+        let mut book = SpikeBook::default();
+        if let Some(p) = previous {
+            let old = p.book.lock().expect("spike book lock");
+            book.ended = old.ended.clone();
+            for spike in &old.active {
+                let kept = keys.iter().any(|k| {
+                    config.routes[k.route].name == spike.route
+                        && config.signals[k.signal].name == spike.signal
+                        && k.detector.is_active()
+                });
+                if kept {
+                    book.active.push(spike.clone());
+                } else {
+                    // Its route or signal changed or went away: the spike ends here.
+                    families
+                        .active
+                        .with_label_values(&[&spike.route, &spike.signal])
+                        .set(0);
+                    let mut ended = spike.clone();
+                    ended.ended_at = Some(now);
+                    if let Some(w) = &webhook {
+                        w.resolved(&ended);
+                    }
+                    book.ended.push_front(ended);
+                }
+            }
+            book.ended.truncate(config.detection.history);
+        }
         Arc::new(Detection {
             counters: Arc::new(Counters::new(config)),
             keys: Mutex::new((keys, vec![0; config.routes.len()])),
-            book: Mutex::new(SpikeBook::default()),
+            book: Mutex::new(book),
             history: config.detection.history,
             route_names: config.routes.iter().map(|r| r.name.clone()).collect(),
             signals: config.signals.clone(),
             webhook,
-            origin: Instant::now(),
-            origin_unix: unix_now(),
+            // Detectors need t never to go back: a reload keeps the clock's origin.
+            origin: previous.map_or_else(Instant::now, |p| p.origin),
+            origin_unix: previous.map_or_else(unix_now, |p| p.origin_unix),
         })
     }
 
@@ -249,17 +324,10 @@ impl Detection {
         self.counters.clone()
     }
 
-    /// Runs the once-a-second evaluation until the task is dropped.
-    pub async fn run(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            // Monotonic seconds on a wall-clock origin: detectors need t never to go back.
-            let now = self.origin_unix + self.origin.elapsed().as_secs();
-            self.tick(now);
-        }
+    /// Seconds on a monotonic clock anchored to the Unix epoch at start-up: the
+    /// timestamp the ticker passes to [`Detection::tick`].
+    pub fn now(&self) -> u64 {
+        self.origin_unix + self.origin.elapsed().as_secs()
     }
 
     /// Swaps out the last second's counts and feeds every detector.

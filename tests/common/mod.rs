@@ -341,11 +341,29 @@ impl Proc {
     }
 
     pub fn sigterm(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends a signal (`TERM`, `HUP`, …) to the process.
+    pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    /// Waits until some output line contains `needle`.
+    pub fn wait_output(&self, needle: &str) {
+        let start = Instant::now();
+        while !self.all_output().contains(needle) {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "no {needle:?} in output:\n{}",
+                self.all_output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits for the process to exit, returning its exit code.

@@ -1,0 +1,186 @@
+//! One configuration's worth of running state, and swapping it on reload.
+//!
+//! A [`Generation`] is everything built from one `Config`: the route table and upstream
+//! clients, the per-route metric handles, the detectors. The process keeps one current
+//! generation in an `ArcSwap`; each request loads it once (lock-free) and keeps it to
+//! the end, so a reload never disturbs a request in flight. What must outlive any one
+//! configuration — the registered metric families, the spike families and the webhook
+//! queue — lives in [`Shared`]; new handles point into the same series, so counters
+//! carry on across reloads.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::access_log::AccessLog;
+use crate::config::{Config, Overrides};
+use crate::detect::{webhook::Webhook, Detection, SpikeFamilies};
+use crate::forward::Proxy;
+use crate::metrics::{Families, Metrics};
+use crate::observe::Observer;
+use crate::tls::TlsError;
+
+/// Process-wide state that every generation shares.
+pub struct Shared {
+    /// Registered metric families.
+    pub families: Arc<Families>,
+    spikes: SpikeFamilies,
+    webhook: Option<Arc<Webhook>>,
+}
+
+/// The running state built from one configuration.
+pub struct Generation {
+    /// The configuration it was built from.
+    pub config: Config,
+    /// The forwarding service.
+    pub proxy: Arc<Proxy>,
+    /// Per-route metric handles.
+    pub metrics: Arc<Metrics>,
+    /// Spike detection, when enabled.
+    pub detection: Option<Arc<Detection>>,
+}
+
+impl Generation {
+    /// Builds a generation; with `previous`, detectors that did not change carry over.
+    pub fn build(
+        config: Config,
+        shared: &Shared,
+        previous: Option<&Generation>,
+    ) -> Result<Generation, TlsError> {
+        let route_names: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
+        let metrics = Arc::new(Metrics::with_families(
+            shared.families.clone(),
+            &route_names,
+        ));
+        let detection = config.detection.enabled.then(|| {
+            Detection::build(
+                &config,
+                &shared.spikes,
+                shared.webhook.clone(),
+                previous.and_then(|p| p.detection.as_deref()),
+            )
+        });
+        let n = config.routes.len() + 1;
+        let observer = Arc::new(Observer {
+            metrics: metrics.clone(),
+            log: AccessLog::new(config.access_log.volume),
+            route_names: route_names
+                .iter()
+                .map(|s| s.to_string())
+                .chain(std::iter::once("unmatched".to_string()))
+                .collect(),
+            upstreams: config
+                .routes
+                .iter()
+                .map(|r| r.upstream.clone())
+                .chain(std::iter::once(String::new()))
+                .collect(),
+            sink: detection.as_ref().map(|d| d.sink()),
+            in_flight: AtomicU64::new(0),
+            route_in_flight: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            quota_warned: (0..n).map(|_| Default::default()).collect(),
+        });
+        let proxy = Arc::new(Proxy::new(&config, observer)?);
+        Ok(Generation {
+            config,
+            proxy,
+            metrics,
+            detection,
+        })
+    }
+}
+
+/// The current generation, and how to make the next one.
+pub struct Live {
+    current: ArcSwap<Generation>,
+    shared: Shared,
+    /// The file and flags the configuration came from, when there is a file.
+    source: Option<(PathBuf, Overrides)>,
+}
+
+impl Live {
+    /// The first generation.
+    pub fn new(config: Config, source: Option<(PathBuf, Overrides)>) -> Result<Live, TlsError> {
+        let families = Families::new();
+        let spikes = SpikeFamilies::register(families.registry());
+        let webhook = config
+            .detection
+            .webhook
+            .clone()
+            .map(|url| Arc::new(Webhook::start(url, config.detection.instance.clone())));
+        let shared = Shared {
+            families,
+            spikes,
+            webhook,
+        };
+        let first = Generation::build(config, &shared, None)?;
+        Ok(Live {
+            current: ArcSwap::from_pointee(first),
+            shared,
+            source,
+        })
+    }
+
+    /// The current generation; hold it for the whole request.
+    pub fn load(&self) -> Arc<Generation> {
+        self.current.load_full()
+    }
+
+    /// The process-wide metric families.
+    pub fn families(&self) -> &Arc<Families> {
+        &self.shared.families
+    }
+
+    /// Re-reads the config file and swaps in a new generation. On any error the
+    /// current generation stays, and the error says what is wrong.
+    pub fn reload(&self) -> Result<usize, String> {
+        let Some((path, overrides)) = &self.source else {
+            return Err("nothing to reload: statuslens was started without --config".into());
+        };
+        let config = Config::load(path, overrides).map_err(|e| e.to_string())?;
+        let old = self.load();
+        // Listeners and the webhook task are built once; changing them needs a restart.
+        let fixed = [
+            (
+                "proxy.listen",
+                config.proxy.listen != old.config.proxy.listen,
+            ),
+            (
+                "admin.listen",
+                config.admin_listen != old.config.admin_listen,
+            ),
+            ("proxy.tls", config.proxy.tls != old.config.proxy.tls),
+            (
+                "detection.webhook",
+                config.detection.webhook != old.config.detection.webhook,
+            ),
+        ];
+        if let Some((field, _)) = fixed.iter().find(|(_, changed)| *changed) {
+            return Err(format!(
+                "{}: {field} cannot change on reload; restart statuslens to apply it",
+                path.display()
+            ));
+        }
+        let routes = config.routes.len();
+        let next = Generation::build(config, &self.shared, Some(&old))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        self.current.store(Arc::new(next));
+        Ok(routes)
+    }
+
+    /// Reloads and logs the outcome; the HTTP and signal triggers share it.
+    pub fn reload_and_log(&self, trigger: &str) -> Result<usize, String> {
+        let outcome = self.reload();
+        match &outcome {
+            Ok(routes) => tracing::info!(trigger, routes, "configuration reloaded"),
+            Err(error) => tracing::error!(
+                trigger,
+                error = error.as_str(),
+                "configuration reload rejected; the previous configuration stays in effect"
+            ),
+        }
+        outcome
+    }
+}
