@@ -145,7 +145,12 @@ impl fmt::Display for Redacted<'_> {
                 f.write_str("&")?;
             }
             match pair.split_once('=') {
-                Some((name, _)) if is_secret_param(&percent_decode_lossy(name)) => {
+                // Check the name as written and as decoded: an escape can hide a word in
+                // either form (`api%5Fkey` decodes to one; `%dcredential` decodes away
+                // from one).
+                Some((name, _))
+                    if is_secret_param(name) || is_secret_param(&percent_decode_lossy(name)) =>
+                {
                     write!(f, "{name}=REDACTED")?
                 }
                 _ => f.write_str(pair)?,
@@ -194,6 +199,9 @@ mod tests {
             "/a/b?user=bob&access_token=REDACTED&API%5FKey=REDACTED&x=1&password=REDACTED"
         );
         assert!(!shown.contains("abc123") && !shown.contains("zzz"));
+        // Found by the fuzzer: an invalid escape in front of the word hid it once decoded.
+        let uri: Uri = "/x?pa%dcredential=hunter2".parse().unwrap();
+        assert_eq!(Redacted(&uri).to_string(), "/x?pa%dcredential=REDACTED");
     }
 
     #[test]

@@ -146,9 +146,11 @@ impl Admin {
                     m.get_counter().get_value() as u64;
             }
         }
+        let observer = gen.proxy.observer();
         let routes: Vec<Value> = route_list
             .iter()
-            .map(|(name, upstream)| {
+            .enumerate()
+            .map(|(route_id, (name, upstream))| {
                 let empty = BTreeMap::new();
                 let codes = by_route.get(name.as_str()).unwrap_or(&empty);
                 let total: u64 = codes.values().sum();
@@ -168,6 +170,7 @@ impl Admin {
                             "meaning": status::meaning(code),
                             "retry": info.map(|i| i.retry.label()),
                             "retry_advice": info.map(|i| i.retry_advice),
+                            "last_retry_after_s": observer.last_retry_after(route_id, code),
                         })
                     })
                     .collect();

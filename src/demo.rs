@@ -69,8 +69,10 @@ const CONSUMERS: [&str; 4] = ["acme", "globex", "initech", "umbrella"];
 struct Api {
     phase: AtomicU8,
     seq: AtomicU64,
-    /// Quota left in the rate-limit phase, for the RateLimit-Remaining header.
+    /// Quota left in the rate-limit phase, for the Sforce-Limit-Info header.
     remaining: AtomicU64,
+    /// The quota the rate-limit phase starts with.
+    quota_max: AtomicU64,
 }
 
 impl Api {
@@ -119,10 +121,13 @@ impl Api {
                     )
                 } else {
                     self.remaining.fetch_sub(1, Ordering::Relaxed);
+                    // A CRM-style quota report: Salesforce's api-usage=USED/MAX.
+                    let max = self.quota_max.load(Ordering::Relaxed);
+                    let used = max.saturating_sub(left);
                     (
                         200,
                         "{\"ok\":true}",
-                        Some(("ratelimit-remaining", left.to_string())),
+                        Some(("sforce-limit-info", format!("api-usage={used}/{max}"))),
                     )
                 }
             }
@@ -184,6 +189,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
         phase: AtomicU8::new(Phase::Healthy as u8),
         seq: AtomicU64::new(0),
         remaining: AtomicU64::new(0),
+        quota_max: AtomicU64::new(1),
     });
     let api_addr = start_api(api.clone()).await?;
     let config = Config::parse(
@@ -261,10 +267,9 @@ upstream = "http://{api_addr}"
             ];
             for (phase, len, text) in steps {
                 if phase == Phase::RateLimited {
-                    api.remaining.store(
-                        u64::from(opts.rate) * len.as_secs().max(1) / 3,
-                        Ordering::Relaxed,
-                    );
+                    let quota = (u64::from(opts.rate) * len.as_secs().max(1) / 3).max(1);
+                    api.quota_max.store(quota, Ordering::Relaxed);
+                    api.remaining.store(quota, Ordering::Relaxed);
                 }
                 api.phase.store(phase as u8, Ordering::Relaxed);
                 println!("phase: {text}");

@@ -100,6 +100,11 @@ impl Proxy {
         })
     }
 
+    /// The observer this proxy reports to.
+    pub fn observer(&self) -> &Arc<Observer> {
+        &self.observer
+    }
+
     /// From now on, new requests get 503 and connections close.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
@@ -297,11 +302,14 @@ impl Proxy {
             self.observer.quota(route, &q);
         }
         if status == 429 || status == 503 {
-            ex.set_retry_after(
-                resp.headers()
-                    .get(header::RETRY_AFTER)
-                    .and_then(|v| quota::retry_after_secs(v, now)),
-            );
+            let secs = resp
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| quota::retry_after_secs(v, now));
+            if let Some(secs) = secs {
+                self.observer.retry_after(route, status, secs);
+            }
+            ex.set_retry_after(secs);
         }
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {

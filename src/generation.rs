@@ -81,6 +81,9 @@ impl Generation {
             in_flight: AtomicU64::new(0),
             route_in_flight: (0..n).map(|_| AtomicU64::new(0)).collect(),
             quota_warned: (0..n).map(|_| Default::default()).collect(),
+            last_retry_after_ms: (0..n)
+                .map(|_| [AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)])
+                .collect(),
         });
         let proxy = Arc::new(Proxy::new(&config, observer)?);
         Ok(Generation {

@@ -50,7 +50,13 @@ pub struct Observer {
     pub route_in_flight: Vec<AtomicU64>,
     /// Per route: a low-quota warning was logged and has not been re-armed yet.
     pub quota_warned: Vec<AtomicBool>,
+    /// Per route, for 429 and 503: the last `Retry-After` the upstream sent, in
+    /// milliseconds (`u64::MAX`: none yet), for `/api/status`.
+    pub last_retry_after_ms: Vec<[AtomicU64; 2]>,
 }
+
+/// The codes whose `Retry-After` `/api/status` reports, in `last_retry_after_ms` order.
+pub const RETRY_AFTER_CODES: [u16; 2] = [429, 503];
 
 /// Below this share of quota left, statuslens warns that 429s are near.
 const QUOTA_WARN: f64 = 0.10;
@@ -58,6 +64,20 @@ const QUOTA_WARN: f64 = 0.10;
 const QUOTA_REARM: f64 = 0.20;
 
 impl Observer {
+    /// Remembers the upstream's latest `Retry-After` for a 429 or 503 on a route.
+    pub fn retry_after(&self, route: usize, code: u16, secs: f64) {
+        if let Some(i) = RETRY_AFTER_CODES.iter().position(|&c| c == code) {
+            self.last_retry_after_ms[route][i].store((secs * 1000.0) as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// The latest `Retry-After` (seconds) seen for `code` on a route, if any.
+    pub fn last_retry_after(&self, route: usize, code: u16) -> Option<f64> {
+        let i = RETRY_AFTER_CODES.iter().position(|&c| c == code)?;
+        let ms = self.last_retry_after_ms.get(route)?[i].load(Ordering::Relaxed);
+        (ms != u64::MAX).then(|| ms as f64 / 1000.0)
+    }
+
     /// Records an upstream's quota report and warns once when it runs low.
     pub fn quota(&self, route: usize, q: &Quota) {
         self.metrics.set_quota(route, q);

@@ -120,6 +120,13 @@ async fn retry_after_and_retry_advice_reach_the_access_log() {
     assert_eq!(line["status"], 429);
     assert_eq!(line["retry"], "backoff");
     assert_eq!(line["retry_after_s"], 7.0);
+    // /api/status says it too, per code.
+    let (_, body) = get(&client(), &p.admin_url("/api/status")).await;
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    let entry = &v["routes"][0]["by_code"][0];
+    assert_eq!(entry["code"], 429);
+    assert_eq!(entry["retry"], "backoff");
+    assert_eq!(entry["last_retry_after_s"], 7.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
