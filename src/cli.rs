@@ -116,15 +116,9 @@ pub fn main() -> ExitCode {
                 cycles,
                 rate,
             };
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match runtime() {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("statuslens: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             match runtime.block_on(crate::demo::run(opts)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -167,15 +161,9 @@ pub fn main() -> ExitCode {
                 Err(e) => return config_error(e),
             };
             let _log = init_tracing(config.access_log.format);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match runtime() {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("statuslens: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             let source = config_path.map(|p| (p, overrides));
             match runtime.block_on(server::run(config, source)) {
@@ -187,6 +175,18 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The multi-threaded runtime (one worker per core unless TOKIO_WORKER_THREADS says
+/// otherwise), or the exit code for failing to build one.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("statuslens: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        })
 }
 
 fn config_error(e: ConfigError) -> ExitCode {
