@@ -107,7 +107,11 @@ pub async fn serve(
         .max_buf_size(
             (config.proxy.max_header_bytes + config.proxy.max_uri_bytes + 16 * 1024).max(8192),
         )
-        .max_headers(config.proxy.max_headers + 100);
+        .max_headers(config.proxy.max_headers + 100)
+        // A FIN from the client before its response is read as "client gone", as nginx
+        // does (499): with half-close on, a client that disconnects while the upstream
+        // thinks could not be told from one that only stopped sending.
+        .half_close(false);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
 

@@ -410,3 +410,84 @@ async fn an_oversized_upstream_head_is_502_protocol() {
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_closed_client_is_a_client_gone_499_counted_once() {
+    let up = upstream().await;
+    let p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
+    let mut s = TcpStream::connect(p.proxy).await.unwrap();
+    s.write_all(b"GET /stall/500 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    wait_metrics(&p, "in flight", |m| {
+        sum(m, "statuslens_requests_in_flight", &[]) == 1.0
+    })
+    .await;
+    // A FIN while the upstream thinks: like nginx, statuslens reads it as the client leaving.
+    s.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    let m = wait_metrics(&p, "499", |m| {
+        sum(m, "statuslens_responses_total", &[]) >= 1.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let m2 = metrics(&p).await;
+    assert_eq!(sum(&m2, "statuslens_responses_total", &[]), 1.0, "{m:#?}");
+    assert_eq!(
+        sum(
+            &m2,
+            "statuslens_responses_total",
+            &[("code", "499"), ("source", "client")]
+        ),
+        1.0
+    );
+}
+
+/// An upstream that answers one keep-alive request per connection, then closes the
+/// connection after a moment, as upstreams with short idle timeouts do.
+async fn closing_upstream() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_closing_idle_pooled_connections_costs_no_request() {
+    let up = closing_upstream().await;
+    let p = Proc::start(&["--upstream", &format!("http://{up}")]);
+    let c = client();
+    for i in 0..5 {
+        let (parts, body) = get(&c, &p.url("/x")).await;
+        assert_eq!(
+            (parts.status.as_u16(), body),
+            (200, bytes::Bytes::from("ok")),
+            "request {i}"
+        );
+        // Long enough for the upstream to have closed the pooled connection.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let m = wait_metrics(&p, "five", |m| {
+        sum(m, "statuslens_responses_total", &[]) == 5.0
+    })
+    .await;
+    assert_eq!(sum(&m, "statuslens_upstream_errors_total", &[]), 0.0);
+}
