@@ -115,11 +115,8 @@ struct Escaped<'a, W: Write>(&'a mut W);
 
 impl<W: Write> Write for Escaped<'_, W> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        // Most text needs no escaping: find that out with a tight scan first.
-        if !s
-            .bytes()
-            .any(|b| b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f)
-        {
+        // Most text needs no escaping: find that out with a word-at-a-time scan first.
+        if !needs_escape(s.as_bytes()) {
             return self.0.write_str(s);
         }
         let mut start = 0;
@@ -144,6 +141,34 @@ impl<W: Write> Write for Escaped<'_, W> {
     }
 }
 
+/// Whether any byte is a control character, `"`, `\\` or DEL, eight bytes at a time
+/// (the classic has-zero-byte / has-less-than bit tricks). A rare false positive only
+/// sends the text down the exact, byte-by-byte path.
+fn needs_escape(s: &[u8]) -> bool {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let below = |v: u64, n: u64| v.wrapping_sub(LO * n) & !v & HI != 0;
+    let equal = |v: u64, b: u64| {
+        let x = v ^ (LO * b);
+        x.wrapping_sub(LO) & !x & HI != 0
+    };
+    let mut chunks = s.chunks_exact(8);
+    for c in &mut chunks {
+        let v = u64::from_le_bytes(c.try_into().expect("8-byte chunk"));
+        if below(v, 0x20)
+            || equal(v, u64::from(b'"'))
+            || equal(v, u64::from(b'\\'))
+            || equal(v, 0x7f)
+        {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f)
+}
+
 fn write_rfc3339_micros(w: &mut impl Write, secs: u64, micros: u32) -> fmt::Result {
     let (y, m, d, hh, mm, ss) = crate::detect::webhook::civil(secs);
     write!(
@@ -163,6 +188,26 @@ mod tests {
         assert_eq!(out, "\"a\\\"b\\\\c\\nd\\u0001é\\u007f\"");
         let v: String = serde_json::from_str(&out).unwrap();
         assert_eq!(v, "a\"b\\c\nd\u{1}é\u{7f}");
+    }
+
+    #[test]
+    fn word_scan_agrees_with_the_byte_rule() {
+        let slow = |s: &[u8]| {
+            s.iter()
+                .any(|&b| b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f)
+        };
+        // Every byte value at every position of a 17-byte string (two words + a tail).
+        for pos in 0..17 {
+            for b in 0..=255u8 {
+                let mut s = vec![b'a'; 17];
+                s[pos] = b;
+                if slow(&s) {
+                    assert!(needs_escape(&s), "missed byte {b:#x} at {pos}");
+                }
+            }
+        }
+        assert!(!needs_escape(b"/api/v1/accounts?id=42&x=y-z_w.v~"));
+        assert!(!needs_escape("naïve — ok".as_bytes()));
     }
 
     #[test]
