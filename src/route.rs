@@ -2,8 +2,9 @@
 //!
 //! Most specific wins: a route that names the request's host beats one that does not,
 //! and among those the longest matching path prefix wins. The table is built once at
-//! start-up; a lookup is a host hash probe and a scan of that host's prefixes, longest
-//! first, so it allocates nothing.
+//! start-up. A lookup is a host hash probe, then a hash probe on the path's first
+//! segment, then a longest-first scan of only the prefixes under that segment — so a
+//! thousand routes cost about what one does — and it allocates nothing.
 
 use std::collections::HashMap;
 
@@ -15,8 +16,54 @@ pub type RouteId = usize;
 /// The precomputed route table.
 #[derive(Debug, Default)]
 pub struct Router {
-    by_host: HashMap<String, Vec<(String, RouteId)>>,
-    any_host: Vec<(String, RouteId)>,
+    by_host: HashMap<String, Prefixes>,
+    any_host: Prefixes,
+}
+
+/// The path prefixes of one host.
+#[derive(Debug, Default)]
+struct Prefixes {
+    /// Prefixes holding a whole first segment (`/api/…`), by that segment, longest
+    /// first. Only paths whose first segment is that one can match them.
+    by_segment: HashMap<String, Vec<(String, RouteId)>>,
+    /// Prefixes shorter than a whole first segment (`/`, `/ap`), longest first. Any
+    /// match in `by_segment` is longer than these, so they are only the fallback.
+    short: Vec<(String, RouteId)>,
+}
+
+impl Prefixes {
+    fn push(&mut self, prefix: String, id: RouteId) {
+        match first_segment(&prefix) {
+            Some(seg) => self
+                .by_segment
+                .entry(seg.to_string())
+                .or_default()
+                .push((prefix, id)),
+            None => self.short.push((prefix, id)),
+        }
+    }
+
+    fn sort(&mut self) {
+        // Longest prefix first; the sort is stable so file order breaks ties.
+        let by_len = |a: &(String, RouteId), b: &(String, RouteId)| b.0.len().cmp(&a.0.len());
+        self.short.sort_by(by_len);
+        for list in self.by_segment.values_mut() {
+            list.sort_by(by_len);
+        }
+    }
+
+    fn find(&self, path: &str) -> Option<RouteId> {
+        first_segment(path)
+            .and_then(|seg| self.by_segment.get(seg))
+            .and_then(|list| scan(list, path))
+            .or_else(|| scan(&self.short, path))
+    }
+}
+
+/// `api` for `/api/…`: the first segment, only when a `/` follows it.
+fn first_segment(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix('/')?;
+    rest.find('/').map(|end| &rest[..end])
 }
 
 impl Router {
@@ -24,17 +71,19 @@ impl Router {
     pub fn new(routes: &[RouteConfig]) -> Router {
         let mut router = Router::default();
         for (id, r) in routes.iter().enumerate() {
-            let entry = (r.path_prefix.clone(), id);
+            let prefix = r.path_prefix.clone();
             match &r.host {
-                Some(h) => router.by_host.entry(h.clone()).or_default().push(entry),
-                None => router.any_host.push(entry),
+                Some(h) => router
+                    .by_host
+                    .entry(h.clone())
+                    .or_default()
+                    .push(prefix, id),
+                None => router.any_host.push(prefix, id),
             }
         }
-        // Longest prefix first; the sort is stable so file order breaks ties.
-        let by_len = |a: &(String, RouteId), b: &(String, RouteId)| b.0.len().cmp(&a.0.len());
-        router.any_host.sort_by(by_len);
-        for list in router.by_host.values_mut() {
-            list.sort_by(by_len);
+        router.any_host.sort();
+        for p in router.by_host.values_mut() {
+            p.sort();
         }
         router
     }
@@ -49,12 +98,12 @@ impl Router {
                 } else {
                     self.by_host.get(host)
                 };
-                if let Some(found) = hit.and_then(|list| scan(list, path)) {
+                if let Some(found) = hit.and_then(|p| p.find(path)) {
                     return Some(found);
                 }
             }
         }
-        scan(&self.any_host, path)
+        self.any_host.find(path)
     }
 }
 
@@ -114,6 +163,75 @@ upstream = "http://e"
         assert_eq!(r.find(None, "/api/v2/y"), Some(2));
         assert_eq!(r.find(Some("crm.example.com"), "/x"), Some(3));
         assert_eq!(r.find(Some("CRM.example.com:8443"), "/api/v2/z"), Some(4));
+    }
+
+    #[test]
+    fn segment_index_agrees_with_a_plain_longest_prefix_scan() {
+        let prefixes = [
+            "/",
+            "/a",
+            "/ap",
+            "/api",
+            "/api/",
+            "/api/v1",
+            "/api/v1/",
+            "/api/v1/users/",
+            "/apix/",
+            "/b/",
+            "/b/c/d/",
+            "/services/data/",
+            "/services/data/v60.0/",
+            "/x/y",
+            "/x/",
+        ];
+        let mut text = String::new();
+        for (i, p) in prefixes.iter().enumerate() {
+            text.push_str(&format!(
+                "[[routes]]\nname='r{i}'\nmatch={{path_prefix='{p}'}}\nupstream='http://x'\n"
+            ));
+        }
+        let routes = Config::parse(&text, "t", &Overrides::default())
+            .unwrap()
+            .routes;
+        let router = Router::new(&routes);
+        let naive = |path: &str| {
+            let mut best: Option<(usize, RouteId)> = None;
+            for (id, r) in routes.iter().enumerate() {
+                let len = r.path_prefix.len();
+                if path.starts_with(r.path_prefix.as_str()) && best.is_none_or(|(l, _)| len > l) {
+                    best = Some((len, id));
+                }
+            }
+            best.map(|(_, id)| id)
+        };
+        let paths = [
+            "/",
+            "/a",
+            "/ap",
+            "/api",
+            "/api/",
+            "/api/v1",
+            "/api/v1/",
+            "/api/v1/users/7",
+            "/api/v2",
+            "/apix",
+            "/apix/1",
+            "/b",
+            "/b/",
+            "/b/c",
+            "/b/c/d/e",
+            "/services/data/v60.0/x",
+            "/services/datax",
+            "/x/y",
+            "/x/yz",
+            "/x",
+            "/zzz/",
+            "//",
+            "",
+        ];
+        for path in paths {
+            assert_eq!(router.find(None, path), naive(path), "path {path:?}");
+        }
     }
 
     #[test]
