@@ -119,10 +119,13 @@ impl Proxy {
         tls: bool,
     ) -> Result<Response<ObservedBody>, std::convert::Infallible> {
         // Phase 1: route.
-        let host = request_host(&req).map(str::to_owned);
+        let host = request_host(&req);
         let route = self
             .router
-            .find(host.as_deref(), req.uri().path())
+            .find(
+                host.as_ref().and_then(|h| h.to_str().ok()),
+                req.uri().path(),
+            )
             .unwrap_or_else(|| self.observer.metrics.unmatched());
         let request_id = match req.headers().get(X_REQUEST_ID) {
             Some(v) if !v.is_empty() && v.len() <= 200 => v.clone(),
@@ -196,12 +199,11 @@ impl Proxy {
                 ))
             }
         };
-        let original_host = host;
         rewrite_request_headers(
             &mut parts.headers,
             upgrade,
             client,
-            original_host.as_deref(),
+            host.as_ref(),
             ex.request_id(),
             if tls { "https" } else { "http" },
         );
@@ -212,10 +214,7 @@ impl Proxy {
             HostHeader::Preserve => {
                 // An HTTP/2 client carries the host in :authority; HTTP/1.1 needs it as Host.
                 if !parts.headers.contains_key(header::HOST) {
-                    if let Some(h) = original_host
-                        .as_deref()
-                        .and_then(|h| HeaderValue::from_str(h).ok())
-                    {
+                    if let Some(h) = host {
                         parts.headers.insert(header::HOST, h);
                     }
                 }
@@ -244,14 +243,11 @@ impl Proxy {
             Ok(Ok(resp)) => resp,
             Ok(Err(err)) => {
                 if state.idle.load(Ordering::Relaxed) {
-                    let mut resp = local(
+                    return Ok(local(
                         ex,
                         StatusCode::REQUEST_TIMEOUT,
                         "the request body stalled longer than proxy.body_read_timeout\n",
-                    );
-                    resp.headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                    return Ok(resp);
+                    ));
                 }
                 if state.too_large.load(Ordering::Relaxed)
                     || find_cause::<BodyTooLarge>(&err).is_some()
@@ -365,6 +361,10 @@ fn local(mut ex: Exchange, status: StatusCode, body: &'static str) -> Response<O
     );
     if status == StatusCode::SERVICE_UNAVAILABLE {
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    // Shed the connection when the answer leaves it in doubt: overload and draining
+    // (503), or a request body left unread or half-read (408, 413).
+    if matches!(status.as_u16(), 408 | 413 | 503) {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
@@ -386,13 +386,13 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
     }
 }
 
-/// The request's host: `:authority` for HTTP/2, else the Host header.
-fn request_host<B>(req: &Request<B>) -> Option<&str> {
-    req.uri().authority().map(|a| a.as_str()).or_else(|| {
-        req.headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-    })
+/// The request's host: `:authority` for HTTP/2 (and absolute-form targets), else the
+/// Host header — cloned as a header value, which shares the parsed bytes.
+fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
+    match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers().get(header::HOST).cloned(),
+    }
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -467,7 +467,7 @@ fn rewrite_request_headers(
     headers: &mut HeaderMap,
     upgrade: bool,
     client: SocketAddr,
-    host: Option<&str>,
+    host: Option<&HeaderValue>,
     request_id: &HeaderValue,
     proto: &'static str,
 ) {
@@ -476,27 +476,41 @@ fn rewrite_request_headers(
     // client's 100-continue when the upstream starts reading), so the upstream must not
     // wait for a second 100-continue of its own.
     headers.remove(header::EXPECT);
-    append(headers, X_FORWARDED_FOR, &client.ip().to_string());
-    if headers.contains_key(X_FORWARDED_PROTO) {
-        append(headers, X_FORWARDED_PROTO, proto);
-    } else {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    }
+    append(headers, X_FORWARDED_FOR, ip_value(client.ip()));
+    append(headers, X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     if let Some(h) = host {
-        append(headers, X_FORWARDED_HOST, h);
+        append(headers, X_FORWARDED_HOST, h.clone());
     }
     headers.insert(X_REQUEST_ID, request_id.clone());
 }
 
-/// Appends `value` to a comma-separated list header, as proxies in a chain do.
-fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    let v = match headers.get(&name).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => HeaderValue::from_str(&format!("{prev}, {value}")),
-        _ => HeaderValue::from_str(value),
+/// Appends `value` to a comma-separated list header, as proxies in a chain do; when
+/// the header is absent the value goes in as it is, without a copy.
+fn append(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
+    let joined = match headers.get(&name) {
+        Some(prev) if !prev.is_empty() => {
+            let mut bytes = Vec::with_capacity(prev.len() + 2 + value.len());
+            bytes.extend_from_slice(prev.as_bytes());
+            bytes.extend_from_slice(b", ");
+            bytes.extend_from_slice(value.as_bytes());
+            match HeaderValue::from_bytes(&bytes) {
+                Ok(v) => v,
+                Err(_) => return,
+            }
+        }
+        _ => value,
     };
-    if let Ok(v) = v {
-        headers.insert(name, v);
-    }
+    headers.insert(name, joined);
+}
+
+/// A client IP as a header value, formatted on the stack (one copy, no String).
+fn ip_value(ip: std::net::IpAddr) -> HeaderValue {
+    use std::io::Write;
+    let mut buf = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    write!(cursor, "{ip}").expect("an IP address fits in 64 bytes");
+    let len = cursor.position() as usize;
+    HeaderValue::from_bytes(&buf[..len]).expect("an IP address is a valid header value")
 }
 
 fn upstream_uri(route: &RouteConfig, uri: &Uri) -> Result<Uri, http::Error> {
@@ -625,7 +639,7 @@ mod tests {
             &mut h,
             false,
             "127.0.0.9:5000".parse().unwrap(),
-            Some("api.test"),
+            Some(&HeaderValue::from_static("api.test")),
             &id,
             "http",
         );

@@ -34,10 +34,8 @@ pub struct Shared {
 pub struct Generation {
     /// The configuration it was built from.
     pub config: Config,
-    /// The forwarding service.
+    /// The forwarding service (its observer holds the per-route metric handles).
     pub proxy: Arc<Proxy>,
-    /// Per-route metric handles.
-    pub metrics: Arc<Metrics>,
     /// Spike detection, when enabled.
     pub detection: Option<Arc<Detection>>,
 }
@@ -89,7 +87,6 @@ impl Generation {
         Ok(Generation {
             config,
             proxy,
-            metrics,
             detection,
         })
     }

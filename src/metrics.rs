@@ -350,11 +350,6 @@ impl Metrics {
         &self.families.registry
     }
 
-    /// The families these handles point into.
-    pub fn families(&self) -> &Arc<Families> {
-        &self.families
-    }
-
     /// Handles of route `id`; `routes.len()` is `unmatched`.
     pub fn route(&self, id: usize) -> &RouteMetrics {
         &self.routes[id]

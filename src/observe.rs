@@ -154,11 +154,6 @@ impl Exchange {
         }
     }
 
-    /// The route this request belongs to.
-    pub fn route(&self) -> usize {
-        self.route
-    }
-
     /// Requests in flight now, this one included: (all routes, this route).
     pub fn in_flight(&self) -> (u64, u64) {
         (

@@ -447,32 +447,15 @@ async fn a_half_closed_client_is_a_client_gone_499_counted_once() {
     );
 }
 
-/// An upstream that answers one keep-alive request per connection, then closes the
-/// connection after a moment, as upstreams with short idle timeouts do.
-async fn closing_upstream() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                    .await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_closing_idle_pooled_connections_costs_no_request() {
-    let up = closing_upstream().await;
+    // Answers one keep-alive request per connection, then closes it 100 ms later, as
+    // upstreams with short idle timeouts do.
+    let up = raw_upstream_lingering(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        Duration::from_millis(100),
+    )
+    .await;
     let p = Proc::start(&["--upstream", &format!("http://{up}")]);
     let c = client();
     for i in 0..5 {

@@ -225,6 +225,12 @@ async fn upstream_handle(
 
 /// A raw TCP upstream that answers every connection with `reply` and closes.
 pub async fn raw_upstream(reply: &'static [u8]) -> SocketAddr {
+    raw_upstream_lingering(reply, Duration::ZERO).await
+}
+
+/// Like [`raw_upstream`], but keeps each connection open for `linger` after answering
+/// (as an upstream with a short keep-alive timeout does) before closing it.
+pub async fn raw_upstream_lingering(reply: &'static [u8], linger: Duration) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -236,6 +242,7 @@ pub async fn raw_upstream(reply: &'static [u8]) -> SocketAddr {
                 let mut buf = [0u8; 4096];
                 let _ = s.read(&mut buf).await;
                 let _ = s.write_all(reply).await;
+                tokio::time::sleep(linger).await;
                 let _ = s.shutdown().await;
             });
         }
