@@ -117,6 +117,7 @@ impl Proxy {
         client: SocketAddr,
         overloaded: bool,
         tls: bool,
+        ambiguous_framing: bool,
     ) -> Result<Response<ObservedBody>, std::convert::Infallible> {
         // Phase 1: route.
         let host = request_host(&req);
@@ -141,6 +142,13 @@ impl Proxy {
         );
 
         // Phase 2: what the proxy answers itself.
+        if ambiguous_framing {
+            return Ok(local(
+                ex,
+                StatusCode::BAD_REQUEST,
+                "request has both Content-Length and Transfer-Encoding\n",
+            ));
+        }
         if self.draining.load(Ordering::Relaxed) {
             return Ok(local(
                 ex,
@@ -363,8 +371,8 @@ fn local(mut ex: Exchange, status: StatusCode, body: &'static str) -> Response<O
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     // Shed the connection when the answer leaves it in doubt: overload and draining
-    // (503), or a request body left unread or half-read (408, 413).
-    if matches!(status.as_u16(), 408 | 413 | 503) {
+    // (503), or a request body left unread or half-read (400, 408, 413).
+    if matches!(status.as_u16(), 400 | 408 | 413 | 503) {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp

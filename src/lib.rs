@@ -26,6 +26,7 @@ pub mod demo;
 pub mod detect;
 pub mod duration;
 pub mod forward;
+pub mod framing;
 pub mod generation;
 pub mod logfmt;
 pub mod metrics;

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::admin::Admin;
 use crate::config::{Config, Overrides};
+use crate::framing::{Framing, Watched};
 use crate::generation::Live;
 
 /// Errors that stop `statuslens run` after the config was accepted.
@@ -154,13 +155,16 @@ pub async fn serve(
                 let is_tls = tls.is_some();
                 // Each request takes the generation current when it arrives and keeps it
                 // to its end: a reload never changes a request in flight.
+                let framing = Arc::new(Framing::default());
+                let watched = framing.clone();
                 let service = service_fn(move |req| {
-                    live.load().proxy.clone().handle(req, peer, overloaded, is_tls)
+                    let ambiguous = framing.next_request_conflicts();
+                    live.load().proxy.clone().handle(req, peer, overloaded, is_tls, ambiguous)
                 });
                 match &tls {
                     None => {
                         let conn = builder
-                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .serve_connection_with_upgrades(TokioIo::new(Watched::new(stream, watched)), service)
                             .into_owned();
                         let conn = graceful.watch(conn);
                         tokio::spawn(async move {
@@ -187,7 +191,7 @@ pub async fn serve(
                                 Err(_) => return,
                             };
                             let conn = builder
-                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                .serve_connection_with_upgrades(TokioIo::new(Watched::new(stream, watched)), service)
                                 .into_owned();
                             if let Err(e) = watcher.watch(conn).await {
                                 tracing::debug!(client = %peer, error = %e, "connection ended with an error");

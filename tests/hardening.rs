@@ -59,17 +59,56 @@ async fn smuggling_attempts_get_400_and_a_closed_connection() {
         "an ambiguous request reached the upstream"
     );
 
-    // Content-Length together with Transfer-Encoding: hyper applies RFC 9112 §6.3 — the
-    // chunked framing wins, Content-Length is removed before forwarding, and the
-    // connection closes after the response, so the request smuggled behind the body is
-    // never read, let alone forwarded.
-    let (line, closed) = raw(
-        p.proxy,
+    // Content-Length together with Transfer-Encoding, in either order and behind a
+    // well-formed chunked request on the same connection: 400 from the proxy, the
+    // connection closed, and neither it nor what was smuggled behind it forwarded.
+    let cl_te: [&[u8]; 3] = [
         b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
-    )
+        b"POST /echo HTTP/1.1\r\nHost: x\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nPOST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+    ];
+    for (i, bytes) in cl_te.into_iter().enumerate() {
+        let mut s = TcpStream::connect(p.proxy).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(DEADLINE, s.read_to_end(&mut got))
+            .await
+            .unwrap_or_else(|_| panic!("CL+TE case {i}: connection left open"))
+            .unwrap();
+        let text = String::from_utf8_lossy(&got);
+        let statuses: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("HTTP/1.1 "))
+            .collect();
+        let want: &[&str] = if i == 2 {
+            &["HTTP/1.1 200 OK", "HTTP/1.1 400 Bad Request"]
+        } else {
+            &["HTTP/1.1 400 Bad Request"]
+        };
+        assert_eq!(statuses, want, "CL+TE case {i}: {text}");
+        assert!(
+            text.contains("both Content-Length and Transfer-Encoding"),
+            "{text}"
+        );
+    }
+    let m = wait_metrics(&p, "CL+TE counted", |m| {
+        sum(m, "statuslens_responses_total", &[("code", "400")]) >= 3.0
+    })
     .await;
-    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
-    assert!(closed, "connection must close after a CL+TE request");
+    assert_eq!(
+        sum(
+            &m,
+            "statuslens_responses_total",
+            &[("code", "400"), ("source", "proxy")]
+        ),
+        3.0
+    );
+    let seen = up.seen.0.lock().unwrap().clone();
+    assert_eq!(
+        seen.len(),
+        1,
+        "only the well-formed chunked request: {seen:?}"
+    );
     // Equal duplicate Content-Length values are one length (RFC 9110 §8.6).
     let (line, _) = raw(
         p.proxy,

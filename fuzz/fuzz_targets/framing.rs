@@ -1,0 +1,17 @@
+//! Any byte stream as client input to the framing watcher: never a panic, and how the
+//! stream is split into reads never changes what it finds.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use statuslens::framing::first_conflict;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&step, stream)) = data.split_first() else {
+        return;
+    };
+    let whole = first_conflict([stream]);
+    let split = first_conflict(stream.chunks(usize::from(step).max(1)));
+    assert_eq!(whole, split, "split every {step} bytes");
+    let bytewise = first_conflict(stream.chunks(1));
+    assert_eq!(whole, bytewise);
+});

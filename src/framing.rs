@@ -1,0 +1,413 @@
+//! Request framing on the raw byte stream: finds HTTP/1 requests that carry both
+//! `Content-Length` and `Transfer-Encoding`.
+//!
+//! hyper resolves that conflict as RFC 9112 §6.3 allows (chunked wins, the length is
+//! dropped, the connection closes afterwards) and leaves no trace of it in the request it
+//! hands over. Such a request is the classic smuggling probe, so statuslens answers it
+//! with 400 as nginx and Envoy do. [`Watched`] wraps a client connection and follows its
+//! HTTP/1 framing — heads line by line, bodies by length or chunk sizes, never copying
+//! them — and records the index of the first conflicting head in [`Framing`]; the
+//! service asks [`Framing::next_request_conflicts`] for each request it receives.
+//!
+//! The watcher only ever fails open: on HTTP/2, upgrades, CONNECT or anything it does
+//! not follow it stops watching, and hyper's own (RFC-conformant) handling applies.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Longest line prefix kept; longer lines are only interesting when they are
+/// `Content-Length` or chunk-size lines, and those fit.
+const LINE_CAP: usize = 80;
+const NONE: u64 = u64::MAX;
+
+/// What one connection's watcher found, shared with the service serving it.
+#[derive(Debug)]
+pub struct Framing {
+    /// Index (from 0) of the first request head with both headers, or `NONE`.
+    conflict: AtomicU64,
+    /// Requests handed to the service so far.
+    requests: AtomicU64,
+}
+
+impl Default for Framing {
+    fn default() -> Self {
+        Framing {
+            conflict: AtomicU64::new(NONE),
+            requests: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Framing {
+    /// Called once per request, in order: does this request's head carry both
+    /// `Content-Length` and `Transfer-Encoding`?
+    pub fn next_request_conflicts(&self) -> bool {
+        // HTTP/1 hands requests over one at a time and in order, so the n-th call is
+        // the n-th head. (HTTP/2 never records a conflict.)
+        let n = self.requests.fetch_add(1, Ordering::Relaxed);
+        n == self.conflict.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum State {
+    /// Reading a head's lines; `first` until the request line is in.
+    Head { first: bool },
+    /// Skipping a `Content-Length` body.
+    Body(u64),
+    /// Reading a chunk-size line.
+    ChunkSize,
+    /// Skipping chunk data, then its CRLF line.
+    ChunkData(u64),
+    /// Expecting the empty line that ends a chunk.
+    ChunkEnd,
+    /// Reading trailer lines after the last chunk.
+    Trailers,
+    /// Not watching any more.
+    Off,
+}
+
+/// The framing follower itself, fed the bytes in the order they arrive.
+#[derive(Debug)]
+struct Scanner {
+    state: State,
+    line: [u8; LINE_CAP],
+    line_len: usize,
+    /// The current line ran over `LINE_CAP`.
+    line_long: bool,
+    heads: u64,
+    content_length: Option<u64>,
+    transfer_encoding: bool,
+    stop_after_head: bool,
+}
+
+impl Scanner {
+    fn new() -> Self {
+        Scanner {
+            state: State::Head { first: true },
+            line: [0; LINE_CAP],
+            line_len: 0,
+            line_long: false,
+            heads: 0,
+            content_length: None,
+            transfer_encoding: false,
+            stop_after_head: false,
+        }
+    }
+
+    fn off(&self) -> bool {
+        self.state == State::Off
+    }
+
+    /// Follows `bytes`; returns the index of a head found with both headers.
+    fn feed(&mut self, mut bytes: &[u8]) -> Option<u64> {
+        while !bytes.is_empty() {
+            match self.state {
+                State::Off => return None,
+                State::Body(n) | State::ChunkData(n) => {
+                    let take = (n as usize).min(bytes.len()) as u64;
+                    bytes = &bytes[take as usize..];
+                    let left = n - take;
+                    self.state = match (self.state, left) {
+                        (State::Body(_), 0) => State::Head { first: true },
+                        (State::Body(_), l) => State::Body(l),
+                        (_, 0) => State::ChunkEnd,
+                        (_, l) => State::ChunkData(l),
+                    };
+                }
+                _ => {
+                    let (part, rest, complete) = match bytes.iter().position(|&b| b == b'\n') {
+                        Some(i) => (&bytes[..i], &bytes[i + 1..], true),
+                        None => (bytes, &bytes[bytes.len()..], false),
+                    };
+                    self.push(part);
+                    bytes = rest;
+                    if complete {
+                        if let Some(found) = self.line_done() {
+                            return Some(found);
+                        }
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn push(&mut self, part: &[u8]) {
+        let room = LINE_CAP - self.line_len;
+        let n = part.len().min(room);
+        self.line[self.line_len..self.line_len + n].copy_from_slice(&part[..n]);
+        self.line_len += n;
+        self.line_long |= part.len() > room;
+    }
+
+    /// Acts on one complete line (its LF consumed, a trailing CR stripped).
+    fn line_done(&mut self) -> Option<u64> {
+        let mut len = self.line_len;
+        if len > 0 && self.line[len - 1] == b'\r' && !self.line_long {
+            len -= 1;
+        }
+        let long = self.line_long;
+        self.line_len = 0;
+        self.line_long = false;
+        let line = &self.line[..len];
+        let empty = len == 0 && !long;
+        match self.state {
+            State::Head { first: true } => {
+                if empty {
+                    // Clients may send stray CRLFs between requests (RFC 9112 §2.2).
+                    return None;
+                }
+                // An HTTP/2 preface ("PRI * HTTP/2.0") or a tunnel: not ours to follow.
+                if line.starts_with(b"PRI ") || line.ends_with(b"HTTP/2.0") {
+                    self.state = State::Off;
+                } else {
+                    self.stop_after_head = line.starts_with(b"CONNECT ");
+                    self.state = State::Head { first: false };
+                }
+            }
+            State::Head { first: false } if empty => return self.head_done(),
+            State::Head { first: false } => {
+                let value = |name: &[u8]| -> Option<&[u8]> {
+                    let (n, v) = line.split_at_checked(name.len())?;
+                    (n.eq_ignore_ascii_case(name) && v.first() == Some(&b':'))
+                        .then(|| v[1..].trim_ascii())
+                };
+                if let Some(v) = value(b"content-length") {
+                    match parse_decimal(v).filter(|_| !long) {
+                        // Equal duplicates are one length; differing ones hyper rejects.
+                        Some(n) if self.content_length.map_or(true, |c| c == n) => {
+                            self.content_length = Some(n)
+                        }
+                        _ => self.state = State::Off,
+                    }
+                } else if value(b"transfer-encoding").is_some() {
+                    self.transfer_encoding = true;
+                } else if value(b"upgrade").is_some() {
+                    self.stop_after_head = true;
+                }
+            }
+            State::ChunkSize => {
+                let digits = line
+                    .iter()
+                    .position(|&b| b == b';' || b == b' ' || b == b'\t')
+                    .map_or(line, |i| &line[..i]);
+                self.state = match parse_hex(digits).filter(|_| !long) {
+                    Some(0) => State::Trailers,
+                    Some(n) => State::ChunkData(n),
+                    None => State::Off,
+                };
+            }
+            State::ChunkEnd if empty => self.state = State::ChunkSize,
+            State::ChunkEnd => self.state = State::Off,
+            State::Trailers if empty => self.state = State::Head { first: true },
+            State::Trailers => {}
+            State::Body(_) | State::ChunkData(_) | State::Off => {}
+        }
+        None
+    }
+
+    /// The empty line after the headers: decide the body's framing.
+    fn head_done(&mut self) -> Option<u64> {
+        let index = self.heads;
+        self.heads += 1;
+        let cl = self.content_length.take();
+        let te = std::mem::take(&mut self.transfer_encoding);
+        if cl.is_some() && te {
+            // Nothing after this request is served on this connection anyway.
+            self.state = State::Off;
+            return Some(index);
+        }
+        self.state = if std::mem::take(&mut self.stop_after_head) {
+            State::Off
+        } else if te {
+            State::ChunkSize
+        } else {
+            match cl {
+                Some(n) if n > 0 => State::Body(n),
+                _ => State::Head { first: true },
+            }
+        };
+        None
+    }
+}
+
+/// Follows a byte stream delivered in `pieces`, as [`Watched`] does without the I/O;
+/// returns the index of the first request head carrying both headers.
+pub fn first_conflict<'a>(pieces: impl IntoIterator<Item = &'a [u8]>) -> Option<u64> {
+    let mut scanner = Scanner::new();
+    pieces.into_iter().find_map(|piece| scanner.feed(piece))
+}
+
+fn parse_decimal(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+fn parse_hex(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 15 {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(v).ok()?, 16).ok()
+}
+
+pin_project_lite::pin_project! {
+    /// A client connection whose incoming bytes are followed by a framing scanner.
+    pub struct Watched<S> {
+        #[pin]
+        inner: S,
+        scanner: Scanner,
+        framing: Arc<Framing>,
+    }
+}
+
+impl<S> Watched<S> {
+    /// Wraps `inner`; what it finds goes to `framing`.
+    pub fn new(inner: S, framing: Arc<Framing>) -> Self {
+        Watched {
+            inner,
+            scanner: Scanner::new(),
+            framing,
+        }
+    }
+}
+
+impl<S: AsyncRead> AsyncRead for Watched<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let polled = this.inner.poll_read(cx, buf);
+        if !this.scanner.off() {
+            if let Some(index) = this.scanner.feed(&buf.filled()[before..]) {
+                this.framing.conflict.store(index, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite> AsyncWrite for Watched<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `stream` in pieces of `step` bytes; returns the conflicting head found.
+    fn scan(stream: &[u8], step: usize) -> (Option<u64>, State) {
+        let mut s = Scanner::new();
+        let mut found = None;
+        for piece in stream.chunks(step) {
+            if let Some(i) = s.feed(piece) {
+                found = Some(i);
+            }
+        }
+        (found, s.state)
+    }
+
+    fn every_split(stream: &[u8]) -> (Option<u64>, State) {
+        let whole = scan(stream, stream.len().max(1));
+        for step in 1..stream.len() {
+            assert_eq!(scan(stream, step), whole, "split every {step} bytes");
+        }
+        whole
+    }
+
+    #[test]
+    fn finds_the_conflict_in_either_order() {
+        for head in [
+            &b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length:5\r\nHost: x\r\n\r\n",
+            b"POST / HTTP/1.1\nTRANSFER-ENCODING: chunked\nCONTENT-LENGTH: 0\n\n",
+        ] {
+            assert_eq!(every_split(head), (Some(0), State::Off));
+        }
+    }
+
+    #[test]
+    fn follows_bodies_to_the_next_head() {
+        let stream = b"POST /a HTTP/1.1\r\nContent-Length: 30\r\n\r\n\
+            Content-Length: 1\r\nTransfer-\r\n\
+            POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
+            1a;ext=1\r\nContent-Length: 5\r\n\r\n\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n\
+            \r\nGET /c HTTP/1.1\r\nHost: x\r\n\r\n\
+            POST /d HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(every_split(stream), (Some(3), State::Off));
+    }
+
+    #[test]
+    fn plain_traffic_is_followed_without_findings() {
+        let stream = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\
+            POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi\
+            POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n";
+        assert_eq!(every_split(stream), (None, State::Head { first: true }));
+    }
+
+    #[test]
+    fn stops_watching_what_it_does_not_follow() {
+        for stream in [
+            &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..],
+            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 5a\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nab\r\n",
+        ] {
+            assert_eq!(every_split(stream), (None, State::Off), "{stream:?}");
+        }
+    }
+
+    #[test]
+    fn long_header_lines_are_skipped_not_misread() {
+        let mut stream = b"GET / HTTP/1.1\r\nX-Long: ".to_vec();
+        stream.extend(std::iter::repeat_n(b'a', 500));
+        stream.extend_from_slice(b"\r\nContent-Length: 2\r\n\r\nhiGET / HTTP/1.1\r\n\r\n");
+        assert_eq!(every_split(&stream), (None, State::Head { first: true }));
+    }
+
+    #[test]
+    fn the_service_sees_the_conflict_on_the_right_request() {
+        let f = Framing::default();
+        f.conflict.store(2, Ordering::Relaxed);
+        let seen: Vec<bool> = (0..4).map(|_| f.next_request_conflicts()).collect();
+        assert_eq!(seen, [false, false, true, false]);
+    }
+}
