@@ -28,6 +28,7 @@ pub mod duration;
 pub mod forward;
 pub mod framing;
 pub mod generation;
+pub mod isolate;
 pub mod logfmt;
 pub mod metrics;
 pub mod observe;

@@ -203,6 +203,8 @@ impl Drop for Exchange {
     fn drop(&mut self) {
         let (code, source) = if self.completed {
             (self.status, self.source)
+        } else if crate::isolate::exchange_failed() {
+            (500, Source::Proxy)
         } else {
             (499, Source::Client)
         };
@@ -360,6 +362,9 @@ pub enum ResponseInner {
     Upstream(hyper::body::Incoming),
     /// Made by statuslens (errors) — or empty.
     Local(Option<Bytes>),
+    /// A body whose polling panics, to test panic isolation.
+    #[cfg(test)]
+    Panics,
 }
 
 /// A response body that counts bytes and records its exchange when it ends.
@@ -377,10 +382,20 @@ impl ObservedBody {
         }
     }
 
+    /// A body no exchange is attached to (the exchange was counted elsewhere).
+    pub fn unobserved(inner: ResponseInner) -> Self {
+        ObservedBody {
+            inner,
+            exchange: None,
+        }
+    }
+
     fn inner_ended(&self) -> bool {
         match &self.inner {
             ResponseInner::Upstream(b) => b.is_end_stream(),
             ResponseInner::Local(b) => b.is_none(),
+            #[cfg(test)]
+            ResponseInner::Panics => false,
         }
     }
 
@@ -400,9 +415,45 @@ impl Body for ObservedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
+        let before = crate::isolate::failures();
+        if let Some(polled) = crate::isolate::catch("response body", || this.poll_observed(cx)) {
+            return polled;
+        }
+        // End the body here (the client sees it cut short); the exchange counts a 500
+        // from the proxy.
+        let exchange = this.exchange.take();
+        crate::isolate::discard(|| drop(exchange), before);
+        this.inner = ResponseInner::Local(None);
+        Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner_ended()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            ResponseInner::Upstream(b) => b.size_hint(),
+            ResponseInner::Local(b) => {
+                SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            #[cfg(test)]
+            ResponseInner::Panics => SizeHint::default(),
+        }
+    }
+}
+
+impl ObservedBody {
+    fn poll_observed(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self;
         let polled = match &mut this.inner {
             ResponseInner::Upstream(b) => Pin::new(b).poll_frame(cx),
             ResponseInner::Local(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            #[cfg(test)]
+            ResponseInner::Panics => panic!("response body bug"),
         };
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -433,19 +484,6 @@ impl Body for ObservedBody {
                 Poll::Ready(None)
             }
             Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner_ended()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.inner {
-            ResponseInner::Upstream(b) => b.size_hint(),
-            ResponseInner::Local(b) => {
-                SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
-            }
         }
     }
 }

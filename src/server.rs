@@ -17,6 +17,8 @@ use crate::admin::Admin;
 use crate::config::{Config, Overrides};
 use crate::framing::{Framing, Watched};
 use crate::generation::Live;
+use crate::isolate::CatchPanic;
+use crate::metrics::method_index;
 
 /// Errors that stop `statuslens run` after the config was accepted.
 #[derive(Debug, thiserror::Error)]
@@ -159,7 +161,10 @@ pub async fn serve(
                 let watched = framing.clone();
                 let service = service_fn(move |req| {
                     let ambiguous = framing.next_request_conflicts();
-                    live.load().proxy.clone().handle(req, peer, overloaded, is_tls, ambiguous)
+                    let proxy = live.load().proxy.clone();
+                    let method = method_index(req.method());
+                    let observer = proxy.observer().clone();
+                    CatchPanic::new(proxy.handle(req, peer, overloaded, is_tls, ambiguous), observer, method)
                 });
                 match &tls {
                     None => {
