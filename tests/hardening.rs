@@ -5,6 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use http::Request;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -512,4 +513,160 @@ async fn upstream_closing_idle_pooled_connections_costs_no_request() {
     })
     .await;
     assert_eq!(sum(&m, "statuslens_upstream_errors_total", &[]), 0.0);
+}
+
+/// An upstream that records every request it reads (method and path, per connection)
+/// and then, by path: `/answer` — replies on a keep-alive connection and closes it soon
+/// after, as upstreams with short idle timeouts do; `/vanish` — closes without replying.
+struct Recorder {
+    addr: std::net::SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    closed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn recorder() -> Recorder {
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let closed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (s2, c2) = (seen.clone(), closed.clone());
+    tokio::spawn(async move {
+        for conn in 0.. {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let (seen, closed) = (s2.clone(), c2.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let mut answered = false;
+                loop {
+                    // Read one whole request (head + Content-Length body); after an
+                    // answer, wait at most 50 ms for the next one.
+                    let idle = if answered {
+                        Duration::from_millis(50)
+                    } else {
+                        DEADLINE
+                    };
+                    let request = loop {
+                        let text = String::from_utf8_lossy(&buf).to_string();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let len: usize = text[..end]
+                                .lines()
+                                .find_map(|l| {
+                                    let l = l.to_ascii_lowercase();
+                                    l.strip_prefix("content-length:")
+                                        .map(|v| v.trim().parse().unwrap())
+                                })
+                                .unwrap_or(0);
+                            if buf.len() >= end + 4 + len {
+                                let line = text.lines().next().unwrap().to_string();
+                                buf.drain(..end + 4 + len);
+                                break Some(line);
+                            }
+                        }
+                        match tokio::time::timeout(idle, s.read(&mut chunk)).await {
+                            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            _ => break None,
+                        }
+                    };
+                    let Some(line) = request else { break };
+                    let mut words = line.split(' ');
+                    let (method, path) = (words.next().unwrap(), words.next().unwrap());
+                    seen.lock()
+                        .unwrap()
+                        .push(format!("conn {conn}: {method} {path}"));
+                    if path != "/answer" {
+                        break;
+                    }
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .await;
+                    answered = true;
+                }
+                drop(s);
+                closed.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    Recorder { addr, seen, closed }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_requests_that_never_reached_the_upstream_are_retried() {
+    use std::sync::atomic::Ordering;
+    let up = recorder().await;
+    let p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
+    let c = client();
+    let post = |path: &str| {
+        Request::post(p.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(full("a=1"))
+            .unwrap()
+    };
+    let wait_closed = |n: usize| {
+        let closed = up.closed.clone();
+        async move {
+            let deadline = Instant::now() + DEADLINE;
+            while closed.load(Ordering::SeqCst) < n {
+                assert!(
+                    Instant::now() < deadline,
+                    "upstream never closed connection {n}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+
+    // A pooled connection the upstream closed while idle: the next request, a POST,
+    // meets it closed before anything is written, so it goes on a new connection —
+    // the upstream sees it once.
+    let (parts, _) = send(&c, post("/answer")).await;
+    assert_eq!(parts.status, 200);
+    wait_closed(1).await;
+    let (parts, body) = send(&c, post("/answer")).await;
+    assert_eq!(
+        (parts.status.as_u16(), body),
+        (200, bytes::Bytes::from("ok"))
+    );
+    wait_closed(2).await;
+
+    // Requests that reached the upstream, which then closed without answering, are not
+    // retried, whatever their method: the upstream may have acted on them.
+    for req in [
+        post("/vanish"),
+        Request::get(p.url("/vanish")).body(full("")).unwrap(),
+    ] {
+        let (parts, _) = send(&c, req).await;
+        assert_eq!(parts.status, 502);
+    }
+    let m = wait_metrics(&p, "four", |m| {
+        sum(m, "statuslens_responses_total", &[]) == 4.0
+    })
+    .await;
+    assert_eq!(
+        sum(
+            &m,
+            "statuslens_responses_total",
+            &[("code", "502"), ("source", "proxy")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        sum(&m, "statuslens_upstream_errors_total", &[]),
+        2.0,
+        "{m:?}"
+    );
+    let seen = up.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [
+            "conn 0: POST /answer",
+            "conn 1: POST /answer",
+            "conn 2: POST /vanish",
+            "conn 3: GET /vanish"
+        ],
+        "each request reached the upstream exactly once"
+    );
 }
