@@ -6,6 +6,8 @@
 //! names, and streams the request to the route's pooled upstream client. Whatever
 //! comes back — or doesn't — becomes a response with an observed body.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,6 +30,19 @@ use crate::observe::{
 };
 use crate::quota;
 use crate::route::Router;
+
+/// What the connection knows about a request as it arrives.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The connection came in over `proxy.max_connections`.
+    pub overloaded: bool,
+    /// It arrived over TLS.
+    pub tls: bool,
+    /// Its head carried both `Content-Length` and `Transfer-Encoding` (see `framing`).
+    pub ambiguous_framing: bool,
+}
 
 /// A route ready to forward: its settings and its pooled upstream client.
 struct Upstream {
@@ -110,16 +125,16 @@ impl Proxy {
         self.draining.store(true, Ordering::SeqCst);
     }
 
-    /// Serves one request from `client`; `tls` says whether it arrived over TLS.
-    pub async fn handle(
+    /// Serves one request. Routing and the start of its observation happen now, the
+    /// rest when the returned future is polled.
+    pub fn handle(
         self: Arc<Self>,
-        mut req: Request<Incoming>,
-        client: SocketAddr,
-        overloaded: bool,
-        tls: bool,
-        ambiguous_framing: bool,
-    ) -> Result<Response<ObservedBody>, std::convert::Infallible> {
-        // Phase 1: route.
+        req: Request<Incoming>,
+        arrival: Arrival,
+    ) -> impl Future<Output = Result<Response<ObservedBody>, Infallible>> + Send + 'static {
+        // Phase 1: route — now, not at the first poll: hyper drops a request's future
+        // unpolled when the client's FIN follows the request at once, and the exchange
+        // must exist by then to count it (as a 499).
         let host = request_host(&req);
         let route = self
             .router
@@ -132,15 +147,31 @@ impl Proxy {
             Some(v) if !v.is_empty() && v.len() <= 200 => v.clone(),
             _ => next_request_id(),
         };
-        let mut ex = Exchange::start(
+        let ex = Exchange::start(
             self.observer.clone(),
             route,
             req.method().clone(),
             req.uri().clone(),
             request_id,
-            client,
+            arrival.client,
         );
+        self.respond(req, ex, route, host, arrival)
+    }
 
+    async fn respond(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        mut ex: Exchange,
+        route: usize,
+        host: Option<HeaderValue>,
+        arrival: Arrival,
+    ) -> Result<Response<ObservedBody>, Infallible> {
+        let Arrival {
+            client,
+            overloaded,
+            tls,
+            ambiguous_framing,
+        } = arrival;
         // Phase 2: what the proxy answers itself.
         if ambiguous_framing {
             return Ok(local(

@@ -88,15 +88,31 @@ pin_project_lite::pin_project! {
 }
 
 impl<F> CatchPanic<F> {
-    /// Guards `inner`, a request with method index `method`; a panic before its exchange
-    /// started is counted on the unmatched route of `observer`.
-    pub fn new(inner: F, observer: Arc<Observer>, method: usize) -> Self {
-        CatchPanic::Running {
-            inner,
-            observer,
-            method,
+    /// Runs `start`, a request's synchronous first phase (routing, the exchange's start),
+    /// and guards the future it returns; `method` is the request's method index.
+    pub fn start(observer: Arc<Observer>, method: usize, start: impl FnOnce() -> F) -> Self {
+        let before = failures();
+        match catch("request handler", start) {
+            Some(inner) => CatchPanic::Running {
+                inner,
+                observer,
+                method,
+            },
+            None => {
+                if failures() == before {
+                    count_unrouted(&observer, method);
+                }
+                CatchPanic::Failed
+            }
         }
     }
+}
+
+/// Counts a request that failed before its exchange started (so before any await: no
+/// time had passed) on the unmatched route.
+fn count_unrouted(observer: &Observer, method: usize) {
+    let m = &observer.metrics;
+    m.record(m.unmatched(), method, 500, Source::Proxy, 0.0);
 }
 
 impl<F> Future for CatchPanic<F>
@@ -122,10 +138,7 @@ where
             false,
         ) = (replaced, counted)
         {
-            // It panicked before its exchange started (routing runs first, without
-            // awaiting), so no time had passed.
-            let m = &observer.metrics;
-            m.record(m.unmatched(), method, 500, Source::Proxy, 0.0);
+            count_unrouted(&observer, method);
         }
         Poll::Ready(Ok(internal_error()))
     }
@@ -217,7 +230,7 @@ mod tests {
                 ResponseInner::Local(None),
             )))
         };
-        let (status, body) = answer(CatchPanic::new(request, o.clone(), 2)).await;
+        let (status, body) = answer(CatchPanic::start(o.clone(), 2, || request)).await;
         assert_eq!(status, 500);
         assert!(body.starts_with(b"statuslens failed"));
         assert_eq!(
@@ -238,6 +251,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_panic_in_the_synchronous_phase_is_a_500_counted_once() {
+        let o = observer();
+        type Ready = std::future::Ready<Result<Response<ObservedBody>, Infallible>>;
+        let (status, _) = answer(CatchPanic::<Ready>::start(o.clone(), 0, || {
+            panic!("bug while routing")
+        }))
+        .await;
+        assert_eq!(status, 500);
+        assert_eq!(
+            responses(&o),
+            [("unmatched".into(), "500".into(), "proxy".into(), 1.0)]
+        );
+        // After its exchange started, the exchange counts it (on its route).
+        let started = o.clone();
+        let (status, _) = answer(CatchPanic::<Ready>::start(o.clone(), 0, move || {
+            let _ex = Exchange::start(
+                started,
+                0,
+                Method::GET,
+                Uri::from_static("/"),
+                HeaderValue::from_static("id-4"),
+                "127.0.0.1:1".parse().unwrap(),
+            );
+            panic!("bug after the exchange started")
+        }))
+        .await;
+        assert_eq!(status, 500);
+        assert_eq!(
+            responses(&o),
+            [
+                ("default".into(), "500".into(), "proxy".into(), 1.0),
+                ("unmatched".into(), "500".into(), "proxy".into(), 1.0)
+            ]
+        );
+    }
+
+    #[tokio::test]
     async fn a_panic_before_routing_is_counted_on_unmatched() {
         let o = observer();
         let request = async {
@@ -248,7 +298,7 @@ mod tests {
                 ResponseInner::Local(None),
             )))
         };
-        let (status, _) = answer(CatchPanic::new(request, o.clone(), 0)).await;
+        let (status, _) = answer(CatchPanic::start(o.clone(), 0, || request)).await;
         assert_eq!(status, 500);
         assert_eq!(
             responses(&o),
@@ -300,7 +350,7 @@ mod tests {
                             ResponseInner::Local(Some(Bytes::from_static(b"fine"))),
                         )))
                     };
-                    CatchPanic::new(request, o, 0)
+                    CatchPanic::start(o, 0, || request)
                 });
                 tokio::spawn(
                     hyper::server::conn::http1::Builder::new()

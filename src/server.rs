@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::admin::Admin;
 use crate::config::{Config, Overrides};
+use crate::forward::Arrival;
 use crate::framing::{Framing, Watched};
 use crate::generation::Live;
 use crate::isolate::CatchPanic;
@@ -160,11 +161,16 @@ pub async fn serve(
                 let framing = Arc::new(Framing::default());
                 let watched = framing.clone();
                 let service = service_fn(move |req| {
-                    let ambiguous = framing.next_request_conflicts();
+                    let arrival = Arrival {
+                        client: peer,
+                        overloaded,
+                        tls: is_tls,
+                        ambiguous_framing: framing.next_request_conflicts(),
+                    };
                     let proxy = live.load().proxy.clone();
                     let method = method_index(req.method());
                     let observer = proxy.observer().clone();
-                    CatchPanic::new(proxy.handle(req, peer, overloaded, is_tls, ambiguous), observer, method)
+                    CatchPanic::start(observer, method, || proxy.handle(req, arrival))
                 });
                 match &tls {
                     None => {

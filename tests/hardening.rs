@@ -488,6 +488,48 @@ async fn a_half_closed_client_is_a_client_gone_499_counted_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_followed_at_once_by_fin_is_counted_once() {
+    // hyper may drop such a request's future without ever polling it; statuslens starts
+    // counting when hyper hands the request over, so each one is still counted — as a
+    // client that left (499), or 200 if the answer was already out.
+    let up = upstream().await;
+    let p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
+    for _ in 0..10 {
+        let mut s = TcpStream::connect(p.proxy).await.unwrap();
+        s.write_all(b"GET /status/200 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        s.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        tokio::time::timeout(DEADLINE, s.read_to_end(&mut rest))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let m = wait_metrics(&p, "ten", |m| {
+        sum(m, "statuslens_responses_total", &[]) >= 10.0
+    })
+    .await;
+    let gone = sum(
+        &m,
+        "statuslens_responses_total",
+        &[("code", "499"), ("source", "client")],
+    );
+    let answered = sum(&m, "statuslens_responses_total", &[("code", "200")]);
+    assert_eq!(
+        (gone + answered, sum(&m, "statuslens_responses_total", &[])),
+        (10.0, 10.0),
+        "{m:#?}"
+    );
+    // Nothing is counted twice later either.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        sum(&metrics(&p).await, "statuslens_responses_total", &[]),
+        10.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_closing_idle_pooled_connections_costs_no_request() {
     // Answers one keep-alive request per connection, then closes it 100 ms later, as
     // upstreams with short idle timeouts do.
