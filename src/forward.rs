@@ -24,6 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::config::{Config, HostHeader, ProxyConfig, RouteConfig};
 use crate::consumer::Identifier;
+use crate::framing::Defect;
 use crate::metrics::{Source, UpstreamErrorKind};
 use crate::observe::{
     BodyTooLarge, Exchange, ObservedBody, Observer, RequestBody, RequestBodyState, ResponseInner,
@@ -40,8 +41,8 @@ pub struct Arrival {
     pub overloaded: bool,
     /// It arrived over TLS.
     pub tls: bool,
-    /// Its head carried both `Content-Length` and `Transfer-Encoding` (see `framing`).
-    pub ambiguous_framing: bool,
+    /// What is wrong with its head, though hyper accepted it (see `framing`).
+    pub defect: Option<Defect>,
 }
 
 /// A route ready to forward: its settings and its pooled upstream client.
@@ -170,15 +171,11 @@ impl Proxy {
             client,
             overloaded,
             tls,
-            ambiguous_framing,
+            defect,
         } = arrival;
         // Phase 2: what the proxy answers itself.
-        if ambiguous_framing {
-            return Ok(local(
-                ex,
-                StatusCode::BAD_REQUEST,
-                "request has both Content-Length and Transfer-Encoding\n",
-            ));
+        if let Some(defect) = defect {
+            return Ok(local(ex, StatusCode::BAD_REQUEST, defect.reason()));
         }
         if self.draining.load(Ordering::Relaxed) {
             return Ok(local(

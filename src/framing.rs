@@ -1,19 +1,20 @@
-//! Request framing on the raw byte stream: finds HTTP/1 requests that carry both
-//! `Content-Length` and `Transfer-Encoding`.
+//! Request framing on the raw byte stream: finds HTTP/1 request heads that hyper accepts
+//! but a proxy should refuse ([`Defect`]).
 //!
-//! hyper resolves that conflict as RFC 9112 §6.3 allows (chunked wins, the length is
-//! dropped, the connection closes afterwards) and leaves no trace of it in the request it
-//! hands over. Such a request is the classic smuggling probe, so statuslens answers it
-//! with 400 as nginx and Envoy do. [`Watched`] wraps a client connection and follows its
-//! HTTP/1 framing — heads line by line, bodies by length or chunk sizes, never copying
-//! them — and records the index of the first conflicting head in [`Framing`]; the
-//! service asks [`Framing::next_request_conflicts`] for each request it receives.
+//! hyper resolves `Content-Length` + `Transfer-Encoding` as RFC 9112 §6.3 allows
+//! (chunked wins, the length is dropped, the connection closes afterwards) and accepts
+//! bare-LF line endings (§2.2), leaving no trace of either in the request it hands over.
+//! Both are how smuggling probes make two parsers disagree, so statuslens answers them
+//! with 400. [`Watched`] wraps a client connection and follows its HTTP/1 framing —
+//! heads line by line, bodies by length or chunk sizes, never copying them — and records
+//! the first defective head in [`Framing`]; the service asks
+//! [`Framing::next_request_defect`] for each request it receives.
 //!
 //! The watcher only ever fails open: on HTTP/2, upgrades, CONNECT or anything it does
 //! not follow it stops watching, and hyper's own (RFC-conformant) handling applies.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -24,11 +25,32 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 const LINE_CAP: usize = 80;
 const NONE: u64 = u64::MAX;
 
+/// What is wrong with a request head that hyper would accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Defect {
+    /// Both `Content-Length` and `Transfer-Encoding`: two framings, the smuggling probe.
+    LengthAndChunked,
+    /// A head line ended by a bare LF: parsers on the path may disagree on the lines.
+    BareLf,
+}
+
+impl Defect {
+    /// The one-line reason given to the client.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Defect::LengthAndChunked => "request has both Content-Length and Transfer-Encoding\n",
+            Defect::BareLf => "request head has a line ending in a bare LF instead of CRLF\n",
+        }
+    }
+}
+
 /// What one connection's watcher found, shared with the service serving it.
 #[derive(Debug)]
 pub struct Framing {
-    /// Index (from 0) of the first request head with both headers, or `NONE`.
-    conflict: AtomicU64,
+    /// Index (from 0) of the first defective request head, or `NONE`.
+    defect_at: AtomicU64,
+    /// Its defect: 1 + the `Defect` discriminant.
+    defect: AtomicU8,
     /// Requests handed to the service so far.
     requests: AtomicU64,
 }
@@ -36,20 +58,36 @@ pub struct Framing {
 impl Default for Framing {
     fn default() -> Self {
         Framing {
-            conflict: AtomicU64::new(NONE),
+            defect_at: AtomicU64::new(NONE),
+            defect: AtomicU8::new(0),
             requests: AtomicU64::new(0),
         }
     }
 }
 
 impl Framing {
-    /// Called once per request, in order: does this request's head carry both
-    /// `Content-Length` and `Transfer-Encoding`?
-    pub fn next_request_conflicts(&self) -> bool {
+    /// Called once per request, in order: what is wrong with this request's head?
+    pub fn next_request_defect(&self) -> Option<Defect> {
         // HTTP/1 hands requests over one at a time and in order, so the n-th call is
-        // the n-th head. (HTTP/2 never records a conflict.)
+        // the n-th head. (HTTP/2 never records a defect.)
         let n = self.requests.fetch_add(1, Ordering::Relaxed);
-        n == self.conflict.load(Ordering::Relaxed)
+        if n != self.defect_at.load(Ordering::Relaxed) {
+            return None;
+        }
+        match self.defect.load(Ordering::Relaxed) {
+            1 => Some(Defect::LengthAndChunked),
+            2 => Some(Defect::BareLf),
+            _ => None,
+        }
+    }
+
+    fn record(&self, index: u64, defect: Defect) {
+        let code = match defect {
+            Defect::LengthAndChunked => 1,
+            Defect::BareLf => 2,
+        };
+        self.defect.store(code, Ordering::Relaxed);
+        self.defect_at.store(index, Ordering::Relaxed);
     }
 }
 
@@ -79,6 +117,10 @@ struct Scanner {
     line_len: usize,
     /// The current line ran over `LINE_CAP`.
     line_long: bool,
+    /// The last byte pushed to the current line was a CR.
+    ends_cr: bool,
+    /// A line of the current head ended in a bare LF.
+    bare_lf: bool,
     heads: u64,
     content_length: Option<u64>,
     transfer_encoding: bool,
@@ -92,6 +134,8 @@ impl Scanner {
             line: [0; LINE_CAP],
             line_len: 0,
             line_long: false,
+            ends_cr: false,
+            bare_lf: false,
             heads: 0,
             content_length: None,
             transfer_encoding: false,
@@ -103,8 +147,8 @@ impl Scanner {
         self.state == State::Off
     }
 
-    /// Follows `bytes`; returns the index of a head found with both headers.
-    fn feed(&mut self, mut bytes: &[u8]) -> Option<u64> {
+    /// Follows `bytes`; returns the index and defect of a defective head.
+    fn feed(&mut self, mut bytes: &[u8]) -> Option<(u64, Defect)> {
         while !bytes.is_empty() {
             match self.state {
                 State::Off => return None,
@@ -143,12 +187,16 @@ impl Scanner {
         self.line[self.line_len..self.line_len + n].copy_from_slice(&part[..n]);
         self.line_len += n;
         self.line_long |= part.len() > room;
+        if let Some(&last) = part.last() {
+            self.ends_cr = last == b'\r';
+        }
     }
 
     /// Acts on one complete line (its LF consumed, a trailing CR stripped).
-    fn line_done(&mut self) -> Option<u64> {
+    fn line_done(&mut self) -> Option<(u64, Defect)> {
         let mut len = self.line_len;
-        if len > 0 && self.line[len - 1] == b'\r' && !self.line_long {
+        let crlf = std::mem::take(&mut self.ends_cr);
+        if crlf && !self.line_long {
             len -= 1;
         }
         let long = self.line_long;
@@ -162,6 +210,7 @@ impl Scanner {
                     // Clients may send stray CRLFs between requests (RFC 9112 §2.2).
                     return None;
                 }
+                self.bare_lf = !crlf;
                 // An HTTP/2 preface ("PRI * HTTP/2.0") or a tunnel: not ours to follow.
                 if line.starts_with(b"PRI ") || line.ends_with(b"HTTP/2.0") {
                     self.state = State::Off;
@@ -170,8 +219,12 @@ impl Scanner {
                     self.state = State::Head { first: false };
                 }
             }
-            State::Head { first: false } if empty => return self.head_done(),
+            State::Head { first: false } if empty => {
+                self.bare_lf |= !crlf;
+                return self.head_done();
+            }
             State::Head { first: false } => {
+                self.bare_lf |= !crlf;
                 let value = |name: &[u8]| -> Option<&[u8]> {
                     let (n, v) = line.split_at_checked(name.len())?;
                     (n.eq_ignore_ascii_case(name) && v.first() == Some(&b':'))
@@ -212,15 +265,22 @@ impl Scanner {
     }
 
     /// The empty line after the headers: decide the body's framing.
-    fn head_done(&mut self) -> Option<u64> {
+    fn head_done(&mut self) -> Option<(u64, Defect)> {
         let index = self.heads;
         self.heads += 1;
         let cl = self.content_length.take();
         let te = std::mem::take(&mut self.transfer_encoding);
-        if cl.is_some() && te {
-            // Nothing after this request is served on this connection anyway.
+        let defect = if cl.is_some() && te {
+            Some(Defect::LengthAndChunked)
+        } else if std::mem::take(&mut self.bare_lf) {
+            Some(Defect::BareLf)
+        } else {
+            None
+        };
+        if let Some(defect) = defect {
+            // Its 400 closes the connection: nothing after it matters.
             self.state = State::Off;
-            return Some(index);
+            return Some((index, defect));
         }
         self.state = if std::mem::take(&mut self.stop_after_head) {
             State::Off
@@ -237,8 +297,8 @@ impl Scanner {
 }
 
 /// Follows a byte stream delivered in `pieces`, as [`Watched`] does without the I/O;
-/// returns the index of the first request head carrying both headers.
-pub fn first_conflict<'a>(pieces: impl IntoIterator<Item = &'a [u8]>) -> Option<u64> {
+/// returns the index and defect of the first defective request head.
+pub fn first_defect<'a>(pieces: impl IntoIterator<Item = &'a [u8]>) -> Option<(u64, Defect)> {
     let mut scanner = Scanner::new();
     pieces.into_iter().find_map(|piece| scanner.feed(piece))
 }
@@ -288,8 +348,8 @@ impl<S: AsyncRead> AsyncRead for Watched<S> {
         let before = buf.filled().len();
         let polled = this.inner.poll_read(cx, buf);
         if !this.scanner.off() {
-            if let Some(index) = this.scanner.feed(&buf.filled()[before..]) {
-                this.framing.conflict.store(index, Ordering::Relaxed);
+            if let Some((index, defect)) = this.scanner.feed(&buf.filled()[before..]) {
+                this.framing.record(index, defect);
             }
         }
         polled
@@ -330,8 +390,10 @@ impl<S: AsyncWrite> AsyncWrite for Watched<S> {
 mod tests {
     use super::*;
 
-    /// Feeds `stream` in pieces of `step` bytes; returns the conflicting head found.
-    fn scan(stream: &[u8], step: usize) -> (Option<u64>, State) {
+    type Found = Option<(u64, Defect)>;
+
+    /// Feeds `stream` in pieces of `step` bytes; returns the defective head found.
+    fn scan(stream: &[u8], step: usize) -> (Found, State) {
         let mut s = Scanner::new();
         let mut found = None;
         for piece in stream.chunks(step) {
@@ -342,7 +404,7 @@ mod tests {
         (found, s.state)
     }
 
-    fn every_split(stream: &[u8]) -> (Option<u64>, State) {
+    fn every_split(stream: &[u8]) -> (Found, State) {
         let whole = scan(stream, stream.len().max(1));
         for step in 1..stream.len() {
             assert_eq!(scan(stream, step), whole, "split every {step} bytes");
@@ -357,7 +419,8 @@ mod tests {
             b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length:5\r\nHost: x\r\n\r\n",
             b"POST / HTTP/1.1\nTRANSFER-ENCODING: chunked\nCONTENT-LENGTH: 0\n\n",
         ] {
-            assert_eq!(every_split(head), (Some(0), State::Off));
+            let found = Some((0, Defect::LengthAndChunked));
+            assert_eq!(every_split(head), (found, State::Off));
         }
     }
 
@@ -369,7 +432,25 @@ mod tests {
             1a;ext=1\r\nContent-Length: 5\r\n\r\n\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n\
             \r\nGET /c HTTP/1.1\r\nHost: x\r\n\r\n\
             POST /d HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert_eq!(every_split(stream), (Some(3), State::Off));
+        let found = Some((3, Defect::LengthAndChunked));
+        assert_eq!(every_split(stream), (found, State::Off));
+    }
+
+    #[test]
+    fn finds_bare_lf_line_endings_in_heads_only() {
+        for (stream, index) in [
+            (&b"GET / HTTP/1.1\nHost: x\n\n"[..], 0),
+            (b"GET / HTTP/1.1\r\nHost: x\n\r\n", 0),
+            (b"GET / HTTP/1.1\r\nHost: x\r\n\n", 0),
+            (b"\nGET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\n\r\n", 1),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\na\nbGET / HTTP/1.1\r\nX: \n\r\n",
+                1,
+            ),
+        ] {
+            let found = Some((index, Defect::BareLf));
+            assert_eq!(every_split(stream), (found, State::Off), "{stream:?}");
+        }
     }
 
     #[test]
@@ -404,10 +485,10 @@ mod tests {
     }
 
     #[test]
-    fn the_service_sees_the_conflict_on_the_right_request() {
+    fn the_service_sees_the_defect_on_the_right_request() {
         let f = Framing::default();
-        f.conflict.store(2, Ordering::Relaxed);
-        let seen: Vec<bool> = (0..4).map(|_| f.next_request_conflicts()).collect();
-        assert_eq!(seen, [false, false, true, false]);
+        f.record(2, Defect::BareLf);
+        let seen: Vec<_> = (0..4).map(|_| f.next_request_defect()).collect();
+        assert_eq!(seen, [None, None, Some(Defect::BareLf), None]);
     }
 }

@@ -165,7 +165,7 @@ pub async fn serve(
                         client: peer,
                         overloaded,
                         tls: is_tls,
-                        ambiguous_framing: framing.next_request_conflicts(),
+                        defect: framing.next_request_defect(),
                     };
                     let proxy = live.load().proxy.clone();
                     let method = method_index(req.method());

@@ -3,15 +3,15 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use statuslens::framing::first_conflict;
+use statuslens::framing::first_defect;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&step, stream)) = data.split_first() else {
         return;
     };
-    let whole = first_conflict([stream]);
-    let split = first_conflict(stream.chunks(usize::from(step).max(1)));
+    let whole = first_defect([stream]);
+    let split = first_defect(stream.chunks(usize::from(step).max(1)));
     assert_eq!(whole, split, "split every {step} bytes");
-    let bytewise = first_conflict(stream.chunks(1));
+    let bytewise = first_defect(stream.chunks(1));
     assert_eq!(whole, bytewise);
 });
