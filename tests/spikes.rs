@@ -19,7 +19,7 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 
 /// Sends `count` requests, about `rate` per second, four at a time; request `i` asks
-/// the upstream for `code(i)`. Returns how many completed with the asked-for status.
+/// the upstream for `code(i)`, with credentials in its query and headers. Returns how many completed with the asked-for status.
 async fn drive(p: &Proc, count: usize, rate: u32, code: impl Fn(usize) -> u16) -> usize {
     let c = client();
     let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
@@ -29,9 +29,14 @@ async fn drive(p: &Proc, count: usize, rate: u32, code: impl Fn(usize) -> u16) -
         tick.tick().await;
         let want = code(i);
         let c = c.clone();
-        let url = p.url(&format!("/status/{want}"));
+        // Credentials ride along, as they do in real traffic: none may come out anywhere.
+        let req = Request::get(p.url(&format!("/status/{want}?api_key=SECRET-QUERY-{i}")))
+            .header("authorization", "Bearer SECRET-BEARER")
+            .header("cookie", "session=SECRET-COOKIE")
+            .body(full(""))
+            .unwrap();
         batch.push(tokio::spawn(async move {
-            get(&c, &url).await.0.status.as_u16() == want
+            send(&c, req).await.0.status.as_u16() == want
         }));
         if batch.len() == 4 {
             for h in batch.drain(..) {
@@ -312,6 +317,27 @@ async fn webhook_gets_firing_then_resolved() {
     assert_eq!(s["active"].as_array().unwrap().len(), 0);
     assert_eq!(s["recent"][0]["signal"], "server_error");
     assert!(s["recent"][0]["ended_at"].as_u64().is_some());
+
+    // No credential from the traffic reached the webhook, the API, metrics or the log.
+    let c = client();
+    let mut exposed = vec![
+        got.lock()
+            .unwrap()
+            .iter()
+            .map(Value::to_string)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        s.to_string(),
+        p.all_output(),
+    ];
+    for path in ["/api/spikes", "/api/status", "/metrics"] {
+        let (_, body) = get(&c, &p.admin_url(path)).await;
+        exposed.push(String::from_utf8_lossy(&body).into_owned());
+    }
+    assert!(exposed[0].contains("StatuslensSpike"));
+    for text in exposed {
+        assert!(!text.contains("SECRET-"), "a credential came out: {text}");
+    }
 }
 
 fn webhook_now() -> String {
