@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::logsink::Flusher;
 use clap::{Parser, Subcommand};
-use tracing_appender::non_blocking::WorkerGuard;
 
 use crate::config::{Config, ConfigError, LogFormat, Overrides};
 use crate::{server, status};
@@ -225,28 +225,21 @@ fn print_routes(c: &Config, origin: &str) {
 
 /// Sets up the tracing subscriber: JSON or pretty lines on stdout, filtered by RUST_LOG
 /// (default `info`).
-pub fn init_tracing(format: LogFormat) -> Option<WorkerGuard> {
+pub fn init_tracing(format: LogFormat) -> Option<Flusher> {
     init_tracing_default(format, "info")
 }
 
 /// Like [`init_tracing`] with another default filter when RUST_LOG is unset.
 ///
-/// Lines are formatted on the request's thread but written by a dedicated thread
-/// through a 64 KiB buffer, so the request path never waits on a `write(2)` per line.
-/// The queue is bounded and not lossy: if the disk cannot keep up, requests slow down
-/// rather than log lines vanishing. The returned guard flushes what is queued on drop.
-pub fn init_tracing_default(format: LogFormat, default_filter: &str) -> Option<WorkerGuard> {
+/// Lines are formatted on the request's thread and gathered into batches that a
+/// dedicated thread writes (see [`crate::logsink`]), so the request path makes no
+/// system call per line. Nothing is dropped: if stdout cannot keep up, logging threads
+/// wait. The returned flusher writes what is left when dropped.
+pub fn init_tracing_default(format: LogFormat, default_filter: &str) -> Option<Flusher> {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(64 * 1024)
-        .thread_name("statuslens-log")
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stdout(),
-        ));
+    let (writer, flusher) = crate::logsink::start(std::io::stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
@@ -254,5 +247,5 @@ pub fn init_tracing_default(format: LogFormat, default_filter: &str) -> Option<W
         LogFormat::Json => builder.event_format(crate::logfmt::JsonLines).try_init(),
         LogFormat::Pretty => builder.try_init(),
     };
-    installed.ok().map(|_| guard)
+    installed.ok().map(|_| flusher)
 }

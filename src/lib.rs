@@ -30,6 +30,7 @@ pub mod framing;
 pub mod generation;
 pub mod isolate;
 pub mod logfmt;
+pub mod logsink;
 pub mod metrics;
 pub mod observe;
 pub mod quota;
