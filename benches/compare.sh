@@ -17,7 +17,7 @@
 # Usage: bash benches/compare.sh            (defaults: ROUNDS=3 DURATION=8 CONNECTIONS=50)
 # Env:   ROUNDS DURATION CONNECTIONS WRK_THREADS H2_CONNECTIONS H2_STREAMS BIG_CONNECTIONS
 #        WARMUP BODIES ("small 1k 64k") BASE_PORT (18480; uses BASE_PORT..BASE_PORT+9)
-#        SL_DEFAULT_THREADS (1: also run statuslens with default threads; 0: skip)
+#        SL_DEFAULT_THREADS (1: also run statuslens with its default workers; 0: skip)
 #        RESULTS (output file; default benches/results.md) KEEP=1 (keep the temp dir)
 #        SKIP_BUILD=1 (use the existing target/release/statuslens)
 set -euo pipefail
@@ -230,13 +230,10 @@ start_statuslens() { # name port admin threads("" = runtime default)
     local d=$WORK/$1
     mkdir -p "$d"
     : >"$d/access.log"
-    if [ -n "$4" ]; then
-        TOKIO_WORKER_THREADS=$4 "$BIN" run --upstream "http://127.0.0.1:$P_UP" \
-            --listen "127.0.0.1:$2" --admin "127.0.0.1:$3" >>"$d/access.log" 2>"$d/stderr.log" &
-    else
-        env -u TOKIO_WORKER_THREADS "$BIN" run --upstream "http://127.0.0.1:$P_UP" \
-            --listen "127.0.0.1:$2" --admin "127.0.0.1:$3" >>"$d/access.log" 2>"$d/stderr.log" &
-    fi
+    local workers=()
+    [ -z "$4" ] || workers=(--workers "$4")
+    "$BIN" run --upstream "http://127.0.0.1:$P_UP" "${workers[@]}" \
+        --listen "127.0.0.1:$2" --admin "127.0.0.1:$3" >>"$d/access.log" 2>"$d/stderr.log" &
     local pid=$!
     PIDS+=("$pid")
     printf -v "PID_$1" '%s' "$pid"
@@ -271,12 +268,12 @@ done
 # ---------------------------------------------------------------- targets
 TARGETS=(direct nginx haproxy sl1)
 [ "$SL_DEFAULT_THREADS" = 0 ] || TARGETS+=(sl2)
-nworkers() { # tokio worker threads of a pid
-    grep -lE '^tokio-(rt-worker|runtime-w)' /proc/"$1"/task/*/comm 2>/dev/null | wc -l
+nworkers() { # proxy worker threads of a pid
+    grep -lE '^statuslens-w[0-9]+$' /proc/"$1"/task/*/comm 2>/dev/null | wc -l
 }
 SL1_WORKERS=$(nworkers "$PID_sl1")
 [ "$SL_DEFAULT_THREADS" = 0 ] || SL2_WORKERS=$(nworkers "$PID_sl2")
-[ "$SL1_WORKERS" = 1 ] || die "TOKIO_WORKER_THREADS=1 not honoured: $SL1_WORKERS tokio workers"
+[ "$SL1_WORKERS" = 1 ] || die "--workers 1 not honoured: $SL1_WORKERS proxy workers"
 label() {
     case $1 in
     direct) echo "direct (upstream, no proxy)" ;;
@@ -536,7 +533,7 @@ REPORT=$WORK/report.md
     echo "- versions: $(nginx -v 2>&1), $(haproxy -v | head -n1 | awk '{print $1, $2, $3}'), $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}'), $(h2load --version 2>&1 | head -n1)"
     echo "- clients: \`wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s\` (p99.9 from a wrk Lua \`done()\`); HTTP/2: \`h2load -c $H2_CONNECTIONS -m $H2_STREAMS -D $DURATION\` (h2c prior knowledge; h2load reports no percentiles, so mean); $ROUNDS rounds, targets interleaved per round, medians shown"
     echo "- upstream: nginx, 1 worker, \`return 200 \"ok\"\` / static 1 KiB / 64 KiB, keepalive_requests 1000000, access_log off"
-    echo "- proxies, 1 worker each: nginx (proxy_http_version 1.1, upstream keepalive 128, access_log off), haproxy (nbthread 1, http-reuse always, no logging), statuslens \`run --upstream\` defaults (metrics + spike detection + JSON access log to a file) with TOKIO_WORKER_THREADS=1 (verified: $SL1_WORKERS tokio worker thread)$([ "$SL_DEFAULT_THREADS" = 0 ] || echo "; also statuslens with the runtime default, $SL2_WORKERS workers (not a like-for-like comparison: 2 workers vs 1)")"
+    echo "- proxies, 1 worker each: nginx (proxy_http_version 1.1, upstream keepalive 128, access_log off), haproxy (nbthread 1, http-reuse always, no logging), statuslens \`run --upstream\` defaults (metrics + spike detection + JSON access log to a file) with \`--workers 1\` (verified: $SL1_WORKERS proxy worker thread)$([ "$SL_DEFAULT_THREADS" = 0 ] || echo "; also statuslens with its default, $SL2_WORKERS workers (not a like-for-like comparison: 2 workers vs 1)")"
     echo "- load average (1/5/15 min) before the measured runs: $LOAD_BEFORE, after: $LOAD_AFTER (the benchmark itself keeps about 2 busy; more means other work shared the machine)"
     echo "- CPU µs/req: utime+stime of the proxy process(es) from /proc over the run ÷ requests (nginx: master+worker); RSS: peak VmRSS sampled every 0.2 s during the run (nginx: worker)"
     echo

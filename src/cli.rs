@@ -39,6 +39,9 @@ enum Command {
         /// Log format: json or pretty.
         #[arg(long, value_name = "FORMAT")]
         log_format: Option<String>,
+        /// Worker threads serving the proxy listener (default: one per core).
+        #[arg(long, value_name = "N")]
+        workers: Option<usize>,
     },
     /// Validate a config file and print its route table.
     Check {
@@ -143,6 +146,7 @@ pub fn main() -> ExitCode {
             admin,
             upstream_timeout,
             log_format,
+            workers,
         } => {
             let overrides = Overrides {
                 upstream,
@@ -150,6 +154,7 @@ pub fn main() -> ExitCode {
                 admin,
                 upstream_timeout,
                 log_format,
+                workers,
             };
             let config_path = config;
             let loaded = match &config_path {
@@ -177,10 +182,10 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The multi-threaded runtime (one worker per core unless TOKIO_WORKER_THREADS says
-/// otherwise), or the exit code for failing to build one.
+/// The runtime for the admin listener, signals and spike ticks — the proxy's workers
+/// bring their own — or the exit code for failing to build one.
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| {

@@ -23,6 +23,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9464";
 /// Default upstream response-head timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most worker threads `proxy.workers` accepts.
+pub const MAX_WORKERS: usize = 1024;
 
 /// A configuration error: where it is and what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +91,7 @@ struct FileProxy {
     max_uri_bytes: Option<usize>,
     max_connections: Option<usize>,
     max_in_flight: Option<usize>,
+    workers: Option<usize>,
     tls: Option<FileTls>,
 }
 
@@ -257,6 +260,8 @@ pub struct ProxyConfig {
     pub max_connections: usize,
     /// Requests in flight (all routes) beyond which new ones get 503.
     pub max_in_flight: usize,
+    /// Worker threads, each with its own runtime, listener socket and upstream pools.
+    pub workers: usize,
     /// Certificate chain and key files when the proxy listener speaks TLS.
     pub tls: Option<(PathBuf, PathBuf)>,
 }
@@ -397,6 +402,8 @@ pub struct Overrides {
     pub upstream_timeout: Option<String>,
     /// `--log-format json|pretty`.
     pub log_format: Option<String>,
+    /// `--workers N`.
+    pub workers: Option<usize>,
 }
 
 impl Config {
@@ -499,6 +506,22 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
         max_uri_bytes: positive("proxy.max_uri_bytes", file.proxy.max_uri_bytes, 8 * 1024)?,
         max_connections: positive("proxy.max_connections", file.proxy.max_connections, 10_000)?,
         max_in_flight: positive("proxy.max_in_flight", file.proxy.max_in_flight, 10_000)?,
+        workers: match ov.workers.or(file.proxy.workers) {
+            Some(n) if !(1..=MAX_WORKERS).contains(&n) => {
+                let field = if ov.workers.is_some() {
+                    "--workers"
+                } else {
+                    "proxy.workers"
+                };
+                return Err(field_err(
+                    origin,
+                    field,
+                    format!("{n} is out of range: 1 to {MAX_WORKERS}"),
+                ));
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS)),
+        },
         tls: match &file.proxy.tls {
             None => None,
             Some(t) => {

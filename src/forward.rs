@@ -6,6 +6,7 @@
 //! names, and streams the request to the route's pooled upstream client. Whatever
 //! comes back — or doesn't — becomes a response with an observed body.
 
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -48,7 +49,9 @@ pub struct Arrival {
 /// A route ready to forward: its settings and its pooled upstream client.
 struct Upstream {
     cfg: RouteConfig,
-    client: Client<HttpsConnector<HttpConnector>, RequestBody>,
+    /// One pooled client per worker thread: a worker only uses connections its own
+    /// runtime drives, so no request waits on another thread's scheduler.
+    clients: Box<[Client<HttpsConnector<HttpConnector>, RequestBody>]>,
     identifier: Option<Identifier>,
 }
 
@@ -59,6 +62,16 @@ pub struct Proxy {
     limits: ProxyConfig,
     observer: Arc<Observer>,
     draining: AtomicBool,
+}
+
+thread_local! {
+    /// The index of the worker thread this is (0 elsewhere).
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Marks the current thread as worker `index`, whose upstream pools it uses.
+pub fn enter_worker(index: usize) {
+    WORKER.with(|w| w.set(index));
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -84,25 +97,28 @@ impl Proxy {
                 connector.set_connect_timeout(Some(r.connect_timeout));
                 connector.set_nodelay(true);
                 connector.set_keepalive(Some(Duration::from_secs(60)));
-                let client = Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(r.idle_timeout)
-                    .pool_timer(TokioTimer::new())
-                    .pool_max_idle_per_host(1024)
-                    // The client's own Host (from the absolute URI) only applies when the
-                    // forwarder did not set one, which is the `upstream` policy.
-                    .set_host(true)
-                    .build(
-                        HttpsConnectorBuilder::new()
-                            .with_tls_config(
-                                (*crate::tls::client_config(r.ca_file.as_deref())?).clone(),
+                let tls = (*crate::tls::client_config(r.ca_file.as_deref())?).clone();
+                let clients = (0..config.proxy.workers)
+                    .map(|_| {
+                        Client::builder(TokioExecutor::new())
+                            .pool_idle_timeout(r.idle_timeout)
+                            .pool_timer(TokioTimer::new())
+                            .pool_max_idle_per_host(1024)
+                            // The client's own Host (from the absolute URI) only applies
+                            // when the forwarder did not set one: the `upstream` policy.
+                            .set_host(true)
+                            .build(
+                                HttpsConnectorBuilder::new()
+                                    .with_tls_config(tls.clone())
+                                    .https_or_http()
+                                    .enable_http1()
+                                    .wrap_connector(connector.clone()),
                             )
-                            .https_or_http()
-                            .enable_http1()
-                            .wrap_connector(connector),
-                    );
+                    })
+                    .collect();
                 Ok(Upstream {
                     cfg: r.clone(),
-                    client,
+                    clients,
                     identifier: r.consumer.clone().map(|src| Identifier::new(src, salt)),
                 })
             })
@@ -274,7 +290,8 @@ impl Proxy {
         );
         let upstream_req = Request::from_parts(parts, body);
 
-        let result = tokio::time::timeout(up.cfg.timeout, up.client.request(upstream_req)).await;
+        let client = &up.clients[WORKER.with(Cell::get) % up.clients.len()];
+        let result = tokio::time::timeout(up.cfg.timeout, client.request(upstream_req)).await;
         let mut resp = match result {
             Ok(Ok(resp)) => resp,
             Ok(Err(err)) => {

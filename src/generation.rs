@@ -153,6 +153,10 @@ impl Live {
             ),
             ("proxy.tls", config.proxy.tls != old.config.proxy.tls),
             (
+                "proxy.workers",
+                config.proxy.workers != old.config.proxy.workers,
+            ),
+            (
                 "detection.webhook",
                 config.detection.webhook != old.config.detection.webhook,
             ),

@@ -2,7 +2,9 @@
 //!
 //! The life of a request, one module per phase:
 //!
-//! 1. [`server`] accepts connections on the proxy listener (HTTP/1.1 and h2c);
+//! 1. [`server`] accepts connections on the proxy listener (HTTP/1.1 and h2c) in one
+//!    single-threaded runtime per worker thread, [`framing`] watching HTTP/1 bytes for
+//!    heads hyper would accept but a proxy must refuse;
 //! 2. [`route`] picks the configured route (most specific host + path prefix wins);
 //! 3. [`forward`] answers what the proxy must (404, 413, 414, 431, 503) or streams the
 //!    request to the route's pooled upstream client, mapping failures to 502/504;
@@ -14,6 +16,8 @@
 //! [`config`] turns the TOML file and flags into one validated `Config`, and [`status`]
 //! knows what every status code means, for `statuslens explain`, the log and the API.
 //! [`generation`] holds the state built from one config and swaps it on reload.
+//! [`isolate`] turns a panic in one request into that request's 500; [`logsink`] batches
+//! log lines for a writer thread.
 //! [`demo`] plays the incidents statuslens exists for against a synthetic API.
 #![forbid(unsafe_code)]
 

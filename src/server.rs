@@ -10,7 +10,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 
 use crate::admin::Admin;
@@ -40,6 +40,9 @@ pub enum RunError {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// A worker thread could not be started.
+    #[error("cannot start a worker thread: {0}")]
+    Workers(std::io::Error),
 }
 
 /// The addresses the listeners were bound to (port 0 resolved).
@@ -66,6 +69,12 @@ pub async fn run(config: Config, source: Option<(PathBuf, Overrides)>) -> Result
 }
 
 /// Runs until `shutdown` completes; `ready` receives the bound addresses.
+///
+/// The proxy listener is served by `proxy.workers` threads, each with its own
+/// single-threaded runtime, its own `SO_REUSEPORT` socket on the listen address (the
+/// kernel spreads connections across them) and its own upstream pools: a request lives
+/// on one thread from accept to response, with no cross-thread wake-ups. Admin, spike
+/// ticks and signals run on the caller's runtime.
 pub async fn serve(
     config: Config,
     source: Option<(PathBuf, Overrides)>,
@@ -74,14 +83,16 @@ pub async fn serve(
 ) -> Result<(), RunError> {
     let live = Arc::new(Live::new(config.clone(), source)?);
 
-    let bind = |what: &'static str, addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| RunError::Bind { what, addr, source })
-    };
-    let proxy_listener = bind("proxy", config.proxy.listen).await?;
-    let admin_listener = bind("admin", config.admin_listen).await?;
-    let proxy_addr = proxy_listener
+    let proxy_listeners = bind_proxy(config.proxy.listen, config.proxy.workers)?;
+    let admin_addr = config.admin_listen;
+    let admin_listener = TcpListener::bind(admin_addr)
+        .await
+        .map_err(|source| RunError::Bind {
+            what: "admin",
+            addr: admin_addr,
+            source,
+        })?;
+    let proxy_addr = proxy_listeners[0]
         .local_addr()
         .expect("bound socket has an address");
     let admin_addr = admin_listener
@@ -93,13 +104,6 @@ pub async fn serve(
     let detect_task = tokio::spawn(tick_detectors(live.clone()));
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(RunError::Signals)?;
-    tracing::info!(
-        proxy = %proxy_addr,
-        admin = %admin_addr,
-        routes = config.routes.len(),
-        version = env!("CARGO_PKG_VERSION"),
-        "listening"
-    );
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -117,7 +121,6 @@ pub async fn serve(
         // thinks could not be told from one that only stopped sending.
         .half_close(false);
     builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
 
     let tls = match &config.proxy.tls {
         Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
@@ -125,93 +128,57 @@ pub async fn serve(
         )?)),
         None => None,
     };
-    let graceful = GracefulShutdown::new();
-    let connections = Arc::new(AtomicUsize::new(0));
+    let accepting = Arc::new(Accepting {
+        live: live.clone(),
+        builder,
+        tls,
+        connections: AtomicUsize::new(0),
+        drain_timeout: config.proxy.drain_timeout,
+        handshake_timeout: config.proxy.header_read_timeout,
+    });
+    let mut workers = Vec::with_capacity(proxy_listeners.len());
+    for (index, listener) in proxy_listeners.into_iter().enumerate() {
+        let accepting = accepting.clone();
+        let stop = stop_rx.clone();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("statuslens-w{index}"))
+            .spawn(move || {
+                crate::forward::enter_worker(index);
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                let drained = match runtime {
+                    Ok(rt) => rt.block_on(accepting.serve(listener, stop)),
+                    Err(e) => {
+                        tracing::error!(worker = index, error = %e, "cannot start a worker runtime");
+                        false
+                    }
+                };
+                let _ = done_tx.send(drained);
+            })
+            .map_err(RunError::Workers)?;
+        workers.push(done_rx);
+    }
     let admin_task = tokio::spawn(serve_admin(admin_listener, admin));
-
+    tracing::info!(
+        proxy = %proxy_addr,
+        admin = %admin_addr,
+        routes = config.routes.len(),
+        workers = workers.len(),
+        version = env!("CARGO_PKG_VERSION"),
+        "listening"
+    );
     if let Some(tx) = ready {
         let _ = tx.send(Bound {
             proxy: proxy_addr,
             admin: admin_addr,
         });
     }
+
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = proxy_listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                // Over the connection limit the connection is still served, so that its
-                // requests get a counted 503 with Retry-After instead of a silent reset.
-                let max_connections = live.load().config.proxy.max_connections;
-                let overloaded = connections.load(Ordering::Relaxed) >= max_connections;
-                let guard = ConnectionGuard::new(connections.clone());
-                let live = live.clone();
-                let is_tls = tls.is_some();
-                // Each request takes the generation current when it arrives and keeps it
-                // to its end: a reload never changes a request in flight.
-                let framing = Arc::new(Framing::default());
-                let watched = framing.clone();
-                let service = service_fn(move |req| {
-                    let arrival = Arrival {
-                        client: peer,
-                        overloaded,
-                        tls: is_tls,
-                        defect: framing.next_request_defect(),
-                    };
-                    let proxy = live.load().proxy.clone();
-                    let method = method_index(req.method());
-                    let observer = proxy.observer().clone();
-                    CatchPanic::start(observer, method, || proxy.handle(req, arrival))
-                });
-                match &tls {
-                    None => {
-                        let conn = builder
-                            .serve_connection_with_upgrades(TokioIo::new(Watched::new(stream, watched)), service)
-                            .into_owned();
-                        let conn = graceful.watch(conn);
-                        tokio::spawn(async move {
-                            if let Err(e) = conn.await {
-                                tracing::debug!(client = %peer, error = %e, "connection ended with an error");
-                            }
-                            drop(guard);
-                        });
-                    }
-                    Some(acceptor) => {
-                        // The handshake runs in the connection's task, bounded like a
-                        // request head, so a slow handshake never holds up accept().
-                        let acceptor = acceptor.clone();
-                        let builder = builder.clone();
-                        let watcher = graceful.watcher();
-                        let handshake_timeout = config.proxy.header_read_timeout;
-                        tokio::spawn(async move {
-                            let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                                Ok(Ok(s)) => s,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => return,
-                            };
-                            let conn = builder
-                                .serve_connection_with_upgrades(TokioIo::new(Watched::new(stream, watched)), service)
-                                .into_owned();
-                            if let Err(e) = watcher.watch(conn).await {
-                                tracing::debug!(client = %peer, error = %e, "connection ended with an error");
-                            }
-                            drop(guard);
-                        });
-                    }
-                }
-            }
             _ = hangup.recv() => {
                 let live = live.clone();
                 // Building upstream clients and reading files is blocking work.
@@ -225,16 +192,172 @@ pub async fn serve(
         drain_timeout_ms = config.proxy.drain_timeout.as_millis() as u64,
         "draining"
     );
-    let _ = stop_tx.send(true);
     live.load().proxy.start_draining();
-    drop(proxy_listener);
-    match tokio::time::timeout(config.proxy.drain_timeout, graceful.shutdown()).await {
-        Ok(()) => tracing::info!("drained; exiting"),
-        Err(_) => tracing::warn!("drain timeout reached; closing remaining connections"),
+    let _ = stop_tx.send(true);
+    let mut all_drained = true;
+    for done in workers {
+        all_drained &= done.await.unwrap_or(false);
+    }
+    if all_drained {
+        tracing::info!("drained; exiting");
+    } else {
+        tracing::warn!("drain timeout reached; closed remaining connections");
     }
     admin_task.abort();
     detect_task.abort();
     Ok(())
+}
+
+/// Binds `workers` sockets to `addr` with `SO_REUSEPORT` (port 0: the port the first
+/// one got), for worker runtimes to take over.
+fn bind_proxy(addr: SocketAddr, workers: usize) -> Result<Vec<std::net::TcpListener>, RunError> {
+    let mut bound = Vec::with_capacity(workers);
+    let mut at = addr;
+    for _ in 0..workers {
+        let err = |source| RunError::Bind {
+            what: "proxy",
+            addr,
+            source,
+        };
+        let socket = if at.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(err)?;
+        socket.set_reuseaddr(true).map_err(err)?;
+        socket.set_reuseport(true).map_err(err)?;
+        socket.bind(at).map_err(err)?;
+        let listener = socket.listen(4096).map_err(err)?;
+        at = listener.local_addr().map_err(err)?;
+        bound.push(listener.into_std().map_err(err)?);
+    }
+    Ok(bound)
+}
+
+/// What every worker shares to accept and serve client connections.
+struct Accepting {
+    live: Arc<Live>,
+    builder: auto::Builder<TokioExecutor>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Open client connections, all workers.
+    connections: AtomicUsize,
+    drain_timeout: Duration,
+    handshake_timeout: Duration,
+}
+
+impl Accepting {
+    /// One worker: accepts on `listener` until `stop`, then drains; returns whether every
+    /// connection finished within the drain timeout.
+    async fn serve(
+        self: Arc<Self>,
+        listener: std::net::TcpListener,
+        mut stop: watch::Receiver<bool>,
+    ) -> bool {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot register a proxy listener");
+                return false;
+            }
+        };
+        let graceful = GracefulShutdown::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => self.clone().connection(stream, peer, &graceful),
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, don't spin.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = stop.wait_for(|stop| *stop) => break,
+            }
+        }
+        drop(listener);
+        tokio::time::timeout(self.drain_timeout, graceful.shutdown())
+            .await
+            .is_ok()
+    }
+
+    fn connection(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        graceful: &GracefulShutdown,
+    ) {
+        let _ = stream.set_nodelay(true);
+        // Over the connection limit the connection is still served, so that its requests
+        // get a counted 503 with Retry-After instead of a silent reset.
+        let max_connections = self.live.load().config.proxy.max_connections;
+        let overloaded = self.connections.load(Ordering::Relaxed) >= max_connections;
+        let guard = ConnectionGuard::new(self.clone());
+        let is_tls = self.tls.is_some();
+        let framing = Arc::new(Framing::default());
+        let watched = framing.clone();
+        let live = self.live.clone();
+        // Each request takes the generation current when it arrives and keeps it to its
+        // end: a reload never changes a request in flight.
+        let service = service_fn(move |req| {
+            let arrival = Arrival {
+                client: peer,
+                overloaded,
+                tls: is_tls,
+                defect: framing.next_request_defect(),
+            };
+            let proxy = live.load().proxy.clone();
+            let method = method_index(req.method());
+            let observer = proxy.observer().clone();
+            CatchPanic::start(observer, method, || proxy.handle(req, arrival))
+        });
+        match self.tls.clone() {
+            None => {
+                let conn = self
+                    .builder
+                    .serve_connection_with_upgrades(
+                        TokioIo::new(Watched::new(stream, watched)),
+                        service,
+                    )
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+                    }
+                    drop(guard);
+                });
+            }
+            Some(acceptor) => {
+                // The handshake runs in the connection's task, bounded like a request
+                // head, so a slow handshake never holds up accept().
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let handshake = acceptor.accept(stream);
+                    let stream = match tokio::time::timeout(self.handshake_timeout, handshake).await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let conn = self
+                        .builder
+                        .serve_connection_with_upgrades(
+                            TokioIo::new(Watched::new(stream, watched)),
+                            service,
+                        )
+                        .into_owned();
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+                    }
+                    drop(guard);
+                });
+            }
+        }
+    }
 }
 
 /// Once a second, feeds the current generation's detectors the second's counts.
@@ -251,18 +374,18 @@ async fn tick_detectors(live: Arc<Live>) {
 }
 
 /// Counts an open client connection for `proxy.max_connections`.
-struct ConnectionGuard(Arc<AtomicUsize>);
+struct ConnectionGuard(Arc<Accepting>);
 
 impl ConnectionGuard {
-    fn new(count: Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        ConnectionGuard(count)
+    fn new(accepting: Arc<Accepting>) -> Self {
+        accepting.connections.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard(accepting)
     }
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

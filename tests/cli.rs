@@ -86,6 +86,14 @@ fn bad_flags_exit_2_and_start_nothing() {
             "--upstream-timeout",
             "fast",
         ],
+        &["run", "--upstream", "http://127.0.0.1:1", "--workers", "0"],
+        &[
+            "run",
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--workers",
+            "many",
+        ],
         &["run"],
         &["frobnicate"],
     ] {
