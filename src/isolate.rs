@@ -3,8 +3,10 @@
 //! tokio already keeps a panicking connection task from taking the process down, but
 //! the client would see a bare reset and the request would be counted as a client that
 //! left (499). [`CatchPanic`] catches the panic at the request's future, answers 500
-//! with `Connection: close`, and drops the broken future while [`discarding_panicked`]
-//! tells the request's `Exchange` to count it as `500`/`source="proxy"` — once.
+//! with `Connection: close`, and the request's `Exchange` — dropped as the panic
+//! unwinds or with the broken future — asks [`exchange_failed`] and counts
+//! `500`/`source="proxy"`, once. A panic while the response body streams ends that body
+//! early, counted the same.
 
 use std::cell::Cell;
 use std::convert::Infallible;

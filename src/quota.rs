@@ -50,7 +50,7 @@ pub struct Quota {
 }
 
 impl Quota {
-    /// remaining / limit in [0,1], when both are known and limit > 0.
+    /// remaining / limit, from 0 to 1, when both are known and limit > 0.
     pub fn remaining_ratio(&self) -> Option<f64> {
         match (self.limit, self.remaining) {
             (Some(limit), Some(remaining)) if limit > 0.0 => {

@@ -27,7 +27,7 @@ use detector::{Detector, Transition};
 /// Bit set of the signals a code belongs to, for codes 0..=999.
 type SignalMask = u32;
 
-/// Most signals one config may define (one bit each in a [`SignalMask`]).
+/// Most signals one config may define (one bit each in a `SignalMask`).
 pub const MAX_SIGNALS: usize = 32;
 
 /// The hot-path side: atomics per route, bumped once per finished request.
