@@ -2,14 +2,17 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 
@@ -311,51 +314,102 @@ impl Accepting {
             let observer = proxy.observer().clone();
             CatchPanic::start(observer, method, || proxy.handle(req, arrival))
         });
-        match self.tls.clone() {
-            None => {
-                let conn = self
-                    .builder
-                    .serve_connection_with_upgrades(
-                        TokioIo::new(Watched::new(stream, watched)),
-                        service,
-                    )
-                    .into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(client = %peer, error = %e, "connection ended with an error");
-                    }
-                    drop(guard);
-                });
-            }
-            Some(acceptor) => {
-                // The handshake runs in the connection's task, bounded like a request
-                // head, so a slow handshake never holds up accept().
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
+        // The TLS handshake (if any) runs in the connection's task, bounded like a request
+        // head, so a slow handshake never holds up accept().
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let stream = match self.tls.clone() {
+                None => ClientStream::Plain { inner: stream },
+                Some(acceptor) => {
                     let handshake = acceptor.accept(stream);
-                    let stream = match tokio::time::timeout(self.handshake_timeout, handshake).await
-                    {
-                        Ok(Ok(s)) => s,
+                    match tokio::time::timeout(self.handshake_timeout, handshake).await {
+                        Ok(Ok(s)) => ClientStream::Tls { inner: s },
                         Ok(Err(e)) => {
                             tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
                             return;
                         }
                         Err(_) => return,
-                    };
-                    let conn = self
-                        .builder
-                        .serve_connection_with_upgrades(
-                            TokioIo::new(Watched::new(stream, watched)),
-                            service,
-                        )
-                        .into_owned();
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(client = %peer, error = %e, "connection ended with an error");
                     }
-                    drop(guard);
-                });
+                }
+            };
+            let conn = self
+                .builder
+                .serve_connection_with_upgrades(
+                    TokioIo::new(Watched::new(stream, watched)),
+                    service,
+                )
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(client = %peer, error = %e, "connection ended with an error");
             }
+            drop(guard);
+        });
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A client connection, plain or after its TLS handshake.
+    #[project = ClientStreamProj]
+    enum ClientStream {
+        Plain { #[pin] inner: TcpStream },
+        Tls { #[pin] inner: tokio_rustls::server::TlsStream<TcpStream> },
+    }
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.project() {
+            ClientStreamProj::Plain { inner } => inner.poll_read(cx, buf),
+            ClientStreamProj::Tls { inner } => inner.poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.project() {
+            ClientStreamProj::Plain { inner } => inner.poll_write(cx, buf),
+            ClientStreamProj::Tls { inner } => inner.poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.project() {
+            ClientStreamProj::Plain { inner } => inner.poll_write_vectored(cx, bufs),
+            ClientStreamProj::Tls { inner } => inner.poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ClientStream::Plain { inner } => inner.is_write_vectored(),
+            ClientStream::Tls { inner } => inner.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.project() {
+            ClientStreamProj::Plain { inner } => inner.poll_flush(cx),
+            ClientStreamProj::Tls { inner } => inner.poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.project() {
+            ClientStreamProj::Plain { inner } => inner.poll_shutdown(cx),
+            ClientStreamProj::Tls { inner } => inner.poll_shutdown(cx),
         }
     }
 }
