@@ -84,8 +84,7 @@ pub fn main() -> ExitCode {
         Command::Explain { code } => match status::parse_code(&code) {
             Ok(c) => {
                 let info = status::lookup(c).expect("parse_code only returns 100..=599");
-                print!("{}", status::render_explain(&info));
-                ExitCode::SUCCESS
+                emit(&status::render_explain(&info))
             }
             Err(e) => {
                 eprintln!("statuslens: {e}");
@@ -133,10 +132,7 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Check { config } => match Config::load(&config, &Overrides::default()) {
-            Ok(c) => {
-                print_routes(&c, &config.display().to_string());
-                ExitCode::SUCCESS
-            }
+            Ok(c) => emit(&route_table(&c, &config.display().to_string())),
             Err(e) => config_error(e),
         },
         Command::Run {
@@ -199,25 +195,38 @@ fn config_error(e: ConfigError) -> ExitCode {
     ExitCode::from(USAGE)
 }
 
-fn print_routes(c: &Config, origin: &str) {
-    println!("{origin}: ok");
-    println!("proxy  {}", c.proxy.listen);
-    println!("admin  {}", c.admin_listen);
-    println!(
-        "signals {}",
-        c.signals
-            .iter()
-            .map(|s| s.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    println!();
-    println!(
+/// Writes a command's output; a reader that went away (`statuslens check | head`) is
+/// not an error, as with other Unix tools.
+fn emit(text: &str) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("statuslens: cannot write to stdout: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn route_table(c: &Config, origin: &str) -> String {
+    use std::fmt::Write;
+    let mut t = String::new();
+    let signals: Vec<&str> = c.signals.iter().map(|s| s.name.as_str()).collect();
+    let _ = writeln!(t, "{origin}: ok");
+    let _ = writeln!(t, "proxy  {}", c.proxy.listen);
+    let _ = writeln!(t, "admin  {}", c.admin_listen);
+    let _ = writeln!(t, "signals {}", signals.join(", "));
+    let _ = writeln!(t);
+    let _ = writeln!(
+        t,
         "{:<20} {:<24} {:<24} {:<32} {:>8}",
         "ROUTE", "HOST", "PATH PREFIX", "UPSTREAM", "TIMEOUT"
     );
     for r in &c.routes {
-        println!(
+        let _ = writeln!(
+            t,
             "{:<20} {:<24} {:<24} {:<32} {:>8}",
             r.name,
             r.host.as_deref().unwrap_or("*"),
@@ -226,6 +235,7 @@ fn print_routes(c: &Config, origin: &str) {
             format!("{}ms", r.timeout.as_millis())
         );
     }
+    t
 }
 
 /// Sets up the tracing subscriber: JSON or pretty lines on stdout, filtered by RUST_LOG

@@ -131,3 +131,28 @@ upstream = "http://127.0.0.1:3000"
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("https://api.example.com"), "{out}");
 }
+
+#[test]
+fn a_reader_that_leaves_early_is_not_an_error() {
+    // `statuslens check big.toml | head -1`: a table larger than the pipe's buffer, whose
+    // reader is gone after the first line.
+    let routes: String = (0..3000)
+        .map(|i| {
+            format!("[[routes]]\nname = \"r{i}\"\nmatch = {{ path_prefix = \"/r{i}/\" }}\nupstream = \"http://127.0.0.1:1\"\n\n")
+        })
+        .collect();
+    let cfg = common::write_config(&routes);
+    let mut child = Command::new(common::bin())
+        .args(["check", "--config", cfg.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
