@@ -216,10 +216,5 @@ async fn a_spike_from_one_consumer_is_attributed_to_it() {
         );
     }
     // The spike log line carries the attribution too.
-    let out = p.all_output();
-    assert!(
-        out.lines()
-            .any(|l| l.contains("statuslens::spike") && l.contains(text)),
-        "{out}"
-    );
+    p.wait_line(|l| l.contains("statuslens::spike") && l.contains(text));
 }

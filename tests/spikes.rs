@@ -145,12 +145,10 @@ async fn steady_noise_is_quiet_and_a_jump_flags_within_ten_seconds_of_traffic() 
         "{a}"
     );
 
-    let out = p.all_output();
-    let line = out
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["target"] == "statuslens::spike")
-        .unwrap_or_else(|| panic!("no spike log line in {out}"));
+    let line = p.wait_line(|l| {
+        serde_json::from_str::<Value>(l).is_ok_and(|v| v["target"] == "statuslens::spike")
+    });
+    let line: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(line["level"], "WARN");
     assert_eq!(line["route"], "default");
     assert_eq!(line["signal"], "unauthorized");

@@ -373,6 +373,20 @@ impl Proc {
         }
     }
 
+    /// Waits for an output line that `wanted` accepts and returns it (log lines reach
+    /// stdout in batches, up to 100 ms after they were logged).
+    pub fn wait_line(&self, wanted: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let out = self.all_output();
+            if let Some(line) = out.lines().find(|l| wanted(l)) {
+                return line.to_string();
+            }
+            assert!(start.elapsed() < DEADLINE, "no such line in output:\n{out}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits for the process to exit, returning its exit code.
     pub fn wait_exit(&mut self) -> Option<i32> {
         let start = Instant::now();
