@@ -289,6 +289,18 @@ async fn slowloris_sockets_are_cut_and_never_starve_healthy_clients() {
         "[proxy]\nheader_read_timeout = \"8s\"\n\n[[routes]]\nname = \"default\"\nupstream = \"http://{}\"\n",
         up.addr
     ));
+    // 2,000 sockets here and as many in statuslens: say so plainly if the limit is low.
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let open_files: u64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u64::MAX);
+    assert!(
+        open_files >= 4500,
+        "open-files limit {open_files} is too low for this test: run `ulimit -n 20000` (.ci/run takes the hard limit)"
+    );
     let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
     let mut stalled = Vec::new();
     for _ in 0..2000 {
