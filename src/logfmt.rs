@@ -33,7 +33,9 @@ where
             .unwrap_or_default();
         w.write_str("{\"timestamp\":\"")?;
         write_rfc3339_micros(&mut w, now.as_secs(), now.subsec_micros())?;
-        write!(w, "\",\"level\":\"{}\"", event.metadata().level())?;
+        w.write_str("\",\"level\":\"")?;
+        w.write_str(event.metadata().level().as_str())?;
+        w.write_char('"')?;
         let mut visitor = JsonVisitor {
             w: &mut w,
             result: Ok(()),
@@ -53,9 +55,11 @@ struct JsonVisitor<'a, 'w> {
 
 impl JsonVisitor<'_, '_> {
     fn key(&mut self, field: &Field) -> fmt::Result {
-        self.w.write_char(',')?;
-        write_json_str(self.w, field.name())?;
-        self.w.write_char(':')
+        // Field names are Rust identifiers (tracing's macros make them so): nothing in
+        // them needs escaping.
+        self.w.write_str(",\"")?;
+        self.w.write_str(field.name())?;
+        self.w.write_str("\":")
     }
 
     fn put(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
@@ -71,11 +75,11 @@ impl Visit for JsonVisitor<'_, '_> {
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.put(field, |w| write!(w, "{value}"));
+        self.put(field, |w| w.write_str(itoa::Buffer::new().format(value)));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.put(field, |w| write!(w, "{value}"));
+        self.put(field, |w| w.write_str(itoa::Buffer::new().format(value)));
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
@@ -169,12 +173,34 @@ fn needs_escape(s: &[u8]) -> bool {
         .any(|&b| b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f)
 }
 
+thread_local! {
+    /// The last second formatted on this thread, as "YYYY-MM-DDTHH:MM:SS": lines come
+    /// thousands per second, so the calendar arithmetic is done once per second.
+    static SECOND: std::cell::RefCell<(u64, String)> =
+        const { std::cell::RefCell::new((u64::MAX, String::new())) };
+}
+
 fn write_rfc3339_micros(w: &mut impl Write, secs: u64, micros: u32) -> fmt::Result {
-    let (y, m, d, hh, mm, ss) = crate::detect::webhook::civil(secs);
-    write!(
-        w,
-        "{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{micros:06}Z"
-    )
+    SECOND.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != secs {
+            let (y, m, d, hh, mm, ss) = crate::detect::webhook::civil(secs);
+            cached.1.clear();
+            write!(cached.1, "{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}")?;
+            cached.0 = secs;
+        }
+        w.write_str(&cached.1)
+    })?;
+    // Six digits, zero-padded, without the formatting machinery.
+    let mut digits = [b'0'; 6];
+    let mut v = micros.min(999_999);
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    w.write_char('.')?;
+    w.write_str(std::str::from_utf8(&digits).expect("ASCII digits"))?;
+    w.write_char('Z')
 }
 
 #[cfg(test)]
@@ -215,5 +241,13 @@ mod tests {
         let mut out = String::new();
         write_rfc3339_micros(&mut out, 1_798_160_523, 42).unwrap();
         assert_eq!(out, "2026-12-25T01:02:03.000042Z");
+        // The cached second is reused within it and replaced after it.
+        out.clear();
+        write_rfc3339_micros(&mut out, 1_798_160_523, 999_999).unwrap();
+        write_rfc3339_micros(&mut out, 1_798_160_524, 0).unwrap();
+        assert_eq!(
+            out,
+            "2026-12-25T01:02:03.999999Z2026-12-25T01:02:04.000000Z"
+        );
     }
 }
