@@ -2,8 +2,10 @@
 # benches/soak.sh: a long mixed-traffic run with faults (issue 6). Not run in CI.
 #
 # statuslens (default config plus a dead route) in front of an nginx upstream that
-# answers 200/401/429/500/503; wrk sends a weighted mix that also hits the dead route
-# (502, connect refused) and paths no route takes (404). Every SAMPLE seconds it records
+# answers 200/401/429/500/503, resets without answering (502, kind reset) or trickles
+# a body at 1 KiB/s; wrk sends a weighted mix that also hits the dead route (502,
+# connect refused) and paths no route takes (404), while a second client keeps asking
+# for the trickling body and hanging up mid-body (499). Every SAMPLE seconds it records
 # statuslens' RSS and open file descriptors; at the end it checks that statuslens counted
 # what wrk saw complete: never fewer (nothing lost), and no more than the responses in
 # flight when wrk stopped (nothing double-counted).
@@ -39,7 +41,9 @@ cleanup() {
 trap cleanup EXIT
 
 P_UP=$BASE_PORT P_SL=$((BASE_PORT + 1)) P_ADMIN=$((BASE_PORT + 2)) P_DEAD=$((BASE_PORT + 3))
-mkdir -p "$WORK/up/tmp"
+mkdir -p "$WORK/up/tmp" "$WORK/up/www"
+head -c 16384 /dev/zero | tr '\0' 't' >"$WORK/up/www/16k"
+chmod -R 755 "$WORK/up/www"
 cat >"$WORK/up/nginx.conf" <<NGX
 worker_processes 1;
 pid $WORK/up/nginx.pid;
@@ -56,6 +60,10 @@ http {
         location /api/429 { add_header Retry-After 2 always; add_header X-RateLimit-Limit 1000 always; add_header X-RateLimit-Remaining 40 always; return 429 "slow down"; }
         location /api/500 { return 500 "boom"; }
         location /api/503 { return 503 "busy"; }
+        # Faults: a reset without any answer (502, kind reset), and a body trickling
+        # at 1 KiB/s that the client gives up on (499 from statuslens; a timeout in wrk).
+        location /api/reset { return 444; }
+        location /api/trickle { limit_rate 1k; alias $WORK/up/www/16k; }
         location / { return 200 "ok"; }
     }
 }
@@ -84,11 +92,12 @@ PIDS+=("$SL")
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$P_SL") 2>/dev/null && break; sleep 0.1; done
 
 cat >"$WORK/mix.lua" <<'LUA'
--- Weighted mix: mostly healthy, with 401s, 429s, 5xx, a dead route and unmatched paths.
+-- Weighted mix: mostly healthy, with 401s, 429s, 5xx, a dead route, an upstream that
+-- resets without answering, and unmatched paths.
 local paths = {}
 local function add(p, n) for _ = 1, n do paths[#paths + 1] = p end end
 add("/api/ok", 80) add("/api/401", 5) add("/api/429", 5) add("/api/500", 4)
-add("/api/503", 3) add("/dead/x", 1) add("/nowhere", 2)
+add("/api/503", 3) add("/dead/x", 1) add("/nowhere", 2) add("/api/reset", 1)
 request = function()
   return wrk.format("GET", paths[math.random(#paths)])
 end
@@ -100,6 +109,27 @@ echo "| t (s) | RSS (KiB) | open fds |"
 echo "|---:|---:|---:|"
 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --timeout 5s -s "$WORK/mix.lua" "http://127.0.0.1:$P_SL" >"$WORK/wrk.txt" &
 WRK=$!
+# Client aborts: another client asks for the trickling body ten times a second and
+# hangs up once its first bytes have arrived; it keeps its own tally.
+python3 - "$P_SL" "$DURATION" "$WORK/aborts" <<'PY' &
+import socket, sys, time
+port, duration, tally = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+end, n = time.time() + duration, 0
+while time.time() < end:
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"GET /api/trickle HTTP/1.1\r\nHost: soak\r\n\r\n")
+    got = b""
+    while b"\r\n\r\n" not in got or got.endswith(b"\r\n\r\n"):
+        chunk = s.recv(4096)
+        if not chunk:
+            sys.exit("statuslens closed an aborter connection")
+        got += chunk
+    s.close()
+    n += 1
+    open(tally, "w").write(str(n))
+    time.sleep(0.1)
+PY
+ABORTER=$!
 start=$(date +%s)
 rss0="" fd0="" rssmax=0
 while kill -0 "$WRK" 2>/dev/null; do
@@ -110,6 +140,7 @@ while kill -0 "$WRK" 2>/dev/null; do
     sleep "$SAMPLE"
 done
 wait "$WRK"
+wait "$ABORTER" || die "the aborting client failed"
 sleep 2 # let the last responses be counted
 r=$(rss); f=$(fds)
 echo "| end | $r | $f |"
@@ -122,7 +153,9 @@ echo
 cat "$WORK/wrk.txt"
 echo
 echo "completed by wrk:          $sent"
-echo "counted by statuslens:     $counted ($aborted of them 499: requests wrk cut off when it stopped)"
+aborts=$(cat "$WORK/aborts")
+echo "aborted by the client:     $aborts (hung up mid-body)"
+echo "counted by statuslens:     $counted ($aborted of them 499: those aborts, and requests wrk cut off when it stopped)"
 echo "RSS first/max/end (KiB):   $rss0 / $rssmax / $r"
 echo "open fds first/end:        $fd0 / $f"
 # wrk stops by closing its connections: a response statuslens finished writing just then
@@ -132,4 +165,6 @@ extra=$((counted - aborted - sent))
 echo "counted beyond wrk's tally: $extra (responses in flight when wrk stopped; at most $CONNECTIONS)"
 [ "$extra" -ge 0 ] || die "statuslens counted fewer requests than wrk completed: $((-extra)) lost"
 [ "$extra" -le "$CONNECTIONS" ] || die "statuslens counted $extra more than wrk completed: double counting"
+[ "$aborted" -ge "$aborts" ] || die "only $aborted of $aborts client aborts counted as 499"
+[ "$aborted" -le $((aborts + CONNECTIONS)) ] || die "$aborted 499s for $aborts aborts: double counting"
 echo "requests lost: 0"
