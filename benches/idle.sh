@@ -10,48 +10,18 @@
 #
 # Usage: CONNECTIONS=10000 bash benches/idle.sh
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=benches/lib.sh
+source "$(dirname "$0")/lib.sh"
 CONNECTIONS=${CONNECTIONS:-10000}
 BASE_PORT=${BASE_PORT:-18660}
-die() { echo "idle: $*" >&2; exit 1; }
-
-command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends nginx; }
-[ "${SKIP_BUILD:-0}" = 1 ] || (cd "$ROOT" && cargo build --release -q)
+prepare nginx
 ulimit -n "$(ulimit -Hn)"
 [ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -gt $((CONNECTIONS + 500)) ] ||
     die "the file limit ($(ulimit -n)) is too low for $CONNECTIONS connections"
-
-WORK=$(mktemp -d /tmp/statuslens-idle.XXXXXX)
-chmod 755 "$WORK"
-PIDS=()
-cleanup() {
-    local rc=$?
-    trap - EXIT
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$WORK"
-    exit "$rc"
-}
-trap cleanup EXIT
+workdir
 
 P_UP=$BASE_PORT P_SL=$((BASE_PORT + 1)) P_ADMIN=$((BASE_PORT + 2))
-mkdir -p "$WORK/up/tmp"
-cat >"$WORK/up/nginx.conf" <<NGX
-worker_processes 1;
-worker_rlimit_nofile 40000;
-pid $WORK/up/nginx.pid;
-error_log $WORK/up/error.log warn;
-events { worker_connections 30000; }
-http {
-    access_log off;
-    client_body_temp_path $WORK/up/tmp;
-    keepalive_requests 1000000;
-    keepalive_timeout 300s;
-    server { listen 127.0.0.1:$P_UP backlog=4096; location / { return 200 "ok"; } }
-}
-NGX
-nginx -p "$WORK/up/" -c "$WORK/up/nginx.conf" -g 'daemon off;' &
-PIDS+=($!)
+upstream_nginx "$P_UP"
 cat >"$WORK/statuslens.toml" <<TOML
 [proxy]
 header_read_timeout = "300s"
@@ -60,13 +30,11 @@ max_connections = $((CONNECTIONS + 100))
 name = "api"
 upstream = "http://127.0.0.1:$P_UP"
 TOML
-"$ROOT/target/release/statuslens" run --config "$WORK/statuslens.toml" --workers 1 \
+"$BIN" run --config "$WORK/statuslens.toml" --workers 1 \
     --listen "127.0.0.1:$P_SL" --admin "127.0.0.1:$P_ADMIN" >"$WORK/statuslens.log" 2>&1 &
 SL=$!
 PIDS+=("$SL")
-for p in "$P_UP" "$P_SL"; do
-    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.1; done
-done
+for p in "$P_UP" "$P_SL"; do wait_port "$p"; done
 rss() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$SL/status"; }
 echo "statuslens $(cd "$ROOT" && git rev-parse --short HEAD), 1 worker"
 echo "RSS before: $(rss) MiB"

@@ -12,53 +12,18 @@
 #
 # Usage: ROUNDS=5 DURATION=6 bash benches/scale.sh
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=benches/lib.sh
+source "$(dirname "$0")/lib.sh"
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-6}
 CONNECTIONS=${CONNECTIONS:-50}
 BASE_PORT=${BASE_PORT:-18620}
-die() { echo "scale: $*" >&2; exit 1; }
-
-need=()
-command -v nginx >/dev/null || need+=(nginx)
-command -v wrk >/dev/null || need+=(wrk)
-if [ ${#need[@]} -gt 0 ]; then
-    apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}"
-fi
-[ "${SKIP_BUILD:-0}" = 1 ] || (cd "$ROOT" && cargo build --release -q)
-BIN=$ROOT/target/release/statuslens
-
-WORK=$(mktemp -d /tmp/statuslens-scale.XXXXXX)
-chmod 755 "$WORK"
-PIDS=()
-cleanup() {
-    local rc=$?
-    trap - EXIT
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$WORK"
-    exit "$rc"
-}
-trap cleanup EXIT
+prepare nginx wrk
+workdir
 
 P_UP=$BASE_PORT P_ONE=$((BASE_PORT + 1)) P_ONE_ADMIN=$((BASE_PORT + 2))
 P_MANY=$((BASE_PORT + 3)) P_MANY_ADMIN=$((BASE_PORT + 4))
-mkdir -p "$WORK/up/tmp"
-cat >"$WORK/up/nginx.conf" <<NGX
-worker_processes 1;
-pid $WORK/up/nginx.pid;
-error_log $WORK/up/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $WORK/up/tmp;
-    keepalive_requests 1000000;
-    keepalive_timeout 300s;
-    server { listen 127.0.0.1:$P_UP backlog=4096; location / { return 200 "ok"; } }
-}
-NGX
-nginx -p "$WORK/up/" -c "$WORK/up/nginx.conf" -g 'daemon off;' &
-PIDS+=($!)
+upstream_nginx "$P_UP"
 
 route() { # name prefix [host]
     printf '[[routes]]\nname = "%s"\nmatch = { path_prefix = "%s"%s }\nupstream = "http://127.0.0.1:%s"\n\n' \
@@ -81,9 +46,7 @@ start() { # name config port admin
 }
 start one "$WORK/one.toml" "$P_ONE" "$P_ONE_ADMIN"
 start many "$WORK/many.toml" "$P_MANY" "$P_MANY_ADMIN"
-for p in "$P_UP" "$P_ONE" "$P_MANY"; do
-    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.1; done
-done
+for p in "$P_UP" "$P_ONE" "$P_MANY"; do wait_port "$p"; done
 
 cat >"$WORK/one-path.lua" <<'LUA'
 request = function() return wrk.format("GET", "/api/items/42") end

@@ -12,64 +12,27 @@
 #
 # Usage: DURATION=1800 bash benches/soak.sh     (default 30 minutes; SAMPLE=10; CONNECTIONS=64)
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=benches/lib.sh
+source "$(dirname "$0")/lib.sh"
 DURATION=${DURATION:-1800}
 SAMPLE=${SAMPLE:-10}
 CONNECTIONS=${CONNECTIONS:-64}
 BASE_PORT=${BASE_PORT:-18580}
-die() { echo "soak: $*" >&2; exit 1; }
-
-need=()
-command -v nginx >/dev/null || need+=(nginx)
-command -v wrk >/dev/null || need+=(wrk)
-if [ ${#need[@]} -gt 0 ]; then
-    apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}"
-fi
-(cd "$ROOT" && cargo build --release -q)
-
-WORK=$(mktemp -d /tmp/statuslens-soak.XXXXXX)
-chmod 755 "$WORK"
-PIDS=()
-cleanup() {
-    local rc=$?
-    trap - EXIT
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$WORK"
-    exit "$rc"
-}
-trap cleanup EXIT
+prepare nginx wrk
+workdir
 
 P_UP=$BASE_PORT P_SL=$((BASE_PORT + 1)) P_ADMIN=$((BASE_PORT + 2)) P_DEAD=$((BASE_PORT + 3))
-mkdir -p "$WORK/up/tmp" "$WORK/up/www"
-head -c 16384 /dev/zero | tr '\0' 't' >"$WORK/up/www/16k"
-chmod -R 755 "$WORK/up/www"
-cat >"$WORK/up/nginx.conf" <<NGX
-worker_processes 1;
-pid $WORK/up/nginx.pid;
-error_log $WORK/up/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $WORK/up/tmp;
-    keepalive_requests 1000000;
-    server {
-        listen 127.0.0.1:$P_UP backlog=4096;
-        location /api/ok  { return 200 "ok"; }
+# Faults besides error codes: a reset without any answer (502, kind reset), and a body
+# trickling at 1 KiB/s that a client gives up on (499).
+upstream_nginx "$P_UP" '
         location /api/401 { return 401 "token expired"; }
         location /api/429 { add_header Retry-After 2 always; add_header X-RateLimit-Limit 1000 always; add_header X-RateLimit-Remaining 40 always; return 429 "slow down"; }
         location /api/500 { return 500 "boom"; }
         location /api/503 { return 503 "busy"; }
-        # Faults: a reset without any answer (502, kind reset), and a body trickling
-        # at 1 KiB/s that the client gives up on (499 from statuslens; a timeout in wrk).
         location /api/reset { return 444; }
-        location /api/trickle { limit_rate 1k; alias $WORK/up/www/16k; }
-        location / { return 200 "ok"; }
-    }
-}
-NGX
-nginx -p "$WORK/up/" -c "$WORK/up/nginx.conf" -g 'daemon off;' &
-PIDS+=($!)
+        location /api/trickle { limit_rate 1k; alias '"$WORK"'/up/www/16k; }'
+head -c 16384 /dev/zero | tr '\0' 't' >"$WORK/up/www/16k"
+chmod 644 "$WORK/up/www/16k"
 
 cat >"$WORK/statuslens.toml" <<TOML
 [proxy]
@@ -86,10 +49,11 @@ match = { path_prefix = "/dead/" }
 upstream = "http://127.0.0.1:$P_DEAD"
 connect_timeout = "1s"
 TOML
-"$ROOT/target/release/statuslens" run --config "$WORK/statuslens.toml" >"$WORK/statuslens.log" 2>&1 &
+"$BIN" run --config "$WORK/statuslens.toml" >"$WORK/statuslens.log" 2>&1 &
 SL=$!
 PIDS+=("$SL")
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$P_SL") 2>/dev/null && break; sleep 0.1; done
+wait_port "$P_UP"
+wait_port "$P_SL"
 
 cat >"$WORK/mix.lua" <<'LUA'
 -- Weighted mix: mostly healthy, with 401s, 429s, 5xx, a dead route, an upstream that
