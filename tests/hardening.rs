@@ -73,11 +73,7 @@ async fn smuggling_attempts_get_400_and_a_closed_connection() {
     for (i, bytes) in cl_te.into_iter().enumerate() {
         let mut s = TcpStream::connect(p.proxy).await.unwrap();
         s.write_all(bytes).await.unwrap();
-        let mut got = Vec::new();
-        tokio::time::timeout(DEADLINE, s.read_to_end(&mut got))
-            .await
-            .unwrap_or_else(|_| panic!("CL+TE case {i}: connection left open"))
-            .unwrap();
+        let got = read_until_closed(&mut s, &format!("CL+TE case {i}")).await;
         let text = String::from_utf8_lossy(&got);
         let statuses: Vec<&str> = text
             .lines()
@@ -482,11 +478,7 @@ async fn a_half_closed_client_is_a_client_gone_499_counted_once() {
     .await;
     // A FIN while the upstream thinks: like nginx, statuslens reads it as the client leaving.
     s.shutdown().await.unwrap();
-    let mut rest = Vec::new();
-    tokio::time::timeout(DEADLINE, s.read_to_end(&mut rest))
-        .await
-        .unwrap()
-        .unwrap();
+    read_until_closed(&mut s, "half-closed client").await;
     let m = wait_metrics(&p, "499", |m| {
         sum(m, "statuslens_responses_total", &[]) >= 1.0
     })
@@ -517,11 +509,7 @@ async fn a_request_followed_at_once_by_fin_is_counted_once() {
             .await
             .unwrap();
         s.shutdown().await.unwrap();
-        let mut rest = Vec::new();
-        tokio::time::timeout(DEADLINE, s.read_to_end(&mut rest))
-            .await
-            .unwrap()
-            .unwrap();
+        read_until_closed(&mut s, "request + FIN").await;
     }
     let m = wait_metrics(&p, "ten", |m| {
         sum(m, "statuslens_responses_total", &[]) >= 10.0

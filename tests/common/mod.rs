@@ -539,6 +539,18 @@ pub fn write_config(text: &str) -> std::path::PathBuf {
     path
 }
 
+/// Reads a raw socket until the server closes it; panics (naming `what`) if it is still
+/// open after the deadline.
+pub async fn read_until_closed(s: &mut tokio::net::TcpStream, what: &str) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut got))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: connection left open"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    got
+}
+
 /// Reads a response's status line (up to the first CRLF) from a raw socket, byte by
 /// byte, so it works however the server's writes are split; the rest stays unread.
 pub async fn read_status_line(s: &mut tokio::net::TcpStream) -> String {
