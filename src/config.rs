@@ -92,6 +92,7 @@ struct FileProxy {
     max_connections: Option<usize>,
     max_in_flight: Option<usize>,
     workers: Option<usize>,
+    fast_path: Option<bool>,
     tls: Option<FileTls>,
 }
 
@@ -262,6 +263,8 @@ pub struct ProxyConfig {
     pub max_in_flight: usize,
     /// Worker threads, each with its own runtime, listener socket and upstream pools.
     pub workers: usize,
+    /// Plain bodiless HTTP/1.1 requests skip hyper (see `fastpath`).
+    pub fast_path: bool,
     /// Certificate chain and key files when the proxy listener speaks TLS.
     pub tls: Option<(PathBuf, PathBuf)>,
 }
@@ -522,6 +525,7 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS)),
         },
+        fast_path: file.proxy.fast_path.unwrap_or(true),
         tls: match &file.proxy.tls {
             None => None,
             Some(t) => {

@@ -25,6 +25,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::config::{Config, HostHeader, ProxyConfig, RouteConfig};
 use crate::consumer::Identifier;
+use crate::fastpath::FastRoute;
 use crate::framing::Defect;
 use crate::metrics::{Source, UpstreamErrorKind};
 use crate::observe::{
@@ -53,6 +54,8 @@ struct Upstream {
     /// runtime drives, so no request waits on another thread's scheduler.
     clients: Box<[Client<HttpsConnector<HttpConnector>, RequestBody>]>,
     identifier: Option<Identifier>,
+    /// Its fast-path pools, when the route can take the fast path (see `fastpath`).
+    fast: Option<FastRoute>,
 }
 
 /// The forwarding proxy shared by every connection.
@@ -72,6 +75,11 @@ thread_local! {
 /// Marks the current thread as worker `index`, whose upstream pools it uses.
 pub fn enter_worker(index: usize) {
     WORKER.with(|w| w.set(index));
+}
+
+/// The index of the worker thread this is (0 elsewhere).
+pub(crate) fn worker() -> usize {
+    WORKER.with(Cell::get)
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -120,6 +128,11 @@ impl Proxy {
                     cfg: r.clone(),
                     clients,
                     identifier: r.consumer.clone().map(|src| Identifier::new(src, salt)),
+                    fast: config
+                        .proxy
+                        .fast_path
+                        .then(|| FastRoute::new(r, config.proxy.workers))
+                        .flatten(),
                 })
             })
             .collect::<Result<_, crate::tls::TlsError>>()?;
@@ -142,6 +155,34 @@ impl Proxy {
         self.draining.store(true, Ordering::SeqCst);
     }
 
+    /// Whether the proxy is draining.
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// The listener's limits.
+    pub(crate) fn limits(&self) -> &ProxyConfig {
+        &self.limits
+    }
+
+    /// The route a request goes to (`unmatched` if none).
+    pub(crate) fn find_route(&self, host: Option<&str>, path: &str) -> usize {
+        self.router
+            .find(host, path)
+            .unwrap_or_else(|| self.observer.metrics.unmatched())
+    }
+
+    /// A route's settings and fast-path pools, if it takes the fast path.
+    pub(crate) fn fast_route(&self, route: usize) -> Option<(&RouteConfig, &FastRoute)> {
+        let up = self.upstreams.get(route)?;
+        Some((&up.cfg, up.fast.as_ref()?))
+    }
+
+    /// How a route identifies consumers, if it does.
+    pub(crate) fn identifier(&self, route: usize) -> Option<&Identifier> {
+        self.upstreams.get(route)?.identifier.as_ref()
+    }
+
     /// Serves one request. Routing and the start of its observation happen now, the
     /// rest when the returned future is polled.
     pub fn handle(
@@ -153,13 +194,10 @@ impl Proxy {
         // unpolled when the client's FIN follows the request at once, and the exchange
         // must exist by then to count it (as a 499).
         let host = request_host(&req);
-        let route = self
-            .router
-            .find(
-                host.as_ref().and_then(|h| h.to_str().ok()),
-                req.uri().path(),
-            )
-            .unwrap_or_else(|| self.observer.metrics.unmatched());
+        let route = self.find_route(
+            host.as_ref().and_then(|h| h.to_str().ok()),
+            req.uri().path(),
+        );
         let request_id = match req.headers().get(X_REQUEST_ID) {
             Some(v) if !v.is_empty() && v.len() <= 200 => v.clone(),
             _ => next_request_id(),
@@ -312,54 +350,19 @@ impl Proxy {
                     ));
                 }
                 let kind = classify(&err);
-                ex.upstream_error(kind);
-                tracing::warn!(
-                    route = up.cfg.name.as_str(),
-                    upstream = up.cfg.upstream.as_str(),
-                    kind = kind.label(),
-                    error = %error_chain(&err),
-                    "upstream request failed"
-                );
-                let why = match kind {
-                    UpstreamErrorKind::Connect => "statuslens could not connect to the upstream\n",
-                    UpstreamErrorKind::Protocol => "the upstream sent an invalid HTTP response\n",
-                    _ => "the upstream closed the connection before responding\n",
-                };
-                return Ok(local(ex, StatusCode::BAD_GATEWAY, why));
+                let (status, why) = upstream_failure(&ex, &up.cfg, kind, &error_chain(&err));
+                return Ok(local(ex, status, why));
             }
             Err(_elapsed) => {
-                ex.upstream_error(UpstreamErrorKind::Timeout);
-                tracing::warn!(
-                    route = up.cfg.name.as_str(),
-                    upstream = up.cfg.upstream.as_str(),
-                    timeout_ms = up.cfg.timeout.as_millis() as u64,
-                    "upstream did not answer in time"
-                );
-                return Ok(local(
-                    ex,
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "the upstream did not answer in time\n",
-                ));
+                let (status, why) = upstream_failure(&ex, &up.cfg, UpstreamErrorKind::Timeout, "");
+                return Ok(local(ex, status, why));
             }
         };
 
         // Phase 4: respond.
         let status = resp.status().as_u16();
         ex.respond(status, Source::Upstream);
-        let now = crate::detect::unix_now();
-        if let Some(q) = quota::parse(resp.headers(), now) {
-            self.observer.quota(route, &q);
-        }
-        if status == 429 || status == 503 {
-            let secs = resp
-                .headers()
-                .get(header::RETRY_AFTER)
-                .and_then(|v| quota::retry_after_secs(v, now));
-            if let Some(secs) = secs {
-                self.observer.retry_after(route, status, secs);
-            }
-            ex.set_retry_after(secs);
-        }
+        note_upstream_headers(&self.observer, route, &mut ex, status, resp.headers());
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
@@ -397,6 +400,67 @@ impl Proxy {
             .sum();
         (size > self.limits.max_header_bytes).then_some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
     }
+}
+
+/// Records what an upstream's response headers say about its quota and `Retry-After`.
+pub(crate) fn note_upstream_headers(
+    observer: &Observer,
+    route: usize,
+    ex: &mut Exchange,
+    status: u16,
+    headers: &HeaderMap,
+) {
+    let now = crate::detect::unix_now();
+    if let Some(q) = quota::parse(headers, now) {
+        observer.quota(route, &q);
+    }
+    if status == 429 || status == 503 {
+        let secs = headers
+            .get(header::RETRY_AFTER)
+            .and_then(|v| quota::retry_after_secs(v, now));
+        if let Some(secs) = secs {
+            observer.retry_after(route, status, secs);
+        }
+        ex.set_retry_after(secs);
+    }
+}
+
+/// Counts and logs a failed upstream exchange; returns what the client is told.
+pub(crate) fn upstream_failure(
+    ex: &Exchange,
+    cfg: &RouteConfig,
+    kind: UpstreamErrorKind,
+    detail: &str,
+) -> (StatusCode, &'static str) {
+    ex.upstream_error(kind);
+    let route = cfg.name.as_str();
+    let upstream = cfg.upstream.as_str();
+    if kind == UpstreamErrorKind::Timeout {
+        let timeout_ms = cfg.timeout.as_millis() as u64;
+        tracing::warn!(
+            route,
+            upstream,
+            timeout_ms,
+            "upstream did not answer in time"
+        );
+        return (
+            StatusCode::GATEWAY_TIMEOUT,
+            "the upstream did not answer in time\n",
+        );
+    }
+    tracing::warn!(
+        route,
+        upstream,
+        kind = kind.label(),
+        error = detail,
+        "upstream request failed"
+    );
+    let why = match kind {
+        UpstreamErrorKind::Connect => "statuslens could not connect to the upstream\n",
+        UpstreamErrorKind::Protocol => "the upstream sent an invalid HTTP response\n",
+        _ => "the upstream closed the connection before responding\n",
+    };
+    (StatusCode::BAD_GATEWAY, why)
 }
 
 /// A response the proxy makes itself, counted with `source="proxy"`.
@@ -630,7 +694,7 @@ fn random_salt() -> [u64; 2] {
 }
 
 /// A process-unique request id: a per-process random prefix and a counter.
-fn next_request_id() -> HeaderValue {
+pub(crate) fn next_request_id() -> HeaderValue {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     let prefix = *PREFIX.get_or_init(|| {

@@ -40,6 +40,9 @@ pub fn exchange_failed() -> bool {
     failed
 }
 
+/// The body of the 500 a panicking request gets.
+pub const INTERNAL_ERROR_BODY: &[u8] = b"statuslens failed on this request; see its log\n";
+
 /// Runs `f`; if it panics, logs the panic and returns `None`.
 pub fn catch<T>(what: &'static str, f: impl FnOnce() -> T) -> Option<T> {
     match catch_unwind(AssertUnwindSafe(f)) {
@@ -147,7 +150,7 @@ where
 }
 
 fn internal_error() -> Response<ObservedBody> {
-    let body = Bytes::from_static(b"statuslens failed on this request; see its log\n");
+    let body = Bytes::from_static(INTERNAL_ERROR_BODY);
     let mut resp = Response::new(ObservedBody::unobserved(ResponseInner::Local(Some(body))));
     *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
     let h = resp.headers_mut();

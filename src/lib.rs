@@ -7,7 +7,9 @@
 //!    heads hyper would accept but a proxy must refuse;
 //! 2. [`route`] picks the configured route (most specific host + path prefix wins);
 //! 3. [`forward`] answers what the proxy must (404, 413, 414, 431, 503) or streams the
-//!    request to the route's pooled upstream client, mapping failures to 502/504;
+//!    request to the route's pooled upstream client, mapping failures to 502/504 —
+//!    except plain bodiless HTTP/1.1 requests, which [`fastpath`] forwards without
+//!    hyper (same routing, same exchange, same answers), handing anything else back;
 //! 4. [`observe`] records each request exactly once when its response ends — into
 //!    [`metrics`] (handles resolved at start-up) and the [`access_log`];
 //! 5. [`detect`] turns the per-second counts of each route × signal into live spikes;
@@ -29,6 +31,7 @@ pub mod consumer;
 pub mod demo;
 pub mod detect;
 pub mod duration;
+pub mod fastpath;
 pub mod forward;
 pub mod framing;
 pub mod generation;

@@ -193,6 +193,16 @@ impl Exchange {
         self.request_body = Some(state);
     }
 
+    /// `n` more response body bytes went to the client.
+    pub fn sent(&mut self, n: u64) {
+        self.bytes_out += n;
+        self.observer
+            .metrics
+            .route(self.route)
+            .response_bytes
+            .inc_by(n);
+    }
+
     /// Marks the response as fully delivered (or ended as far as it could be).
     pub fn complete(&mut self) {
         self.completed = true;
@@ -458,12 +468,7 @@ impl ObservedBody {
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(data), Some(ex)) = (frame.data_ref(), this.exchange.as_mut()) {
-                    ex.bytes_out += data.len() as u64;
-                    ex.observer
-                        .metrics
-                        .route(ex.route)
-                        .response_bytes
-                        .inc_by(data.len() as u64);
+                    ex.sent(data.len() as u64);
                 }
                 if this.inner_ended() {
                     this.finish();

@@ -104,21 +104,25 @@ const X_RATELIMIT_FIELDS: [[&str; 3]; 2] = [
     ],
 ];
 
+/// Whether a header (name in any case) is one `parse` reads.
+pub fn is_relevant(name: &str) -> bool {
+    let starts = |p: &str| {
+        name.len() >= p.len() && name.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+    };
+    name.eq_ignore_ascii_case("retry-after")
+        || starts("ratelimit")
+        || starts("x-ratelimit")
+        || starts("x-rate-limit")
+        || name.eq_ignore_ascii_case("sforce-limit-info")
+}
+
 /// Parses quota headers; None when no recognised header carries a usable value.
 /// `now_unix` is used for HTTP-date Retry-After and for X-RateLimit-Reset given as an
 /// absolute epoch timestamp.
 pub fn parse(headers: &HeaderMap, now_unix: u64) -> Option<Quota> {
     // Called for every response: one pass over the (few) names is far cheaper than a
     // dozen by-name lookups, each of which parses and hashes its name.
-    let relevant = headers.keys().any(|k| {
-        let k = k.as_str();
-        k == "retry-after"
-            || k.starts_with("ratelimit")
-            || k.starts_with("x-ratelimit")
-            || k.starts_with("x-rate-limit")
-            || k == "sforce-limit-info"
-    });
-    if !relevant {
+    if !headers.keys().any(|k| is_relevant(k.as_str())) {
         return None;
     }
     let retry = headers

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::admin::Admin;
 use crate::config::{Config, Overrides};
+use crate::fastpath::Replay;
 use crate::forward::Arrival;
 use crate::framing::{Framing, Watched};
 use crate::generation::Live;
@@ -265,10 +266,13 @@ impl Accepting {
             }
         };
         let graceful = GracefulShutdown::new();
+        let connection_stop = stop.clone();
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => self.clone().connection(stream, peer, &graceful),
+                    Ok((stream, peer)) => {
+                        self.clone().connection(stream, peer, &graceful, connection_stop.clone())
+                    }
                     Err(e) => {
                         // Out of file descriptors and the like: back off, don't spin.
                         tracing::warn!(error = %e, "accept failed");
@@ -289,12 +293,16 @@ impl Accepting {
         stream: TcpStream,
         peer: SocketAddr,
         graceful: &GracefulShutdown,
+        stop: watch::Receiver<bool>,
     ) {
         let _ = stream.set_nodelay(true);
         // Over the connection limit the connection is still served, so that its requests
         // get a counted 503 with Retry-After instead of a silent reset.
-        let max_connections = self.live.load().config.proxy.max_connections;
+        let generation = self.live.load();
+        let max_connections = generation.config.proxy.max_connections;
         let overloaded = self.connections.load(Ordering::Relaxed) >= max_connections;
+        let fast = generation.config.proxy.fast_path && !overloaded && self.tls.is_none();
+        drop(generation);
         let guard = ConnectionGuard::new(self.clone());
         let is_tls = self.tls.is_some();
         let framing = Arc::new(Framing::default());
@@ -315,15 +323,23 @@ impl Accepting {
             CatchPanic::start(observer, method, || proxy.handle(req, arrival))
         });
         // The TLS handshake (if any) runs in the connection's task, bounded like a request
-        // head, so a slow handshake never holds up accept().
+        // head, so a slow handshake never holds up accept(). The watcher, held from here,
+        // makes a drain wait for the fast path's connections too.
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let stream = match self.tls.clone() {
-                None => ClientStream::Plain { inner: stream },
+                None if fast => {
+                    let live = self.live.clone();
+                    match crate::fastpath::serve(stream, peer, live, stop).await {
+                        None => return,
+                        Some(rest) => rest.map(|inner| ClientStream::Plain { inner }),
+                    }
+                }
+                None => Replay::new(Vec::new(), ClientStream::Plain { inner: stream }),
                 Some(acceptor) => {
                     let handshake = acceptor.accept(stream);
                     match tokio::time::timeout(self.handshake_timeout, handshake).await {
-                        Ok(Ok(s)) => ClientStream::Tls { inner: s },
+                        Ok(Ok(s)) => Replay::new(Vec::new(), ClientStream::Tls { inner: s }),
                         Ok(Err(e)) => {
                             tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
                             return;
