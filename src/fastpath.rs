@@ -507,7 +507,7 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
                     reusable &= body_start + used == up.buf.len();
                     c.out
                         .extend_from_slice(&up.buf[body_start..body_start + used]);
-                    match write_client(c, &mut ex, used).await {
+                    match write_client(c, &mut ex, chunks.data as usize).await {
                         Ok(()) if chunks.done() => Ok(()),
                         Ok(()) => {
                             stream_chunked(c, &mut ex, &mut up, &mut chunks, &mut reusable).await
@@ -616,6 +616,7 @@ async fn stream_chunked(
         if n == 0 {
             return Err(Broken::Upstream);
         }
+        let data_before = chunks.data;
         let used = chunks
             .feed(&up.buf[..n])
             .map_err(|()| Broken::Upstream)?
@@ -624,7 +625,7 @@ async fn stream_chunked(
         c.io.write_all(&up.buf[..used])
             .await
             .map_err(|_| Broken::Client)?;
-        ex.sent(used as u64);
+        ex.sent(chunks.data - data_before);
     }
     Ok(())
 }
@@ -872,6 +873,8 @@ fn write_response_head(out: &mut Vec<u8>, upstream_head: &[u8], head: &Head, clo
 #[derive(Debug, Default)]
 struct Chunks {
     state: ChunkState,
+    /// Chunk data seen so far (what the client's body holds, framing aside).
+    data: u64,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
@@ -927,6 +930,7 @@ impl Chunks {
                 Data(left) => {
                     let take = (left as usize).min(data.len() - i);
                     i += take;
+                    self.data += take as u64;
                     let left = left - take as u64;
                     self.state = if left == 0 { DataCr } else { Data(left) };
                     continue;

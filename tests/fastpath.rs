@@ -1,0 +1,436 @@
+//! The HTTP/1 fast path against hyper's path: the same traffic through statuslens with
+//! `proxy.fast_path` on and off must reach the upstream and come back to the client the
+//! same way, and be counted the same; connections the fast path hands to hyper midway
+//! (a body, a bare LF) carry on without losing a byte.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What a scripted upstream answers, by request path.
+fn scripted(path: &str, head_only: bool) -> &'static [u8] {
+    match (path.split('?').next().unwrap(), head_only) {
+        ("/len", false) => b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-kept: 1\r\nConnection: keep-alive, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=60\r\n\r\nhello",
+        ("/len", true) => b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-kept: 1\r\n\r\n",
+        ("/chunked", _) => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nx-kept: 2\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n",
+        ("/interim", _) => b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok",
+        ("/nocontent", _) => b"HTTP/1.1 204 No Content\r\nx-kept: 3\r\n\r\n",
+        ("/limited", _) => b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 7\r\nx-ratelimit-limit: 100\r\nx-ratelimit-remaining: 0\r\ncontent-length: 4\r\n\r\nslow",
+        ("/close", _) => b"HTTP/1.0 200 OK\r\nx-kept: 4\r\n\r\nuntil the upstream closes",
+        _ => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+    }
+}
+
+/// A keep-alive HTTP/1.1 upstream that records every request head it gets (lower-cased
+/// names, in order) and answers from `scripted`; `/close` closes after answering.
+async fn recording_upstream() -> (SocketAddr, Arc<Mutex<Vec<Vec<(String, String)>>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let (head, len, body) = loop {
+                        let mut headers = [httparse::EMPTY_HEADER; 64];
+                        let mut req = httparse::Request::new(&mut headers);
+                        if let Ok(httparse::Status::Complete(len)) = req.parse(&buf) {
+                            let mut head = vec![
+                                ("method".to_string(), req.method.unwrap().to_string()),
+                                ("target".to_string(), req.path.unwrap().to_string()),
+                            ];
+                            let mut body = 0;
+                            for h in req.headers.iter() {
+                                let value = String::from_utf8_lossy(h.value).to_string();
+                                if h.name.eq_ignore_ascii_case("content-length") {
+                                    body = value.parse().unwrap();
+                                }
+                                head.push((h.name.to_ascii_lowercase(), value));
+                            }
+                            break (head, len, body);
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    while buf.len() < len + body {
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..len + body);
+                    let target = head[1].1.clone();
+                    let head_only = head[0].1 == "HEAD";
+                    record.lock().unwrap().push(head);
+                    if s.write_all(scripted(&target, head_only)).await.is_err() {
+                        return;
+                    }
+                    if target == "/close" {
+                        let _ = s.shutdown().await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// A response as a client sees it: status, headers (lower-cased, `date` left out),
+/// the decoded body.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    status: u16,
+    headers: BTreeMap<String, String>,
+    body: Vec<u8>,
+}
+
+/// Reads one response off `s` (`buf` holds bytes read past earlier responses).
+async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>, head_only: bool) -> Seen {
+    async fn more(s: &mut TcpStream, buf: &mut Vec<u8>) {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut chunk))
+            .await
+            .expect("response within the deadline")
+            .expect("read");
+        assert!(
+            n > 0,
+            "closed mid-response: {:?}",
+            String::from_utf8_lossy(buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let (status, headers, len) = loop {
+        let mut h = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut h);
+        if let httparse::Status::Complete(len) = resp.parse(buf).unwrap() {
+            let headers: BTreeMap<String, String> = resp
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_ascii_lowercase(),
+                        String::from_utf8_lossy(h.value).to_string(),
+                    )
+                })
+                .collect();
+            break (resp.code.unwrap(), headers, len);
+        }
+        more(s, buf).await;
+    };
+    buf.drain(..len);
+    let mut body = Vec::new();
+    if head_only || status == 204 || status == 304 {
+    } else if headers.get("transfer-encoding").map(String::as_str) == Some("chunked") {
+        loop {
+            while !buf.windows(2).any(|w| w == b"\r\n") {
+                more(s, buf).await;
+            }
+            let line_end = buf.windows(2).position(|w| w == b"\r\n").unwrap();
+            let line = String::from_utf8(buf[..line_end].to_vec()).unwrap();
+            let size = usize::from_str_radix(line.split(';').next().unwrap(), 16).unwrap();
+            while buf.len() < line_end + 2 + size + 2 {
+                more(s, buf).await;
+            }
+            body.extend_from_slice(&buf[line_end + 2..line_end + 2 + size]);
+            buf.drain(..line_end + 2 + size + 2);
+            if size == 0 {
+                break;
+            }
+        }
+    } else {
+        let n: usize = headers["content-length"].parse().unwrap();
+        while buf.len() < n {
+            more(s, buf).await;
+        }
+        body = buf.drain(..n).collect();
+    }
+    let mut headers = headers;
+    headers.remove("date");
+    Seen {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn config(upstream: SocketAddr, fast: bool) -> std::path::PathBuf {
+    write_config(&format!(
+        r#"
+[proxy]
+fast_path = {fast}
+[[routes]]
+name = "api"
+upstream = "http://{upstream}"
+"#
+    ))
+}
+
+const SEQUENCE: [(&str, &str); 8] = [
+    ("GET", "/len?q=1"),
+    ("GET", "/chunked"),
+    ("GET", "/interim"),
+    ("HEAD", "/len"),
+    ("GET", "/nocontent"),
+    ("GET", "/limited"),
+    ("GET", "/close"),
+    ("GET", "/len"),
+];
+
+/// Runs SEQUENCE on one client connection; returns the responses and the heads the
+/// upstream saw.
+async fn run_sequence(fast: bool) -> (Vec<Seen>, Vec<Vec<(String, String)>>, Proc) {
+    let (up, seen) = recording_upstream().await;
+    let cfg = config(up, fast);
+    let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+    let mut s = TcpStream::connect(p.proxy).await.unwrap();
+    let mut buf = Vec::new();
+    let mut responses = Vec::new();
+    for (method, target) in SEQUENCE {
+        let req = format!(
+            "{method} {target} HTTP/1.1\r\nHost: api.test\r\nConnection: X-Hop-Req\r\nX-Hop-Req: 1\r\nKeep-Alive: timeout=5\r\nX-Forwarded-For: 10.0.0.1\r\nX-Request-Id: req-{target}\r\nAccept: */*\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        responses.push(read_response(&mut s, &mut buf, method == "HEAD").await);
+    }
+    let heads = seen.lock().unwrap().clone();
+    (responses, heads, p)
+}
+
+#[tokio::test]
+async fn the_fast_path_forwards_and_answers_as_hypers_path_does() {
+    let (fast, fast_heads, fast_proc) = run_sequence(true).await;
+    let (slow, slow_heads, slow_proc) = run_sequence(false).await;
+
+    // What the client sees, response by response, is the same on both paths.
+    assert_eq!(fast.len(), SEQUENCE.len());
+    for (i, (f, s)) in fast.iter().zip(&slow).enumerate() {
+        assert_eq!(
+            f, s,
+            "response {i} ({:?}) differs: fast vs hyper",
+            SEQUENCE[i]
+        );
+    }
+    let bodies: Vec<&[u8]> = fast.iter().map(|r| &r.body[..]).collect();
+    assert_eq!(
+        bodies,
+        [
+            &b"hello"[..],
+            b"hello world",
+            b"ok",
+            b"",
+            b"",
+            b"slow",
+            b"until the upstream closes",
+            b"hello"
+        ]
+    );
+    let statuses: Vec<u16> = fast.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 200, 201, 200, 204, 429, 200, 200]);
+    for r in &fast {
+        assert!(
+            !r.headers.contains_key("x-hop") && !r.headers.contains_key("keep-alive"),
+            "hop-by-hop header reached the client: {r:?}"
+        );
+    }
+    assert_eq!(fast[0].headers["x-kept"], "1");
+
+    // What the upstream sees is the same too (the client port aside).
+    assert_eq!(fast_heads.len(), SEQUENCE.len());
+    let normalise = |heads: &[Vec<(String, String)>]| -> Vec<BTreeMap<String, String>> {
+        heads
+            .iter()
+            .map(|h| h.iter().cloned().collect::<BTreeMap<_, _>>())
+            .collect()
+    };
+    assert_eq!(normalise(&fast_heads), normalise(&slow_heads));
+    let first: BTreeMap<_, _> = fast_heads[0].iter().cloned().collect();
+    assert_eq!(first["target"], "/len?q=1");
+    assert_eq!(first["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+    assert_eq!(first["x-forwarded-proto"], "http");
+    assert_eq!(first["x-forwarded-host"], "api.test");
+    assert_eq!(first["x-request-id"], "req-/len?q=1");
+    assert_eq!(first["accept"], "*/*");
+    for gone in ["connection", "keep-alive", "x-hop-req"] {
+        assert!(!first.contains_key(gone), "{gone} reached the upstream");
+    }
+
+    // Counted the same: every response once, with its code; the 429's Retry-After and
+    // quota reached the metrics on both.
+    for p in [&fast_proc, &slow_proc] {
+        let m = wait_metrics(p, "8 responses", |m| {
+            sum(m, "statuslens_responses_total", &[("route", "api")]) == 8.0
+        })
+        .await;
+        for (code, n) in [("200", 5.0), ("201", 1.0), ("204", 1.0), ("429", 1.0)] {
+            assert_eq!(
+                sum(
+                    m.as_slice(),
+                    "statuslens_responses_total",
+                    &[("code", code)]
+                ),
+                n,
+                "code {code}"
+            );
+        }
+        assert_eq!(
+            sum(
+                &m,
+                "statuslens_upstream_quota_remaining",
+                &[("route", "api")]
+            ),
+            0.0
+        );
+        assert_eq!(
+            sum(&m, "statuslens_upstream_quota_limit", &[("route", "api")]),
+            100.0
+        );
+        let bytes = sum(&m, "statuslens_response_bytes_total", &[("route", "api")]);
+        assert_eq!(bytes, (5 + 11 + 2 + 4 + 25 + 5) as f64);
+        let line = p.wait_line(|l| l.contains("\"status\":429"));
+        assert!(line.contains("\"retry_after_s\":7"), "{line}");
+    }
+}
+
+#[tokio::test]
+async fn pipelined_requests_and_a_handoff_to_hyper_midway_are_all_answered_in_order() {
+    let (up, seen) = recording_upstream().await;
+    let cfg = config(up, true);
+    let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+    let mut s = TcpStream::connect(p.proxy).await.unwrap();
+    // Two fast-path GETs, a POST with a body (hyper's from here on, with the bytes the
+    // fast path had already read), two more GETs — in one write.
+    let burst = "GET /len HTTP/1.1\r\nHost: a\r\n\r\n\
+                 GET /chunked HTTP/1.1\r\nHost: a\r\n\r\n\
+                 POST /len HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc\
+                 GET /nocontent HTTP/1.1\r\nHost: a\r\n\r\n\
+                 GET /len HTTP/1.1\r\nHost: a\r\n\r\n";
+    s.write_all(burst.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        let r = read_response(&mut s, &mut buf, false).await;
+        got.push((r.status, String::from_utf8(r.body).unwrap()));
+    }
+    assert_eq!(
+        got,
+        [
+            (200, "hello".to_string()),
+            (200, "hello world".to_string()),
+            (200, "hello".to_string()),
+            (204, String::new()),
+            (200, "hello".to_string()),
+        ]
+    );
+    let methods: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|h| format!("{} {}", h[0].1, h[1].1))
+        .collect();
+    assert_eq!(
+        methods,
+        [
+            "GET /len",
+            "GET /chunked",
+            "POST /len",
+            "GET /nocontent",
+            "GET /len"
+        ]
+    );
+
+    // A bare-LF head after fast-path requests on a new connection: hyper's framing
+    // watcher sees it (replayed) and it gets the counted 400.
+    let mut s = TcpStream::connect(p.proxy).await.unwrap();
+    s.write_all(b"GET /len HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(read_response(&mut s, &mut buf, false).await.status, 200);
+    s.write_all(b"GET /len HTTP/1.1\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let rest = read_until_closed(&mut s, "bare LF").await;
+    assert!(
+        rest.starts_with(b"HTTP/1.1 400 "),
+        "{:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    let m = wait_metrics(&p, "7 responses", |m| {
+        sum(m, "statuslens_responses_total", &[]) == 7.0
+    })
+    .await;
+    assert_eq!(
+        sum(
+            &m,
+            "statuslens_responses_total",
+            &[("code", "400"), ("source", "proxy")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn pooled_upstream_connections_are_reused_not_reopened() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    let cfg = config(up, true);
+    let p = Proc::start(&["--config", cfg.to_str().unwrap(), "--workers", "1"]);
+    // 50 requests, each on its own client connection, one after another: one upstream
+    // connection serves them all.
+    for _ in 0..50 {
+        let mut s = TcpStream::connect(p.proxy).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_until_closed(&mut s, "connection: close").await;
+        assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
+        assert!(got.ends_with(b"\r\n\r\nok"));
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
