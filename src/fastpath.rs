@@ -17,7 +17,7 @@
 //! request is an [`Exchange`] as on hyper's path: counted once, logged, fed to detection.
 
 use std::collections::VecDeque;
-use std::io::ErrorKind;
+use std::io::{ErrorKind, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -33,6 +33,7 @@ use tokio::sync::watch;
 use crate::config::{HostHeader, RouteConfig};
 use crate::forward::{self, Proxy};
 use crate::generation::Live;
+use crate::isolate;
 use crate::metrics::{Source, UpstreamErrorKind};
 use crate::observe::Exchange;
 
@@ -42,6 +43,8 @@ const CLIENT_BUF: usize = 8 * 1024;
 const UPSTREAM_BUF: usize = 16 * 1024;
 /// Largest upstream response head accepted (hyper's client allows about as much).
 const MAX_RESPONSE_HEAD: usize = 256 * 1024;
+/// Largest upstream read buffer while a long body streams.
+const MAX_STREAM_BUF: usize = 64 * 1024;
 /// Most request headers parsed here (more: hyper's path, which answers 431 when needed).
 const MAX_REQUEST_HEADERS: usize = 100;
 /// Most response headers accepted, as hyper's client.
@@ -121,7 +124,11 @@ impl FastRoute {
         None
     }
 
-    fn checkin(&self, conn: UpConn, idle_timeout: Duration) {
+    fn checkin(&self, mut conn: UpConn, idle_timeout: Duration) {
+        if conn.buf.capacity() > UPSTREAM_BUF {
+            // Idle connections hold the usual buffer, not one a long response grew.
+            conn.buf = Vec::with_capacity(UPSTREAM_BUF);
+        }
         let mut pool = self.pool().lock().unwrap_or_else(|e| e.into_inner());
         while pool
             .front()
@@ -204,10 +211,20 @@ pub async fn serve(
             }
         }
         let proxy = live.load().proxy.clone();
-        let Some(planned) = plan(&proxy, &mut c) else {
-            return Some(Replay::new(std::mem::take(&mut c.buf), c.io));
-        };
         c.wrote = false;
+        let before = isolate::failures();
+        let planned = match isolate::catch("request handler", || plan(&proxy, &mut c)) {
+            Some(Some(planned)) => planned,
+            Some(None) => return Some(Replay::new(std::mem::take(&mut c.buf), c.io)),
+            None => {
+                // An exchange already started counted itself as the panic unwound.
+                if isolate::failures() == before {
+                    isolate::count_unrouted(proxy.observer(), method_of(&c.buf));
+                }
+                internal_error(&mut c).await;
+                return None;
+            }
+        };
         match (Caught {
             inner: Some(forward_one(&proxy, &mut c, planned)),
         })
@@ -216,22 +233,35 @@ pub async fn serve(
             Some(Next::Keep) if !proxy.is_draining() => {}
             Some(_) => return None,
             None => {
-                // The exchange was counted (500, source=proxy) as the panic unwound.
-                if !c.wrote {
-                    c.out.clear();
-                    local_head(
-                        &mut c.out,
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        crate::isolate::INTERNAL_ERROR_BODY.len(),
-                        true,
-                    );
-                    c.out.extend_from_slice(crate::isolate::INTERNAL_ERROR_BODY);
-                    let _ = c.io.write_all(&c.out).await;
-                }
+                internal_error(&mut c).await;
                 return None;
             }
         }
     }
+}
+
+/// The method label index of the request at the front of `buf`.
+fn method_of(buf: &[u8]) -> usize {
+    let token = buf.split(|&b| b == b' ').next().unwrap_or(b"");
+    Method::from_bytes(token).map_or(9, |m| crate::metrics::method_index(&m))
+}
+
+/// Answers a request whose handling panicked (already counted as a 500) with 500, if
+/// nothing of its response went out yet; the connection closes after it.
+async fn internal_error(c: &mut Client) {
+    if c.wrote {
+        return;
+    }
+    let body = isolate::INTERNAL_ERROR_BODY;
+    c.out.clear();
+    local_head(
+        &mut c.out,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        body.len(),
+        true,
+    );
+    c.out.extend_from_slice(body);
+    let _ = c.io.write_all(&c.out).await;
 }
 
 /// After a response: go on with the connection or close it.
@@ -280,35 +310,31 @@ fn plan(proxy: &Arc<Proxy>, c: &mut Client) -> Option<Planned> {
     let mut client_close = false;
     let mut named = Named::default();
     let mut size = 0;
-    for h in req.headers.iter() {
+    let mut fields = [Field::Other; MAX_REQUEST_HEADERS];
+    for (h, field) in req.headers.iter().zip(fields.iter_mut()) {
         size += h.name.len() + h.value.len() + 4;
-        let name = h.name.as_bytes();
-        if eq(name, b"content-length")
-            || eq(name, b"transfer-encoding")
-            || eq(name, b"upgrade")
-            || eq(name, b"expect")
-        {
-            return None;
-        } else if eq(name, b"connection") {
-            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    client_close = true;
-                } else if !token.is_empty() && !named.add(token) {
+        *field = Field::of(h.name.as_bytes());
+        match field {
+            Field::Other | Field::HopByHop | Field::Date => {}
+            Field::Framing | Field::Upgrade | Field::Expect => return None,
+            Field::Connection => {
+                for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        client_close = true;
+                    } else if !token.is_empty() && !named.add(token) {
+                        return None;
+                    }
+                }
+            }
+            Field::Host => {
+                if host.replace(h.value).is_some() {
                     return None;
                 }
             }
-        } else if eq(name, b"host") {
-            if host.replace(h.value).is_some() {
-                return None;
-            }
-        } else if eq(name, b"x-forwarded-for") {
-            forwarded_for.get_or_insert(h.value);
-        } else if eq(name, b"x-forwarded-proto") {
-            forwarded_proto.get_or_insert(h.value);
-        } else if eq(name, b"x-forwarded-host") {
-            forwarded_host.get_or_insert(h.value);
-        } else if eq(name, b"x-request-id") {
-            request_id.get_or_insert(h.value);
+            Field::ForwardedFor => _ = forwarded_for.get_or_insert(h.value),
+            Field::ForwardedProto => _ = forwarded_proto.get_or_insert(h.value),
+            Field::ForwardedHost => _ = forwarded_host.get_or_insert(h.value),
+            Field::RequestId => _ = request_id.get_or_insert(h.value),
         }
     }
     if size > limits.max_header_bytes {
@@ -361,21 +387,13 @@ fn plan(proxy: &Arc<Proxy>, c: &mut Client) -> Option<Planned> {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(cfg.base_path.as_bytes());
-    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for h in req.headers.iter() {
+    for (h, field) in req.headers.iter().zip(fields) {
         let name = h.name.as_bytes();
-        if is_hop_by_hop(name)
-            || named.contains(name)
-            || eq(name, b"host")
-            || eq(name, b"x-forwarded-for")
-            || eq(name, b"x-forwarded-proto")
-            || eq(name, b"x-forwarded-host")
-            || eq(name, b"x-request-id")
-        {
-            continue;
+        if matches!(field, Field::Other | Field::Date) && !named.contains(name) {
+            put_header(out, name, h.value);
         }
-        put_header(out, name, h.value);
     }
     let upstream_host = match (cfg.host_header, host) {
         (HostHeader::Preserve, Some(h)) => h,
@@ -446,11 +464,13 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
     // Phase 2: the response head, while watching the client: a client that hangs up
     // now is a 499 (as with hyper's half_close off), and pipelined bytes are kept.
     up.buf.clear();
+    let closing = client_close || proxy.is_draining();
     let head = loop {
         let client_room = c.buf.len() < CLIENT_BUF;
+        let reading = read_head(&mut up, head_only, closing, &mut c.out);
         tokio::select! {
             biased;
-            head = tokio::time::timeout_at(deadline, read_head(&mut up, head_only)) => break head,
+            head = tokio::time::timeout_at(deadline, reading) => break head,
             ready = c.io.readable(), if client_room => {
                 if ready.is_err() {
                     return Next::Close;
@@ -475,9 +495,6 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
     if let Some(map) = head.quota_headers.as_ref() {
         forward::note_upstream_headers(proxy.observer(), route, &mut ex, head.status, map);
     }
-    let closing = client_close || proxy.is_draining();
-    c.out.clear();
-    write_response_head(&mut c.out, &up.buf[..head.len], &head, closing);
     let body_start = head.len;
     let mut reusable = head.keep_alive;
     let sent = match head.body {
@@ -486,14 +503,30 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
             write_client(c, &mut ex, 0).await
         }
         Body::Length(n) => {
+            // A body that fits the buffer goes out with the head, in one write (what
+            // nginx's proxy buffering does); a larger one streams.
+            let whole = body_start as u64 + n;
+            let mut collected = Ok(());
+            if whole <= up.buf.capacity() as u64 {
+                while (up.buf.len() as u64) < whole {
+                    match up.io.read_buf(&mut up.buf).await {
+                        Ok(n) if n > 0 => {}
+                        _ => {
+                            collected = Err(Broken::Upstream);
+                            break;
+                        }
+                    }
+                }
+            }
             let have = (up.buf.len() - body_start) as u64;
             reusable &= have <= n;
             let first = have.min(n) as usize;
-            c.out
-                .extend_from_slice(&up.buf[body_start..body_start + first]);
-            let sent = write_client(c, &mut ex, first).await;
-            match sent {
-                Ok(()) => stream_length(c, &mut ex, &mut up, n - first as u64, &mut reusable).await,
+            let body = &up.buf[body_start..body_start + first];
+            match write_with_body(c, &mut ex, body).await.and(collected) {
+                Ok(()) => {
+                    let left = n - first as u64;
+                    stream_length(c, &mut ex, &mut up, left, &mut reusable).await
+                }
                 Err(e) => Err(e),
             }
         }
@@ -571,6 +604,32 @@ async fn write_client(c: &mut Client, ex: &mut Exchange, body: usize) -> Result<
     Ok(())
 }
 
+/// Writes `c.out` (a head) and `body` to the client: small bodies copied behind the
+/// head, larger ones in the same vectored write.
+async fn write_with_body(c: &mut Client, ex: &mut Exchange, body: &[u8]) -> Result<(), Broken> {
+    if body.len() <= 4096 {
+        c.out.extend_from_slice(body);
+        return write_client(c, ex, body.len()).await;
+    }
+    c.wrote = true;
+    let (head, total) = (c.out.len(), c.out.len() + body.len());
+    let mut done = 0;
+    while done < total {
+        let wrote = if done < head {
+            let slices = [IoSlice::new(&c.out[done..]), IoSlice::new(body)];
+            c.io.write_vectored(&slices).await
+        } else {
+            c.io.write(&body[done - head..]).await
+        };
+        match wrote {
+            Ok(0) | Err(_) => return Err(Broken::Client),
+            Ok(n) => done += n,
+        }
+    }
+    ex.sent(body.len() as u64);
+    Ok(())
+}
+
 /// Reads from the upstream into its buffer (from the start); 0 at its end.
 async fn read_up(up: &mut UpConn) -> Result<usize, Broken> {
     up.buf.clear();
@@ -587,6 +646,11 @@ async fn stream_length(
     mut left: u64,
     reusable: &mut bool,
 ) -> Result<(), Broken> {
+    // Long bodies read in larger pieces: fewer reads and writes per byte.
+    let want = left.min(MAX_STREAM_BUF as u64) as usize;
+    if up.buf.capacity() < want {
+        up.buf.reserve(want);
+    }
     while left > 0 {
         let n = read_up(up).await?;
         if n == 0 {
@@ -715,10 +779,15 @@ struct Head {
 }
 
 /// Reads until a final (non-1xx) response head is complete; 1xx heads are dropped.
-async fn read_head(up: &mut UpConn, head_only: bool) -> Result<Head, UpstreamErrorKind> {
+async fn read_head(
+    up: &mut UpConn,
+    head_only: bool,
+    close: bool,
+    out: &mut Vec<u8>,
+) -> Result<Head, UpstreamErrorKind> {
     loop {
         if !up.buf.is_empty() {
-            match parse_head(&up.buf, head_only)? {
+            match parse_head(&up.buf, head_only, close, out)? {
                 Parsed::Final(head) => return Ok(head),
                 Parsed::Interim(len) => {
                     up.buf.drain(..len);
@@ -746,7 +815,15 @@ enum Parsed {
     Partial,
 }
 
-fn parse_head(buf: &[u8], head_only: bool) -> Result<Parsed, UpstreamErrorKind> {
+/// Parses a response head at the front of `buf`; for a final one, writes the client's
+/// head into `out`: the upstream's status line and end-to-end fields, the framing this
+/// proxy sends, `Connection: close` when `close`, a `Date` if the upstream sent none.
+fn parse_head(
+    buf: &[u8],
+    head_only: bool,
+    close: bool,
+    out: &mut Vec<u8>,
+) -> Result<Parsed, UpstreamErrorKind> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let len = match resp.parse(buf) {
@@ -762,36 +839,46 @@ fn parse_head(buf: &[u8], head_only: bool) -> Result<Parsed, UpstreamErrorKind> 
     if (100..200).contains(&status) {
         return Ok(Parsed::Interim(len));
     }
-    let http11 = resp.version == Some(1);
-    let mut keep_alive = http11;
+    let mut keep_alive = resp.version == Some(1);
     let mut length: Option<u64> = None;
     let mut chunked = None;
     let mut quota = false;
-    for h in resp.headers.iter() {
+    let mut dated = false;
+    let mut named = Named::default();
+    let mut fields = [Field::Other; MAX_RESPONSE_HEADERS];
+    for (h, field) in resp.headers.iter().zip(fields.iter_mut()) {
         let name = h.name.as_bytes();
-        if eq(name, b"content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or(UpstreamErrorKind::Protocol)?;
-            if length.is_some_and(|l| l != n) {
-                return Err(UpstreamErrorKind::Protocol);
+        *field = Field::of(name);
+        match field {
+            Field::Framing if name.len() == 14 => {
+                let n = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .ok_or(UpstreamErrorKind::Protocol)?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(UpstreamErrorKind::Protocol);
+                }
+                length = Some(n);
             }
-            length = Some(n);
-        } else if eq(name, b"transfer-encoding") {
-            // Chunked must be the final coding for the length to be known (RFC 9112 §6.3).
-            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
-            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if eq(name, b"connection") {
-            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    keep_alive = false;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    keep_alive = true;
+            Field::Framing => {
+                // Chunked must be the final coding for the length to be known
+                // (RFC 9112 §6.3); otherwise the body runs to the close.
+                let last = h.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
+                chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            }
+            Field::Connection => {
+                for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        keep_alive = false;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        keep_alive = true;
+                    } else {
+                        named.add(token);
+                    }
                 }
             }
-        } else if crate::quota::is_relevant(h.name) {
-            quota = true;
+            Field::Date => dated = true,
+            _ => quota |= crate::quota::is_relevant(h.name),
         }
     }
     let body = if head_only || status == 204 || status == 304 {
@@ -817,45 +904,28 @@ fn parse_head(buf: &[u8], head_only: bool) -> Result<Parsed, UpstreamErrorKind> 
         }
         map
     });
-    Ok(Parsed::Final(Head {
-        len,
-        status,
-        body,
-        keep_alive: keep_alive && body != Body::UntilClose,
-        quota_headers,
-    }))
-}
 
-/// The client's response head: the upstream's status line and end-to-end headers, the
-/// framing this proxy sends, a Date if the upstream gave none.
-fn write_response_head(out: &mut Vec<u8>, upstream_head: &[u8], head: &Head, close: bool) {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    // Parsed once already; parsing the same bytes again cannot fail.
-    let _ = resp.parse(upstream_head);
-    let mut named = Named::default();
-    for h in resp.headers.iter() {
-        if eq(h.name.as_bytes(), b"connection") {
-            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                named.add(token);
-            }
-        }
-    }
+    out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(itoa::Buffer::new().format(head.status).as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
     out.push(b' ');
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    let mut dated = false;
-    for h in resp.headers.iter() {
+    // A re-framed body keeps no Content-Length beside its chunks: two framings to the
+    // client is the response-smuggling shape.
+    let reframed = matches!(body, Body::Chunked | Body::UntilClose);
+    for (h, field) in resp.headers.iter().zip(fields) {
         let name = h.name.as_bytes();
-        if is_hop_by_hop(name) || named.contains(name) {
-            continue;
+        let passed = match field {
+            Field::Framing => !reframed && name.len() == 14,
+            Field::Connection | Field::HopByHop | Field::Upgrade => false,
+            _ => !named.contains(name),
+        };
+        if passed {
+            put_header(out, name, h.value);
         }
-        dated |= eq(name, b"date");
-        put_header(out, name, h.value);
     }
-    if matches!(head.body, Body::Chunked | Body::UntilClose) {
+    if reframed {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     if close {
@@ -867,6 +937,13 @@ fn write_response_head(out: &mut Vec<u8>, upstream_head: &[u8], head: &Head, clo
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
+    Ok(Parsed::Final(Head {
+        len,
+        status,
+        body,
+        keep_alive: keep_alive && body != Body::UntilClose,
+        quota_headers,
+    }))
 }
 
 /// Follows a chunked body (RFC 9112 §7.1) to find where it ends; bytes pass verbatim.
@@ -984,21 +1061,52 @@ fn eq(a: &[u8], b: &[u8]) -> bool {
     a.eq_ignore_ascii_case(b)
 }
 
-/// RFC 9110 §7.6.1's hop-by-hop fields (those a `Connection` field names aside).
-fn is_hop_by_hop(name: &[u8]) -> bool {
-    [
-        &b"connection"[..],
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    ]
-    .iter()
-    .any(|h| eq(name, h))
+/// What a header field is to the fast path, told by its name.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Field {
+    /// End to end: passed on as it is.
+    Other,
+    /// `Content-Length` or `Transfer-Encoding`.
+    Framing,
+    Connection,
+    Upgrade,
+    Expect,
+    Host,
+    Date,
+    ForwardedFor,
+    ForwardedProto,
+    ForwardedHost,
+    RequestId,
+    /// RFC 9110 §7.6.1's other hop-by-hop fields: `Keep-Alive`, `Proxy-*`, `TE`,
+    /// `Trailer`.
+    HopByHop,
+}
+
+impl Field {
+    /// Matches on the length first, so most names cost one comparison or none.
+    fn of(name: &[u8]) -> Field {
+        let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+        match name.len() {
+            2 if is(b"te") => Field::HopByHop,
+            4 if is(b"host") => Field::Host,
+            4 if is(b"date") => Field::Date,
+            6 if is(b"expect") => Field::Expect,
+            7 if is(b"upgrade") => Field::Upgrade,
+            7 if is(b"trailer") => Field::HopByHop,
+            10 if is(b"connection") => Field::Connection,
+            10 if is(b"keep-alive") => Field::HopByHop,
+            12 if is(b"x-request-id") => Field::RequestId,
+            14 if is(b"content-length") => Field::Framing,
+            15 if is(b"x-forwarded-for") => Field::ForwardedFor,
+            16 if is(b"x-forwarded-host") => Field::ForwardedHost,
+            16 if is(b"proxy-connection") => Field::HopByHop,
+            17 if is(b"x-forwarded-proto") => Field::ForwardedProto,
+            17 if is(b"transfer-encoding") => Field::Framing,
+            18 if is(b"proxy-authenticate") => Field::HopByHop,
+            19 if is(b"proxy-authorization") => Field::HopByHop,
+            _ => Field::Other,
+        }
+    }
 }
 
 fn has_bare_lf(head: &[u8]) -> bool {
@@ -1074,11 +1182,11 @@ impl<F: std::future::Future> std::future::Future for Caught<F> {
         let Some(running) = inner.as_mut().as_pin_mut() else {
             return Poll::Ready(None);
         };
-        let before = crate::isolate::failures();
-        if let Some(polled) = crate::isolate::catch("request handler", || running.poll(cx)) {
+        let before = isolate::failures();
+        if let Some(polled) = isolate::catch("request handler", || running.poll(cx)) {
             return polled.map(Some);
         }
-        crate::isolate::discard(|| inner.set(None), before);
+        isolate::discard(|| inner.set(None), before);
         Poll::Ready(None)
     }
 }
@@ -1213,7 +1321,7 @@ mod tests {
 
     #[test]
     fn response_framing() {
-        let p = |s: &[u8], head: bool| match parse_head(s, head) {
+        let p = |s: &[u8], head: bool| match parse_head(s, head, false, &mut Vec::new()) {
             Ok(Parsed::Final(h)) => (h.status, h.body, h.keep_alive),
             _ => panic!("not final"),
         };
@@ -1244,13 +1352,20 @@ mod tests {
             (204, Body::None, false)
         );
         assert!(matches!(
-            parse_head(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n", false),
+            parse_head(
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n",
+                false,
+                false,
+                &mut Vec::new()
+            ),
             Ok(Parsed::Interim(25))
         ));
         assert!(matches!(
             parse_head(
                 b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
-                false
+                false,
+                false,
+                &mut Vec::new()
             ),
             Err(UpstreamErrorKind::Protocol)
         ));
@@ -1258,16 +1373,24 @@ mod tests {
 
     #[test]
     fn response_head_drops_hop_by_hop_and_adds_framing() {
-        let up = b"HTTP/1.1 200 Fine\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nX-Kept: yes\r\nDate: Thu, 26 Nov 2026 06:00:00 GMT\r\n\r\n";
-        let head = match parse_head(up, false) {
-            Ok(Parsed::Final(h)) => h,
-            _ => panic!(),
+        let head = |up: &[u8]| {
+            let mut out = Vec::new();
+            match parse_head(up, false, true, &mut out) {
+                Ok(Parsed::Final(_)) => String::from_utf8(out).unwrap(),
+                _ => panic!("not final"),
+            }
         };
-        let mut out = Vec::new();
-        write_response_head(&mut out, &up[..head.len], &head, true);
+        let up = b"HTTP/1.1 200 Fine\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nX-Kept: yes\r\nDate: Thu, 26 Nov 2026 06:00:00 GMT\r\n\r\n";
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            head(up),
             "HTTP/1.1 200 Fine\r\nx-kept: yes\r\ndate: Thu, 26 Nov 2026 06:00:00 GMT\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+        );
+        // Both framings from the upstream: chunked wins and the length does not reach
+        // the client beside it.
+        let both = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\nDate: x\r\n\r\n";
+        assert_eq!(
+            head(both),
+            "HTTP/1.1 200 OK\r\ndate: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
         );
     }
 }

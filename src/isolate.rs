@@ -115,7 +115,7 @@ impl<F> CatchPanic<F> {
 
 /// Counts a request that failed before its exchange started (so before any await: no
 /// time had passed) on the unmatched route.
-fn count_unrouted(observer: &Observer, method: usize) {
+pub fn count_unrouted(observer: &Observer, method: usize) {
     let m = &observer.metrics;
     m.record(m.unmatched(), method, 500, Source::Proxy, 0.0);
 }

@@ -23,8 +23,20 @@ fn scripted(path: &str, head_only: bool) -> &'static [u8] {
         ("/nocontent", _) => b"HTTP/1.1 204 No Content\r\nx-kept: 3\r\n\r\n",
         ("/limited", _) => b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 7\r\nx-ratelimit-limit: 100\r\nx-ratelimit-remaining: 0\r\ncontent-length: 4\r\n\r\nslow",
         ("/close", _) => b"HTTP/1.0 200 OK\r\nx-kept: 4\r\n\r\nuntil the upstream closes",
+        ("/split", _) => b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nlater!",
+        ("/big", _) => big_response(),
         _ => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
     }
+}
+
+/// A response whose body (`pattern`, 100,000 bytes) is longer than any one read.
+fn big_response() -> &'static [u8] {
+    static BIG: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    BIG.get_or_init(|| {
+        let mut r = b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n".to_vec();
+        r.extend_from_slice(&pattern(100_000));
+        r
+    })
 }
 
 /// A keep-alive HTTP/1.1 upstream that records every request head it gets (lower-cased
@@ -78,8 +90,22 @@ async fn recording_upstream() -> (SocketAddr, Arc<Mutex<Vec<Vec<(String, String)
                     let target = head[1].1.clone();
                     let head_only = head[0].1 == "HEAD";
                     record.lock().unwrap().push(head);
-                    if s.write_all(scripted(&target, head_only)).await.is_err() {
+                    let reply = scripted(&target, head_only);
+                    // `/split`: the head first, the body a moment later, as a slow
+                    // upstream (or sendfile) delivers it.
+                    let split = if target == "/split" {
+                        reply.len() - 6
+                    } else {
+                        reply.len()
+                    };
+                    if s.write_all(&reply[..split]).await.is_err() {
                         return;
+                    }
+                    if split < reply.len() {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        if s.write_all(&reply[split..]).await.is_err() {
+                            return;
+                        }
                     }
                     if target == "/close" {
                         let _ = s.shutdown().await;
@@ -182,7 +208,7 @@ upstream = "http://{upstream}"
     ))
 }
 
-const SEQUENCE: [(&str, &str); 8] = [
+const SEQUENCE: [(&str, &str); 10] = [
     ("GET", "/len?q=1"),
     ("GET", "/chunked"),
     ("GET", "/interim"),
@@ -190,6 +216,8 @@ const SEQUENCE: [(&str, &str); 8] = [
     ("GET", "/nocontent"),
     ("GET", "/limited"),
     ("GET", "/close"),
+    ("GET", "/split"),
+    ("GET", "/big"),
     ("GET", "/len"),
 ];
 
@@ -228,6 +256,7 @@ async fn the_fast_path_forwards_and_answers_as_hypers_path_does() {
         );
     }
     let bodies: Vec<&[u8]> = fast.iter().map(|r| &r.body[..]).collect();
+    let big = pattern(100_000);
     assert_eq!(
         bodies,
         [
@@ -238,11 +267,13 @@ async fn the_fast_path_forwards_and_answers_as_hypers_path_does() {
             b"",
             b"slow",
             b"until the upstream closes",
+            b"later!",
+            &big[..],
             b"hello"
         ]
     );
     let statuses: Vec<u16> = fast.iter().map(|r| r.status).collect();
-    assert_eq!(statuses, [200, 200, 201, 200, 204, 429, 200, 200]);
+    assert_eq!(statuses, [200, 200, 201, 200, 204, 429, 200, 200, 200, 200]);
     for r in &fast {
         assert!(
             !r.headers.contains_key("x-hop") && !r.headers.contains_key("keep-alive"),
@@ -274,11 +305,11 @@ async fn the_fast_path_forwards_and_answers_as_hypers_path_does() {
     // Counted the same: every response once, with its code; the 429's Retry-After and
     // quota reached the metrics on both.
     for p in [&fast_proc, &slow_proc] {
-        let m = wait_metrics(p, "8 responses", |m| {
-            sum(m, "statuslens_responses_total", &[("route", "api")]) == 8.0
+        let m = wait_metrics(p, "10 responses", |m| {
+            sum(m, "statuslens_responses_total", &[("route", "api")]) == 10.0
         })
         .await;
-        for (code, n) in [("200", 5.0), ("201", 1.0), ("204", 1.0), ("429", 1.0)] {
+        for (code, n) in [("200", 7.0), ("201", 1.0), ("204", 1.0), ("429", 1.0)] {
             assert_eq!(
                 sum(
                     m.as_slice(),
@@ -302,7 +333,7 @@ async fn the_fast_path_forwards_and_answers_as_hypers_path_does() {
             100.0
         );
         let bytes = sum(&m, "statuslens_response_bytes_total", &[("route", "api")]);
-        assert_eq!(bytes, (5 + 11 + 2 + 4 + 25 + 5) as f64);
+        assert_eq!(bytes, (5 + 11 + 2 + 4 + 25 + 6 + 100_000 + 5) as f64);
         let line = p.wait_line(|l| l.contains("\"status\":429"));
         assert!(line.contains("\"retry_after_s\":7"), "{line}");
     }
