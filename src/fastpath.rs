@@ -534,7 +534,9 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
             let mut chunks = Chunks::default();
             let rest = &up.buf[body_start..];
             match chunks.feed(rest) {
-                Err(()) => Err(Broken::Upstream),
+                // The head still goes out, then the truncated body ends the
+                // connection, as when the upstream breaks off later.
+                Err(()) => write_client(c, &mut ex, 0).await.and(Err(Broken::Upstream)),
                 Ok(used) => {
                     let used = used.unwrap_or(rest.len());
                     reusable &= body_start + used == up.buf.len();
@@ -832,8 +834,10 @@ fn parse_head(
         Err(_) => return Err(UpstreamErrorKind::Protocol),
     };
     let status = resp.code.ok_or(UpstreamErrorKind::Protocol)?;
-    if status == 101 {
-        // Nothing asked to switch protocols.
+    // httparse takes any three digits; like hyper, refuse what is no status code (a
+    // "000" would otherwise reach the client as an unparseable "HTTP/1.1 0"), and a
+    // 101 nothing asked for.
+    if !(100..=999).contains(&status) || status == 101 {
         return Err(UpstreamErrorKind::Protocol);
     }
     if (100..200).contains(&status) {
@@ -1027,6 +1031,33 @@ impl Chunks {
             }
         }
         Ok(None)
+    }
+}
+
+/// Where a chunked body ends when it arrives in `pieces`: after `n` bytes of their
+/// concatenation (`Some(n)`), not within them (`None`), or malformed (`Err`). Exposed
+/// for the `upstream` fuzz target: however the body is split, the answer is the same.
+#[allow(clippy::result_unit_err)]
+pub fn chunked_end<'a>(pieces: impl IntoIterator<Item = &'a [u8]>) -> Result<Option<u64>, ()> {
+    let mut chunks = Chunks::default();
+    let mut offset = 0u64;
+    for piece in pieces {
+        if let Some(n) = chunks.feed(piece)? {
+            return Ok(Some(offset + n as u64));
+        }
+        offset += piece.len() as u64;
+    }
+    Ok(None)
+}
+
+/// The head the client gets for an upstream response head at the front of `upstream`
+/// (`None` if there is no complete final head or it is refused as a protocol error).
+/// Exposed for the `upstream` fuzz target.
+pub fn client_head(upstream: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    match parse_head(upstream, false, false, &mut out) {
+        Ok(Parsed::Final(_)) => Some(out),
+        _ => None,
     }
 }
 
@@ -1351,6 +1382,10 @@ mod tests {
             ),
             (204, Body::None, false)
         );
+        assert!(matches!(
+            parse_head(b"HTTP/1.1 000 Zero\r\n\r\n", false, false, &mut Vec::new()),
+            Err(UpstreamErrorKind::Protocol)
+        ));
         assert!(matches!(
             parse_head(
                 b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n",
