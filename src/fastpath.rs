@@ -35,7 +35,7 @@ use crate::forward::{self, Proxy};
 use crate::generation::Live;
 use crate::isolate;
 use crate::metrics::{Source, UpstreamErrorKind};
-use crate::observe::Exchange;
+use crate::observe::{Exchange, RequestBodyState};
 
 /// Client read buffer; a head that does not fit in the first read goes to hyper.
 const CLIENT_BUF: usize = 8 * 1024;
@@ -276,6 +276,10 @@ struct Planned {
     ex: Exchange,
     head_only: bool,
     client_close: bool,
+    /// The request body's length (`Content-Length`; 0 without one).
+    body: u64,
+    /// No route matches: answered 404 here.
+    unmatched: bool,
 }
 
 /// The request at the front of `c.buf`, if the fast path takes it: routed, its exchange
@@ -308,6 +312,7 @@ fn plan(proxy: &Arc<Proxy>, c: &mut Client) -> Option<Planned> {
     let mut forwarded_host = None;
     let mut request_id = None;
     let mut client_close = false;
+    let mut body = None;
     let mut named = Named::default();
     let mut size = 0;
     let mut fields = [Field::Other; MAX_REQUEST_HEADERS];
@@ -316,6 +321,14 @@ fn plan(proxy: &Arc<Proxy>, c: &mut Client) -> Option<Planned> {
         *field = Field::of(h.name.as_bytes());
         match field {
             Field::Other | Field::HopByHop | Field::Date => {}
+            // One plain decimal Content-Length is a body the fast path streams; a
+            // second one, a list, or Transfer-Encoding is hyper's (and the watcher's).
+            Field::Framing if h.name.len() == 14 && body.is_none() => {
+                if h.value.is_empty() || !h.value.iter().all(u8::is_ascii_digit) {
+                    return None;
+                }
+                body = Some(std::str::from_utf8(h.value).ok()?.parse::<u64>().ok()?);
+            }
             Field::Framing | Field::Upgrade | Field::Expect => return None,
             Field::Connection => {
                 for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
@@ -346,17 +359,28 @@ fn plan(proxy: &Arc<Proxy>, c: &mut Client) -> Option<Planned> {
     };
     let path = target.split('?').next().unwrap_or(target);
     let route = proxy.find_route(host_str, path);
-    let (cfg, fast) = proxy.fast_route(route)?;
     let observer = proxy.observer();
-    if observer
-        .in_flight
-        .load(std::sync::atomic::Ordering::Relaxed)
-        >= limits.max_in_flight as u64
-        || cfg.max_in_flight.is_some_and(|l| {
-            observer.route_in_flight[route].load(std::sync::atomic::Ordering::Relaxed) >= l as u64
-        })
-    {
+    let unmatched = route == observer.metrics.unmatched();
+    let forwarding = proxy.fast_route(route);
+    // The proxy's own answers stay hyper's, except the 404 for a bodiless request (a
+    // body left unread would need the connection closed, as hyper's path does).
+    if forwarding.is_none() && !(unmatched && body.unwrap_or(0) == 0) {
         return None;
+    }
+    let in_flight = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+    if in_flight(&observer.in_flight) >= limits.max_in_flight as u64 {
+        return None;
+    }
+    if let Some((cfg, _)) = forwarding {
+        if cfg
+            .max_in_flight
+            .is_some_and(|l| in_flight(&observer.route_in_flight[route]) >= l as u64)
+            || cfg
+                .max_body_bytes
+                .is_some_and(|l| body.is_some_and(|n| n > l))
+        {
+            return None;
+        }
     }
     let uri = Uri::from_maybe_shared(Bytes::copy_from_slice(target.as_bytes())).ok()?;
     let method = Method::from_bytes(method.as_bytes()).ok()?;
@@ -378,6 +402,21 @@ fn plan(proxy: &Arc<Proxy>, c: &mut Client) -> Option<Planned> {
             id.identify(&map, c.peer.ip())
         }
         None => None,
+    };
+
+    let head_only = method == Method::HEAD;
+    let planned = |ex: Exchange| Planned {
+        route,
+        ex,
+        head_only,
+        client_close,
+        body: body.unwrap_or(0),
+        unmatched,
+    };
+    let Some((cfg, fast)) = forwarding else {
+        let ex = Exchange::start(observer.clone(), route, method, uri, request_id, c.peer);
+        c.buf.drain(..head_len);
+        return Some(planned(ex));
     };
 
     // The upstream's head: RFC 9110 §7.6.1's hop-by-hop fields dropped, the forwarding
@@ -412,18 +451,19 @@ fn plan(proxy: &Arc<Proxy>, c: &mut Client) -> Option<Planned> {
         put_appended(out, b"x-forwarded-host", forwarded_host, h);
     }
     put_header(out, b"x-request-id", request_id.as_bytes());
+    if let Some(n) = body {
+        put_header(
+            out,
+            b"content-length",
+            itoa::Buffer::new().format(n).as_bytes(),
+        );
+    }
     out.extend_from_slice(b"\r\n");
 
-    let head_only = method == Method::HEAD;
     let mut ex = Exchange::start(observer.clone(), route, method, uri, request_id, c.peer);
     ex.set_consumer(consumer);
     c.buf.drain(..head_len);
-    Some(Planned {
-        route,
-        ex,
-        head_only,
-        client_close,
-    })
+    Some(planned(ex))
 }
 
 /// Forwards one planned request and streams its response back.
@@ -432,12 +472,49 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
         route,
         mut ex,
         head_only,
-        client_close,
+        mut client_close,
+        body,
+        unmatched,
     } = p;
+    if unmatched {
+        return answer(
+            c,
+            ex,
+            StatusCode::NOT_FOUND,
+            forward::NOT_FOUND,
+            client_close,
+        )
+        .await;
+    }
     let (cfg, fast) = proxy
         .fast_route(route)
         .expect("planned requests have a fast route");
     let deadline = tokio::time::Instant::now() + cfg.timeout;
+
+    // The body bytes already read go with the head, in its write.
+    let mut body_left = body;
+    let tally = (body > 0).then(|| {
+        let state = Arc::new(RequestBodyState::default());
+        ex.track_request_body(state.clone());
+        (
+            state,
+            proxy.observer().metrics.route(route).request_bytes.clone(),
+        )
+    });
+    let count = |n: usize| {
+        if let Some((state, counter)) = &tally {
+            state
+                .bytes
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            counter.inc_by(n as u64);
+        }
+    };
+    let first = (c.buf.len() as u64).min(body) as usize;
+    c.out.extend_from_slice(&c.buf[..first]);
+    c.buf.drain(..first);
+    count(first);
+    body_left -= first as u64;
+    let unread = body_left > 0;
 
     // Phase 1: an upstream connection with the request head on it. A pooled one that
     // turns out closed when written to never saw the request: try the next.
@@ -448,18 +525,59 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
                 match tokio::time::timeout_at(deadline, fast.connect(cfg.connect_timeout)).await {
                     Ok(Ok(conn)) => (conn, true),
                     Ok(Err(e)) => {
-                        return fail(c, ex, cfg, UpstreamErrorKind::Connect, &e.to_string()).await;
+                        let e = e.to_string();
+                        return fail(c, ex, cfg, UpstreamErrorKind::Connect, &e, unread).await;
                     }
-                    Err(_) => return fail(c, ex, cfg, UpstreamErrorKind::Timeout, "").await,
+                    Err(_) => {
+                        return fail(c, ex, cfg, UpstreamErrorKind::Timeout, "", unread).await
+                    }
                 }
             }
         };
         match conn.io.write_all(&c.out).await {
             Ok(()) => break conn,
             Err(_) if !fresh => continue,
-            Err(e) => return fail(c, ex, cfg, UpstreamErrorKind::Reset, &e.to_string()).await,
+            Err(e) => {
+                let e = e.to_string();
+                return fail(c, ex, cfg, UpstreamErrorKind::Reset, &e, unread).await;
+            }
         }
     };
+
+    // The rest of the body, as the client sends it. An upstream that stops reading
+    // (it answered early, or died) ends the sending; its answer, if any, is still
+    // read below, and the client's connection closes after it.
+    while body_left > 0 {
+        let idle = proxy.limits().body_read_timeout;
+        let n = match tokio::time::timeout(idle, c.io.read_buf(&mut c.buf)).await {
+            Err(_) => {
+                return answer(
+                    c,
+                    ex,
+                    StatusCode::REQUEST_TIMEOUT,
+                    forward::BODY_STALLED,
+                    true,
+                )
+                .await
+            }
+            Ok(Ok(n)) if n > 0 => n,
+            // The client left mid-body: a 499.
+            _ => return Next::Close,
+        };
+        let take = (n as u64).min(body_left) as usize;
+        count(take);
+        body_left -= take as u64;
+        let sent = tokio::time::timeout_at(deadline, up.io.write_all(&c.buf[..take])).await;
+        c.buf.drain(..take);
+        match sent {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                client_close |= body_left > 0;
+                break;
+            }
+            Err(_) => return fail(c, ex, cfg, UpstreamErrorKind::Timeout, "", true).await,
+        }
+    }
 
     // Phase 2: the response head, while watching the client: a client that hangs up
     // now is a 499 (as with hyper's half_close off), and pipelined bytes are kept.
@@ -486,8 +604,8 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
     };
     let head = match head {
         Ok(Ok(head)) => head,
-        Ok(Err(kind)) => return fail(c, ex, cfg, kind, kind.label()).await,
-        Err(_) => return fail(c, ex, cfg, UpstreamErrorKind::Timeout, "").await,
+        Ok(Err(kind)) => return fail(c, ex, cfg, kind, kind.label(), client_close).await,
+        Err(_) => return fail(c, ex, cfg, UpstreamErrorKind::Timeout, "", client_close).await,
     };
 
     // Phase 3: the response.
@@ -723,20 +841,39 @@ async fn stream_until_close(
 /// Answers the failure of an upstream exchange as hyper's path does (502/504).
 async fn fail(
     c: &mut Client,
-    mut ex: Exchange,
+    ex: Exchange,
     cfg: &RouteConfig,
     kind: UpstreamErrorKind,
     detail: &str,
+    close: bool,
 ) -> Next {
     let (status, why) = forward::upstream_failure(&ex, cfg, kind, detail);
+    answer(c, ex, status, why, close).await
+}
+
+/// A response statuslens makes itself, counted with `source="proxy"`; `close` when the
+/// connection cannot go on (a request body left unread).
+async fn answer(
+    c: &mut Client,
+    mut ex: Exchange,
+    status: StatusCode,
+    why: &'static str,
+    close: bool,
+) -> Next {
     ex.respond(status.as_u16(), Source::Proxy);
     c.out.clear();
-    local_head(&mut c.out, status, why.len(), false);
+    local_head(&mut c.out, status, why.len(), close);
     c.out.extend_from_slice(why.as_bytes());
     match write_client(c, &mut ex, why.len()).await {
-        Ok(()) => {
+        Ok(()) if !close => {
             ex.complete();
             Next::Keep
+        }
+        Ok(()) => {
+            ex.complete();
+            drop(ex);
+            let _ = c.io.shutdown().await;
+            Next::Close
         }
         Err(_) => Next::Close,
     }

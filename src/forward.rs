@@ -258,11 +258,7 @@ impl Proxy {
             return Ok(local(ex, status, why));
         }
         let Some(up) = self.upstreams.get(route) else {
-            return Ok(local(
-                ex,
-                StatusCode::NOT_FOUND,
-                "no statuslens route matches this request\n",
-            ));
+            return Ok(local(ex, StatusCode::NOT_FOUND, NOT_FOUND));
         };
         if let (Some(limit), Some(len)) = (up.cfg.max_body_bytes, content_length(req.headers())) {
             if len > limit {
@@ -334,11 +330,7 @@ impl Proxy {
             Ok(Ok(resp)) => resp,
             Ok(Err(err)) => {
                 if state.idle.load(Ordering::Relaxed) {
-                    return Ok(local(
-                        ex,
-                        StatusCode::REQUEST_TIMEOUT,
-                        "the request body stalled longer than proxy.body_read_timeout\n",
-                    ));
+                    return Ok(local(ex, StatusCode::REQUEST_TIMEOUT, BODY_STALLED));
                 }
                 if state.too_large.load(Ordering::Relaxed)
                     || find_cause::<BodyTooLarge>(&err).is_some()
@@ -401,6 +393,12 @@ impl Proxy {
         (size > self.limits.max_header_bytes).then_some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
     }
 }
+
+/// The 404's body: no route matches.
+pub(crate) const NOT_FOUND: &str = "no statuslens route matches this request\n";
+/// The 408's body: the client stopped sending its request body.
+pub(crate) const BODY_STALLED: &str =
+    "the request body stalled longer than proxy.body_read_timeout\n";
 
 /// Records what an upstream's response headers say about its quota and `Retry-After`.
 pub(crate) fn note_upstream_headers(

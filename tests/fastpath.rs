@@ -15,7 +15,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// What a scripted upstream answers, by request path.
 fn scripted(path: &str, head_only: bool) -> &'static [u8] {
-    match (path.split('?').next().unwrap(), head_only) {
+    let path = path.split('?').next().unwrap();
+    // Routes under /api/ reach the same script.
+    match (path.strip_prefix("/api").unwrap_or(path), head_only) {
         ("/len", false) => b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-kept: 1\r\nConnection: keep-alive, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=60\r\n\r\nhello",
         ("/len", true) => b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-kept: 1\r\n\r\n",
         ("/chunked", _) => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nx-kept: 2\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n",
@@ -55,7 +57,7 @@ async fn recording_upstream() -> (SocketAddr, Arc<Mutex<Vec<Vec<(String, String)
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 loop {
-                    let (head, len, body) = loop {
+                    let (mut head, len, body) = loop {
                         let mut headers = [httparse::EMPTY_HEADER; 64];
                         let mut req = httparse::Request::new(&mut headers);
                         if let Ok(httparse::Status::Complete(len)) = req.parse(&buf) {
@@ -86,6 +88,8 @@ async fn recording_upstream() -> (SocketAddr, Arc<Mutex<Vec<Vec<(String, String)
                             Ok(n) => buf.extend_from_slice(&chunk[..n]),
                         }
                     }
+                    let received = String::from_utf8_lossy(&buf[len..len + body]).to_string();
+                    head.push(("(body)".to_string(), received));
                     buf.drain(..len + body);
                     let target = head[1].1.clone();
                     let head_only = head[0].1 == "HEAD";
@@ -224,21 +228,117 @@ const SEQUENCE: [(&str, &str); 10] = [
 /// Runs SEQUENCE on one client connection; returns the responses and the heads the
 /// upstream saw.
 async fn run_sequence(fast: bool) -> (Vec<Seen>, Vec<Vec<(String, String)>>, Proc) {
+    let requests: Vec<_> = SEQUENCE.iter().map(|&(m, t)| (m, t, None)).collect();
+    run(fast, &requests).await
+}
+
+/// Sends `requests` (method, target, body: with a Content-Length when Some) one after
+/// another on one client connection.
+async fn run(
+    fast: bool,
+    requests: &[(&str, &str, Option<Vec<u8>>)],
+) -> (Vec<Seen>, Vec<Vec<(String, String)>>, Proc) {
     let (up, seen) = recording_upstream().await;
     let cfg = config(up, fast);
     let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
     let mut s = TcpStream::connect(p.proxy).await.unwrap();
     let mut buf = Vec::new();
     let mut responses = Vec::new();
-    for (method, target) in SEQUENCE {
-        let req = format!(
-            "{method} {target} HTTP/1.1\r\nHost: api.test\r\nConnection: X-Hop-Req\r\nX-Hop-Req: 1\r\nKeep-Alive: timeout=5\r\nX-Forwarded-For: 10.0.0.1\r\nX-Request-Id: req-{target}\r\nAccept: */*\r\n\r\n"
-        );
-        s.write_all(req.as_bytes()).await.unwrap();
-        responses.push(read_response(&mut s, &mut buf, method == "HEAD").await);
+    for (method, target, body) in requests {
+        let length = body
+            .as_ref()
+            .map(|b| format!("Content-Length: {}\r\n", b.len()))
+            .unwrap_or_default();
+        let mut req = format!(
+            "{method} {target} HTTP/1.1\r\nHost: api.test\r\nConnection: X-Hop-Req\r\nX-Hop-Req: 1\r\nKeep-Alive: timeout=5\r\nX-Forwarded-For: 10.0.0.1\r\nX-Request-Id: req-{target}\r\nAccept: */*\r\n{length}\r\n"
+        )
+        .into_bytes();
+        req.extend_from_slice(body.as_deref().unwrap_or_default());
+        s.write_all(&req).await.unwrap();
+        responses.push(read_response(&mut s, &mut buf, *method == "HEAD").await);
     }
     let heads = seen.lock().unwrap().clone();
     (responses, heads, p)
+}
+
+#[tokio::test]
+async fn request_bodies_reach_the_upstream_as_on_hypers_path() {
+    let requests = [
+        ("POST", "/len", Some(b"abc".to_vec())),
+        ("POST", "/nocontent", Some(Vec::new())),
+        ("PUT", "/chunked", Some(pattern(20_000))),
+        ("PATCH", "/split", Some(b"{\"a\":1}".to_vec())),
+        ("GET", "/len", None),
+    ];
+    let (fast, fast_heads, fast_proc) = run(true, &requests).await;
+    let (slow, slow_heads, slow_proc) = run(false, &requests).await;
+    assert_eq!(fast, slow);
+    let statuses: Vec<u16> = fast.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 204, 200, 200, 200]);
+    let bodies = |heads: &[Vec<(String, String)>]| -> Vec<(String, Option<String>)> {
+        heads
+            .iter()
+            .map(|h| {
+                let get = |k: &str| h.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+                (get("(body)").unwrap(), get("content-length"))
+            })
+            .collect()
+    };
+    assert_eq!(bodies(&fast_heads), bodies(&slow_heads));
+    assert_eq!(
+        bodies(&fast_heads)[2],
+        (
+            String::from_utf8_lossy(&pattern(20_000)).to_string(),
+            Some("20000".to_string())
+        )
+    );
+    let map = |heads: &[Vec<(String, String)>]| -> Vec<BTreeMap<String, String>> {
+        heads.iter().map(|h| h.iter().cloned().collect()).collect()
+    };
+    assert_eq!(map(&fast_heads), map(&slow_heads));
+    for p in [&fast_proc, &slow_proc] {
+        let m = wait_metrics(p, "5 responses", |m| {
+            sum(m, "statuslens_responses_total", &[("route", "api")]) == 5.0
+        })
+        .await;
+        let sent = sum(&m, "statuslens_request_bytes_total", &[("route", "api")]);
+        assert_eq!(sent, (3 + 20_000 + 7) as f64);
+        let line = p.wait_line(|l| l.contains("\"method\":\"PUT\""));
+        assert!(line.contains("\"bytes_in\":20000"), "{line}");
+    }
+}
+
+#[tokio::test]
+async fn an_unmatched_request_gets_404_and_the_connection_goes_on() {
+    let (up, _) = recording_upstream().await;
+    let cfg = write_config(&format!(
+        "[[routes]]\nname = \"api\"\nmatch = {{ path_prefix = \"/api/\" }}\nupstream = \"http://{up}\"\n"
+    ));
+    let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+    let mut s = TcpStream::connect(p.proxy).await.unwrap();
+    let mut buf = Vec::new();
+    s.write_all(b"GET /elsewhere HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_response(&mut s, &mut buf, false).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.body, b"no statuslens route matches this request\n");
+    s.write_all(b"GET /api/len HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut s, &mut buf, false).await.body, b"hello");
+    let m = wait_metrics(&p, "2 responses", |m| {
+        sum(m, "statuslens_responses_total", &[]) == 2.0
+    })
+    .await;
+    assert_eq!(
+        sum(
+            &m,
+            "statuslens_responses_total",
+            &[("route", "unmatched"), ("code", "404"), ("source", "proxy")]
+        ),
+        1.0
+    );
 }
 
 #[tokio::test]
