@@ -7,7 +7,9 @@
 #   direct (client -> upstream, the limit), nginx (reverse proxy, upstream keepalive),
 #   haproxy (http-reuse always), statuslens (default config: metrics, detection and JSON
 #   access log all on, log written to a file), each proxy with ONE worker/thread, plus
-#   statuslens with its default worker count (one per core), labelled as such.
+#   statuslens with its default worker count (one per core), labelled as such; and nginx
+#   again with a JSON access log of every request (buffered, like statuslens' own), the
+#   like-for-like comparison for statuslens' default of logging every request.
 # Per target: req/s, p50, p99, p99.9, CPU seconds per request of the proxy process
 # (utime+stime from /proc, nginx: master+worker), peak RSS sampled during the run
 # (nginx: the worker). Also HTTP/2 (h2c prior knowledge, h2load) and RSS while holding
@@ -18,6 +20,7 @@
 # Env:   ROUNDS DURATION CONNECTIONS WRK_THREADS H2_CONNECTIONS H2_STREAMS BIG_CONNECTIONS
 #        WARMUP BODIES ("small 1k 64k") BASE_PORT (18480; uses BASE_PORT..BASE_PORT+9)
 #        SL_DEFAULT_THREADS (1: also run statuslens with its default workers; 0: skip)
+#        NGINX_LOG (1: also run nginx with a JSON access log; 0: skip)
 #        RESULTS (output file; default benches/results.md) KEEP=1 (keep the temp dir)
 #        SKIP_BUILD=1 (use the existing target/release/statuslens)
 set -euo pipefail
@@ -34,8 +37,9 @@ WARMUP=${WARMUP:-2}
 BODIES=${BODIES:-"small 1k 64k"}
 BASE_PORT=${BASE_PORT:-18480}
 SL_DEFAULT_THREADS=${SL_DEFAULT_THREADS:-1}
+NGINX_LOG=${NGINX_LOG:-1}
 RESULTS=${RESULTS:-$ROOT/benches/results.md}
-CMDLINE="ROUNDS=$ROUNDS DURATION=$DURATION CONNECTIONS=$CONNECTIONS bash benches/compare.sh"
+CMDLINE="SL_DEFAULT_THREADS=$SL_DEFAULT_THREADS NGINX_LOG=$NGINX_LOG ROUNDS=$ROUNDS DURATION=$DURATION CONNECTIONS=$CONNECTIONS bash benches/compare.sh"
 
 log() { printf '[compare %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -99,9 +103,10 @@ P_NGX=$((BASE_PORT + 2)) P_NGX_H2=$((BASE_PORT + 3))
 P_HAP=$((BASE_PORT + 4)) P_HAP_H2=$((BASE_PORT + 5))
 P_SL1=$((BASE_PORT + 6)) P_SL1_ADMIN=$((BASE_PORT + 7))
 P_SL2=$((BASE_PORT + 8)) P_SL2_ADMIN=$((BASE_PORT + 9))
+P_NGL=$((BASE_PORT + 10)) P_NGL_H2=$((BASE_PORT + 11))
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in $(seq "$BASE_PORT" $((BASE_PORT + 9))); do
+for p in $(seq "$BASE_PORT" $((BASE_PORT + 11))); do
     ! port_open "$p" || die "port $p is in use (set BASE_PORT)"
 done
 wait_port() { # port pid name
@@ -170,14 +175,17 @@ EOF
 } >"$d/nginx.conf"
 start_nginx upstream
 
-# nginx as reverse proxy (upstream keepalive), h2c prior knowledge on a second port
-d=$WORK/nginx
-mkdir -p "$d/tmp"
-{
-    nginx_common "$d"
-    cat <<EOF
+# nginx as reverse proxy (upstream keepalive), h2c prior knowledge on a second port;
+# nginx_proxy name port h2port extra-http-lines extra-server-lines
+nginx_proxy() {
+    local d=$WORK/$1
+    mkdir -p "$d/tmp"
+    {
+        nginx_common "$d"
+        cat <<EOF
 http {
 $(nginx_http_common "$d")
+$4
     upstream up {
         server 127.0.0.1:$P_UP;
         keepalive 128;
@@ -185,8 +193,9 @@ $(nginx_http_common "$d")
         keepalive_timeout 300s;
     }
     server {
-        listen 127.0.0.1:$P_NGX backlog=4096;
-        listen 127.0.0.1:$P_NGX_H2 http2 backlog=4096;
+        listen 127.0.0.1:$2 backlog=4096;
+        listen 127.0.0.1:$3 http2 backlog=4096;
+$5
         location / {
             proxy_pass http://up;
             proxy_http_version 1.1;
@@ -195,8 +204,18 @@ $(nginx_http_common "$d")
     }
 }
 EOF
-} >"$d/nginx.conf"
-start_nginx nginx
+    } >"$d/nginx.conf"
+    start_nginx "$1"
+}
+nginx_proxy nginx "$P_NGX" "$P_NGX_H2" "" ""
+# the same, logging every request as a JSON line with the fields statuslens' line
+# carries, buffered 64 KiB as statuslens batches its lines (in the server block: an
+# "access_log off" cancels every access_log of its own level, here http)
+NGINX_JSON='{"time":"$time_iso8601","method":"$request_method","uri":"$request_uri","status":$status,"duration_s":$request_time,"bytes_out":$body_bytes_sent,"upstream":"$upstream_addr","upstream_status":"$upstream_status","client":"$remote_addr","request_id":"$request_id"}'
+if [ "$NGINX_LOG" = 1 ]; then
+    nginx_proxy nginxlog "$P_NGL" "$P_NGL_H2" "    log_format json escape=json '$NGINX_JSON';" \
+        "        access_log $WORK/nginxlog/access.log json buffer=64k flush=1s;"
+fi
 
 # haproxy, one thread, http-reuse always; h2c prior knowledge on a second bind
 d=$WORK/haproxy
@@ -244,6 +263,7 @@ start_statuslens sl1 "$P_SL1" "$P_SL1_ADMIN" 1
 wait_port "$P_UP" "$PID_upstream" upstream
 wait_port "$P_UP_H2" "$PID_upstream" upstream
 wait_port "$P_NGX" "$PID_nginx" nginx
+[ "$NGINX_LOG" = 0 ] || wait_port "$P_NGL" "$PID_nginxlog" nginxlog
 wait_port "$P_HAP" "$PID_haproxy" haproxy
 wait_port "$P_SL1" "$PID_sl1" sl1
 wait_port "$P_SL1_ADMIN" "$PID_sl1" sl1
@@ -252,7 +272,9 @@ if [ "$SL_DEFAULT_THREADS" != 0 ]; then
     wait_port "$P_SL2_ADMIN" "$PID_sl2" sl2
 fi
 # nginx workers: RSS is the worker's; CPU is master + worker
-for n in upstream nginx; do
+NGINX_NAMES=(upstream nginx)
+[ "$NGINX_LOG" = 0 ] || NGINX_NAMES+=(nginxlog)
+for n in "${NGINX_NAMES[@]}"; do
     pid_var=PID_$n
     w=""
     for i in $(seq 100); do
@@ -266,7 +288,9 @@ for n in upstream nginx; do
 done
 
 # ---------------------------------------------------------------- targets
-TARGETS=(direct nginx haproxy sl1)
+TARGETS=(direct nginx)
+[ "$NGINX_LOG" = 0 ] || TARGETS+=(nginxlog)
+TARGETS+=(haproxy sl1)
 [ "$SL_DEFAULT_THREADS" = 0 ] || TARGETS+=(sl2)
 nworkers() { # proxy worker threads of a pid
     grep -lE '^statuslens-w[0-9]+$' /proc/"$1"/task/*/comm 2>/dev/null | wc -l
@@ -278,6 +302,7 @@ label() {
     case $1 in
     direct) echo "direct (upstream, no proxy)" ;;
     nginx) echo "nginx $(nginx -v 2>&1 | sed 's|.*/||') (1 worker)" ;;
+    nginxlog) echo "nginx, JSON access log on (1 worker)" ;;
     haproxy) echo "haproxy $(haproxy -v | awk 'NR==1{print $3}' | sed 's/-.*//') (nbthread 1)" ;;
     sl1) echo "**statuslens** (1 worker)" ;;
     sl2) echo "statuslens (default: $SL2_WORKERS workers)" ;;
@@ -287,6 +312,7 @@ port_of() { # target proto
     case $1:$2 in
     direct:h1) echo "$P_UP" ;; direct:h2) echo "$P_UP_H2" ;;
     nginx:h1) echo "$P_NGX" ;; nginx:h2) echo "$P_NGX_H2" ;;
+    nginxlog:h1) echo "$P_NGL" ;; nginxlog:h2) echo "$P_NGL_H2" ;;
     haproxy:h1) echo "$P_HAP" ;; haproxy:h2) echo "$P_HAP_H2" ;;
     sl1:*) echo "$P_SL1" ;; sl2:*) echo "$P_SL2" ;;
     esac
@@ -295,6 +321,7 @@ cpu_pids() {
     case $1 in
     direct) ;;
     nginx) echo "$PID_nginx $WORKER_nginx" ;;
+    nginxlog) echo "$PID_nginxlog $WORKER_nginxlog" ;;
     haproxy) echo "$PID_haproxy" ;;
     sl1) echo "$PID_sl1" ;; sl2) echo "$PID_sl2" ;;
     esac
@@ -303,6 +330,7 @@ rss_pid() {
     case $1 in
     direct) ;;
     nginx) echo "$WORKER_nginx" ;;
+    nginxlog) echo "$WORKER_nginxlog" ;;
     *) cpu_pids "$1" ;;
     esac
 }
@@ -409,12 +437,14 @@ measure() {
     log "$(printf '%-4s %-5s %-8s r%s  %8s req/s  p50 %6s us  p99 %6s us  p99.9 %6s us  cpu %6s us/req  rss %6s KiB  errors %s' \
         "$proto" "$body" "$t" "$round" "$rps" "$p50" "$p99" "$p999" "$cpu" "$rss" "$errs")"
     # keep the access log from filling the disk; count its lines for the sanity check
-    case $t in sl1 | sl2)
+    case $t in
+    sl1 | sl2)
         local n lv=LOGLINES_$t
         n=$(wc -l <"$WORK/$t/access.log")
         printf -v "$lv" '%s' $((${!lv} + n))
         : >"$WORK/$t/access.log"
         ;;
+    nginxlog) : >"$WORK/nginxlog/access.log" ;;
     esac
 }
 
@@ -517,6 +547,8 @@ ratios() { # proto body
         local name="statuslens (1 worker)"
         [ "$sl" = sl2 ] && name="statuslens (default, ${SL2_WORKERS:-?} workers)"
         echo "| $name / nginx | $(ratio "$1" "$2" "$sl" nginx 5) | $(ratio "$1" "$2" "$sl" nginx $lat) | $(ratio "$1" "$2" "$sl" nginx 9) |"
+        [ "$NGINX_LOG" = 0 ] ||
+            echo "| $name / nginx with access log | $(ratio "$1" "$2" "$sl" nginxlog 5) | $(ratio "$1" "$2" "$sl" nginxlog $lat) | $(ratio "$1" "$2" "$sl" nginxlog 9) |"
         echo "| $name / haproxy | $(ratio "$1" "$2" "$sl" haproxy 5) | $(ratio "$1" "$2" "$sl" haproxy $lat) | $(ratio "$1" "$2" "$sl" haproxy 9) |"
         echo "| $name / direct | $(ratio "$1" "$2" "$sl" direct 5) | $(ratio "$1" "$2" "$sl" direct $lat) | - |"
     done
@@ -533,7 +565,7 @@ REPORT=$WORK/report.md
     echo "- versions: $(nginx -v 2>&1), $(haproxy -v | head -n1 | awk '{print $1, $2, $3}'), $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}'), $(h2load --version 2>&1 | head -n1)"
     echo "- clients: \`wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s\` (p99.9 from a wrk Lua \`done()\`); HTTP/2: \`h2load -c $H2_CONNECTIONS -m $H2_STREAMS -D $DURATION\` (h2c prior knowledge; h2load reports no percentiles, so mean); $ROUNDS rounds, targets interleaved per round, medians shown"
     echo "- upstream: nginx, 1 worker, \`return 200 \"ok\"\` / static 1 KiB / 64 KiB, keepalive_requests 1000000, access_log off"
-    echo "- proxies, 1 worker each: nginx (proxy_http_version 1.1, upstream keepalive 128, access_log off), haproxy (nbthread 1, http-reuse always, no logging), statuslens \`run --upstream\` defaults (metrics + spike detection + JSON access log to a file) with \`--workers 1\` (verified: $SL1_WORKERS proxy worker thread)$([ "$SL_DEFAULT_THREADS" = 0 ] || echo "; also statuslens with its default, $SL2_WORKERS workers (not a like-for-like comparison: 2 workers vs 1)")"
+    echo "- proxies, 1 worker each: nginx (proxy_http_version 1.1, upstream keepalive 128, access_log off$([ "$NGINX_LOG" = 0 ] || echo "; and again with a JSON access log line per request, buffer=64k flush=1s")), haproxy (nbthread 1, http-reuse always, no logging), statuslens \`run --upstream\` defaults (metrics + spike detection + JSON access log to a file) with \`--workers 1\` (verified: $SL1_WORKERS proxy worker thread)$([ "$SL_DEFAULT_THREADS" = 0 ] || echo "; also statuslens with its default, $SL2_WORKERS workers (not a like-for-like comparison: 2 workers vs 1)")"
     echo "- load average (1/5/15 min) before the measured runs: $LOAD_BEFORE, after: $LOAD_AFTER (the benchmark itself keeps about 2 busy; more means other work shared the machine)"
     echo "- CPU µs/req: utime+stime of the proxy process(es) from /proc over the run ÷ requests (nginx: master+worker); RSS: peak VmRSS sampled every 0.2 s during the run (nginx: worker)"
     echo

@@ -263,7 +263,7 @@ pub struct ProxyConfig {
     pub max_in_flight: usize,
     /// Worker threads, each with its own runtime, listener socket and upstream pools.
     pub workers: usize,
-    /// Plain bodiless HTTP/1.1 requests skip hyper (see `fastpath`).
+    /// Plain HTTP/1.1 requests skip hyper (see `fastpath`).
     pub fast_path: bool,
     /// Certificate chain and key files when the proxy listener speaks TLS.
     pub tls: Option<(PathBuf, PathBuf)>,

@@ -1,7 +1,7 @@
-//! The HTTP/1 fast path: plain requests without a body, forwarded without hyper.
+//! The HTTP/1 fast path: plain HTTP/1.1 requests forwarded without hyper.
 //!
-//! Most traffic through an API monitor is small bodiless requests (GET, HEAD, DELETE) on
-//! keep-alive connections, and for those hyper's generality is most of the proxy's CPU:
+//! Most traffic through an API monitor is small requests (GETs, JSON POSTs with a
+//! `Content-Length`) on keep-alive connections, and for those hyper's generality is most of the proxy's CPU:
 //! a dispatch task and channels per upstream connection, a body channel per response, a
 //! pool behind a lock, header maps built and taken apart on both sides. Here one task
 //! per client connection parses the head in place (httparse), writes the rewritten head
@@ -9,11 +9,12 @@
 //! streams the body straight back — the way nginx does it.
 //!
 //! The fast path only takes what it fully understands: an HTTP/1.1 request on a plain
-//! connection, complete in the first read, with no body, upgrade, `Expect` or anything
-//! a limit or a framing check would refuse, on a route with a plain-HTTP upstream.
-//! Anything else — and everything after it on that connection — goes to hyper's path
-//! ([`Handoff`]), with the bytes already read replayed first, so HTTP/2, bodies, TLS,
-//! smuggling probes and oversized heads keep their one well-tested treatment. Each
+//! connection, its head complete in the first read, no body or one plain
+//! `Content-Length` body, no upgrade, `Expect` or anything a limit or a framing check
+//! would refuse, on a route with a plain-HTTP upstream (or on none: the 404). Anything
+//! else — and everything after it on that connection — goes to hyper's path
+//! ([`Handoff`]), with the bytes already read replayed first, so HTTP/2, chunked
+//! bodies, TLS, smuggling probes and oversized heads keep their one tested treatment. Each
 //! request is an [`Exchange`] as on hyper's path: counted once, logged, fed to detection.
 
 use std::collections::VecDeque;

@@ -8,7 +8,7 @@
 //! 2. [`route`] picks the configured route (most specific host + path prefix wins);
 //! 3. [`forward`] answers what the proxy must (404, 413, 414, 431, 503) or streams the
 //!    request to the route's pooled upstream client, mapping failures to 502/504 —
-//!    except plain bodiless HTTP/1.1 requests, which [`fastpath`] forwards without
+//!    except plain HTTP/1.1 requests, which [`fastpath`] forwards without
 //!    hyper (same routing, same exchange, same answers), handing anything else back;
 //! 4. [`observe`] records each request exactly once when its response ends — into
 //!    [`metrics`] (handles resolved at start-up) and the [`access_log`];
