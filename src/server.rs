@@ -304,24 +304,6 @@ impl Accepting {
         let fast = generation.config.proxy.fast_path && !overloaded && self.tls.is_none();
         drop(generation);
         let guard = ConnectionGuard::new(self.clone());
-        let is_tls = self.tls.is_some();
-        let framing = Arc::new(Framing::default());
-        let watched = framing.clone();
-        let live = self.live.clone();
-        // Each request takes the generation current when it arrives and keeps it to its
-        // end: a reload never changes a request in flight.
-        let service = service_fn(move |req| {
-            let arrival = Arrival {
-                client: peer,
-                overloaded,
-                tls: is_tls,
-                defect: framing.next_request_defect(),
-            };
-            let proxy = live.load().proxy.clone();
-            let method = method_index(req.method());
-            let observer = proxy.observer().clone();
-            CatchPanic::start(observer, method, || proxy.handle(req, arrival))
-        });
         // The TLS handshake (if any) runs in the connection's task, bounded like a request
         // head, so a slow handshake never holds up accept(). The watcher, held from here,
         // makes a drain wait for the fast path's connections too.
@@ -348,6 +330,25 @@ impl Accepting {
                     }
                 }
             };
+            // hyper's side, built only for connections that reach it.
+            let is_tls = self.tls.is_some();
+            let framing = Arc::new(Framing::default());
+            let watched = framing.clone();
+            let live = self.live.clone();
+            // Each request takes the generation current when it arrives and keeps it to its
+            // end: a reload never changes a request in flight.
+            let service = service_fn(move |req| {
+                let arrival = Arrival {
+                    client: peer,
+                    overloaded,
+                    tls: is_tls,
+                    defect: framing.next_request_defect(),
+                };
+                let proxy = live.load().proxy.clone();
+                let method = method_index(req.method());
+                let observer = proxy.observer().clone();
+                CatchPanic::start(observer, method, || proxy.handle(req, arrival))
+            });
             let conn = self
                 .builder
                 .serve_connection_with_upgrades(
