@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use common::*;
+use statuslens::fastpath::chunked_end;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -65,15 +66,32 @@ async fn recording_upstream() -> (SocketAddr, Arc<Mutex<Vec<Vec<(String, String)
                                 ("method".to_string(), req.method.unwrap().to_string()),
                                 ("target".to_string(), req.path.unwrap().to_string()),
                             ];
-                            let mut body = 0;
+                            let mut body = Some(0);
                             for h in req.headers.iter() {
                                 let value = String::from_utf8_lossy(h.value).to_string();
                                 if h.name.eq_ignore_ascii_case("content-length") {
-                                    body = value.parse().unwrap();
+                                    body = Some(value.parse().unwrap());
+                                }
+                                if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                                    body = None;
                                 }
                                 head.push((h.name.to_ascii_lowercase(), value));
                             }
                             break (head, len, body);
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    // A chunked body: read until statuslens' own follower finds its end.
+                    let body = loop {
+                        if let Some(n) = body {
+                            break n;
+                        }
+                        if let Ok(Some(n)) = chunked_end([&buf[len..]]) {
+                            break n as usize;
                         }
                         let mut chunk = [0u8; 4096];
                         match s.read(&mut chunk).await {
@@ -445,11 +463,11 @@ async fn pipelined_requests_and_a_handoff_to_hyper_midway_are_all_answered_in_or
     let cfg = config(up, true);
     let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
     let mut s = TcpStream::connect(p.proxy).await.unwrap();
-    // Two fast-path GETs, a POST with a body (hyper's from here on, with the bytes the
-    // fast path had already read), two more GETs — in one write.
+    // Two fast-path GETs, a POST with a chunked body (hyper's from here on, with the
+    // bytes the fast path had already read), two more GETs — in one write.
     let burst = "GET /len HTTP/1.1\r\nHost: a\r\n\r\n\
                  GET /chunked HTTP/1.1\r\nHost: a\r\n\r\n\
-                 POST /len HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc\
+                 POST /len HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
                  GET /nocontent HTTP/1.1\r\nHost: a\r\n\r\n\
                  GET /len HTTP/1.1\r\nHost: a\r\n\r\n";
     s.write_all(burst.as_bytes()).await.unwrap();
@@ -475,6 +493,11 @@ async fn pipelined_requests_and_a_handoff_to_hyper_midway_are_all_answered_in_or
         .iter()
         .map(|h| format!("{} {}", h[0].1, h[1].1))
         .collect();
+    let post_body = seen.lock().unwrap()[2]
+        .iter()
+        .find(|(n, _)| n == "(body)")
+        .map(|(_, v)| v.clone());
+    assert_eq!(post_body.as_deref(), Some("3\r\nabc\r\n0\r\n\r\n"));
     assert_eq!(
         methods,
         [
