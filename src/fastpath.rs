@@ -125,6 +125,17 @@ impl FastRoute {
         None
     }
 
+    /// Closes this worker's idle connections that outlived `idle_timeout` or that the
+    /// upstream closed, so none lingers (in CLOSE_WAIT) until the pool is next used.
+    pub(crate) fn sweep(&self, idle_timeout: Duration) {
+        let mut pool = self.pool().lock().unwrap_or_else(|e| e.into_inner());
+        pool.retain(|idle| {
+            idle.since.elapsed() <= idle_timeout
+                && matches!(idle.conn.io.try_read(&mut [0u8; 1]),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock)
+        });
+    }
+
     fn checkin(&self, mut conn: UpConn, idle_timeout: Duration) {
         if conn.buf.capacity() > UPSTREAM_BUF {
             // Idle connections hold the usual buffer, not one a long response grew.
@@ -169,6 +180,17 @@ impl FastRoute {
             io,
             buf: Vec::with_capacity(UPSTREAM_BUF),
         })
+    }
+}
+
+/// Runs on each worker: once a second, sweeps the worker's upstream pools of the
+/// current generation (see `FastRoute::sweep`).
+pub async fn sweep_pools(live: Arc<Live>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        live.load().proxy.sweep_fast_pools();
     }
 }
 

@@ -178,6 +178,15 @@ impl Proxy {
         Some((&up.cfg, up.fast.as_ref()?))
     }
 
+    /// Closes this worker's stale idle fast-path upstream connections, every route.
+    pub(crate) fn sweep_fast_pools(&self) {
+        for up in &self.upstreams {
+            if let Some(fast) = &up.fast {
+                fast.sweep(up.cfg.idle_timeout);
+            }
+        }
+    }
+
     /// How a route identifies consumers, if it does.
     pub(crate) fn identifier(&self, route: usize) -> Option<&Identifier> {
         self.upstreams.get(route)?.identifier.as_ref()

@@ -266,6 +266,7 @@ impl Accepting {
             }
         };
         let graceful = GracefulShutdown::new();
+        let sweeper = tokio::spawn(crate::fastpath::sweep_pools(self.live.clone()));
         let connection_stop = stop.clone();
         loop {
             tokio::select! {
@@ -283,9 +284,11 @@ impl Accepting {
             }
         }
         drop(listener);
-        tokio::time::timeout(self.drain_timeout, graceful.shutdown())
+        let drained = tokio::time::timeout(self.drain_timeout, graceful.shutdown())
             .await
-            .is_ok()
+            .is_ok();
+        sweeper.abort();
+        drained
     }
 
     fn connection(

@@ -588,3 +588,59 @@ async fn pooled_upstream_connections_are_reused_not_reopened() {
     }
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn idle_pooled_upstream_connections_close_after_idle_timeout_without_traffic() {
+    // An upstream that keeps connections open forever and reports when one closes.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen_close = closed.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let seen_close = seen_close.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await;
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => {
+                            seen_close.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            return;
+                        }
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    let cfg = write_config(&format!(
+        "[[routes]]\nname = \"api\"\nupstream = \"http://{up}\"\nidle_timeout = \"300ms\"\n"
+    ));
+    let p = Proc::start(&["--config", cfg.to_str().unwrap(), "--workers", "1"]);
+    let mut s = TcpStream::connect(p.proxy).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_until_closed(&mut s, "one request")
+        .await
+        .ends_with(b"\r\n\r\nok"));
+    // No more traffic: the pooled connection must still be closed, by the sweep.
+    let start = std::time::Instant::now();
+    while closed.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the idle pooled connection was never closed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
