@@ -7,6 +7,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
 use common::*;
@@ -540,39 +541,49 @@ async fn pipelined_requests_and_a_handoff_to_hyper_midway_are_all_answered_in_or
     );
 }
 
-#[tokio::test]
-async fn pooled_upstream_connections_are_reused_not_reopened() {
+/// A keep-alive upstream answering every request `200 ok` and never closing a
+/// connection itself; counts the connections it accepted and those closed on it.
+async fn ok_upstream() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let up = listener.local_addr().unwrap();
-    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = accepted.clone();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let closed = Arc::new(AtomicUsize::new(0));
+    let (count, seen_close) = (accepted.clone(), closed.clone());
     tokio::spawn(async move {
         loop {
             let Ok((mut s, _)) = listener.accept().await else {
                 return;
             };
-            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            count.fetch_add(1, SeqCst);
+            let seen_close = seen_close.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
                 loop {
                     while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                         buf.drain(..end + 4);
-                        if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                            .await
-                            .is_err()
-                        {
+                        let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if s.write_all(reply).await.is_err() {
                             return;
                         }
                     }
                     match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
+                        Ok(0) | Err(_) => {
+                            seen_close.fetch_add(1, SeqCst);
+                            return;
+                        }
                         Ok(n) => buf.extend_from_slice(&chunk[..n]),
                     }
                 }
             });
         }
     });
+    (up, accepted, closed)
+}
+
+#[tokio::test]
+async fn pooled_upstream_connections_are_reused_not_reopened() {
+    let (up, accepted, _) = ok_upstream().await;
     let cfg = config(up, true);
     let p = Proc::start(&["--config", cfg.to_str().unwrap(), "--workers", "1"]);
     // 50 requests, each on its own client connection, one after another: one upstream
@@ -586,43 +597,12 @@ async fn pooled_upstream_connections_are_reused_not_reopened() {
         assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
         assert!(got.ends_with(b"\r\n\r\nok"));
     }
-    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(accepted.load(SeqCst), 1);
 }
 
 #[tokio::test]
 async fn idle_pooled_upstream_connections_close_after_idle_timeout_without_traffic() {
-    // An upstream that keeps connections open forever and reports when one closes.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up = listener.local_addr().unwrap();
-    let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let seen_close = closed.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                return;
-            };
-            let seen_close = seen_close.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..end + 4);
-                        let _ = s
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                            .await;
-                    }
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => {
-                            seen_close.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                            return;
-                        }
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-            });
-        }
-    });
+    let (up, _, closed) = ok_upstream().await;
     let cfg = write_config(&format!(
         "[[routes]]\nname = \"api\"\nupstream = \"http://{up}\"\nidle_timeout = \"300ms\"\n"
     ));
@@ -636,7 +616,7 @@ async fn idle_pooled_upstream_connections_close_after_idle_timeout_without_traff
         .ends_with(b"\r\n\r\nok"));
     // No more traffic: the pooled connection must still be closed, by the sweep.
     let start = std::time::Instant::now();
-    while closed.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+    while closed.load(SeqCst) == 0 {
         assert!(
             start.elapsed() < DEADLINE,
             "the idle pooled connection was never closed"
