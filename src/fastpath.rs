@@ -62,7 +62,7 @@ pub struct FastRoute {
     connect_to: String,
     /// The Host header the upstream gets under the `upstream` policy (as hyper's client
     /// writes it: the port only when it is not the scheme's default).
-    host: Vec<u8>,
+    pub(crate) host: Vec<u8>,
     /// Idle connections, one pool per worker thread: a worker only ever touches its
     /// own, so the lock is never contended (and a connection stays on the runtime whose
     /// reactor it is registered with).
@@ -70,9 +70,9 @@ pub struct FastRoute {
 }
 
 /// A pooled upstream connection with its read buffer.
-struct UpConn {
-    io: TcpStream,
-    buf: Vec<u8>,
+pub(crate) struct UpConn {
+    pub(crate) io: TcpStream,
+    pub(crate) buf: Vec<u8>,
 }
 
 struct Idle {
@@ -107,7 +107,7 @@ impl FastRoute {
     }
 
     /// An idle connection that still looks usable, if the pool has one.
-    fn checkout(&self, idle_timeout: Duration) -> Option<UpConn> {
+    pub(crate) fn checkout(&self, idle_timeout: Duration) -> Option<UpConn> {
         let mut pool = self.pool().lock().unwrap_or_else(|e| e.into_inner());
         while let Some(idle) = pool.pop_back() {
             if idle.since.elapsed() > idle_timeout {
@@ -136,7 +136,7 @@ impl FastRoute {
         });
     }
 
-    fn checkin(&self, mut conn: UpConn, idle_timeout: Duration) {
+    pub(crate) fn checkin(&self, mut conn: UpConn, idle_timeout: Duration) {
         if conn.buf.capacity() > UPSTREAM_BUF {
             // Idle connections hold the usual buffer, not one a long response grew.
             conn.buf = Vec::with_capacity(UPSTREAM_BUF);
@@ -156,7 +156,7 @@ impl FastRoute {
         }
     }
 
-    async fn connect(&self, timeout: Duration) -> std::io::Result<UpConn> {
+    pub(crate) async fn connect(&self, timeout: Duration) -> std::io::Result<UpConn> {
         let attempt = async {
             let mut last = None;
             for addr in tokio::net::lookup_host(self.connect_to.as_str()).await? {
@@ -921,7 +921,7 @@ fn local_head(out: &mut Vec<u8>, status: StatusCode, len: usize, close: bool) {
 
 /// How the upstream's response body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Body {
+pub(crate) enum Body {
     None,
     Length(u64),
     Chunked,
@@ -977,20 +977,21 @@ enum Parsed {
     Partial,
 }
 
-/// Parses a response head at the front of `buf`; for a final one, writes the client's
-/// head into `out`: the upstream's status line and end-to-end fields, the framing this
-/// proxy sends, `Connection: close` when `close`, a `Date` if the upstream sent none.
-fn parse_head(
-    buf: &[u8],
-    head_only: bool,
-    close: bool,
-    out: &mut Vec<u8>,
-) -> Result<Parsed, UpstreamErrorKind> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
+/// A response head's first line, parsed into `resp`.
+enum Line {
+    Final { len: usize, status: u16 },
+    Interim(usize),
+    Partial,
+}
+
+/// Parses the response head at the front of `buf` into `resp`.
+fn response_line<'b>(
+    resp: &mut httparse::Response<'_, 'b>,
+    buf: &'b [u8],
+) -> Result<Line, UpstreamErrorKind> {
     let len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Ok(httparse::Status::Partial) => return Ok(Line::Partial),
         Err(_) => return Err(UpstreamErrorKind::Protocol),
     };
     let status = resp.code.ok_or(UpstreamErrorKind::Protocol)?;
@@ -1001,8 +1002,38 @@ fn parse_head(
         return Err(UpstreamErrorKind::Protocol);
     }
     if (100..200).contains(&status) {
-        return Ok(Parsed::Interim(len));
+        return Ok(Line::Interim(len));
     }
+    Ok(Line::Final { len, status })
+}
+
+/// What a final response head's fields say: its framing (RFC 9112 §6.3), whether the
+/// connection stays open, and what each field is.
+struct Scan<'b> {
+    body: Body,
+    /// The connection can carry another request after this response.
+    keep_alive: bool,
+    dated: bool,
+    /// Some field concerns quotas or `Retry-After`.
+    quota: bool,
+    /// Fields `Connection` names: hop-by-hop.
+    named: Named<'b>,
+    fields: [Field; MAX_RESPONSE_HEADERS],
+}
+
+impl Scan<'_> {
+    /// The body is re-framed (chunked to the client): its `Content-Length`, if any,
+    /// must not reach the client beside the new framing (the response-smuggling shape).
+    fn reframed(&self) -> bool {
+        matches!(self.body, Body::Chunked | Body::UntilClose)
+    }
+}
+
+fn scan<'b>(
+    resp: &httparse::Response<'_, 'b>,
+    status: u16,
+    head_only: bool,
+) -> Result<Scan<'b>, UpstreamErrorKind> {
     let mut keep_alive = resp.version == Some(1);
     let mut length: Option<u64> = None;
     let mut chunked = None;
@@ -1056,18 +1087,54 @@ fn parse_head(
             (None, None) => Body::UntilClose,
         }
     };
-    let quota_headers = quota.then(|| {
-        let mut map = HeaderMap::new();
-        for h in resp.headers.iter() {
-            if let (Ok(n), Ok(v)) = (
-                HeaderName::from_bytes(h.name.as_bytes()),
-                HeaderValue::from_bytes(h.value),
-            ) {
-                map.append(n, v);
-            }
+    Ok(Scan {
+        body,
+        keep_alive: keep_alive && body != Body::UntilClose,
+        dated,
+        quota,
+        named,
+        fields,
+    })
+}
+
+/// The response's fields as a map (`keep` picks which).
+fn header_map(
+    resp: &httparse::Response<'_, '_>,
+    mut keep: impl FnMut(usize, &[u8]) -> bool,
+) -> HeaderMap {
+    let mut map = HeaderMap::with_capacity(resp.headers.len());
+    for (i, h) in resp.headers.iter().enumerate() {
+        if !keep(i, h.name.as_bytes()) {
+            continue;
         }
-        map
-    });
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) {
+            map.append(n, v);
+        }
+    }
+    map
+}
+
+/// Parses a response head at the front of `buf`; for a final one, writes the client's
+/// head into `out`: the upstream's status line and end-to-end fields, the framing this
+/// proxy sends, `Connection: close` when `close`, a `Date` if the upstream sent none.
+fn parse_head(
+    buf: &[u8],
+    head_only: bool,
+    close: bool,
+    out: &mut Vec<u8>,
+) -> Result<Parsed, UpstreamErrorKind> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let (len, status) = match response_line(&mut resp, buf)? {
+        Line::Final { len, status } => (len, status),
+        Line::Interim(len) => return Ok(Parsed::Interim(len)),
+        Line::Partial => return Ok(Parsed::Partial),
+    };
+    let scan = scan(&resp, status, head_only)?;
+    let quota_headers = scan.quota.then(|| header_map(&resp, |_, _| true));
 
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -1075,15 +1142,13 @@ fn parse_head(
     out.push(b' ');
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    // A re-framed body keeps no Content-Length beside its chunks: two framings to the
-    // client is the response-smuggling shape.
-    let reframed = matches!(body, Body::Chunked | Body::UntilClose);
-    for (h, field) in resp.headers.iter().zip(fields) {
+    let reframed = scan.reframed();
+    for (h, field) in resp.headers.iter().zip(scan.fields) {
         let name = h.name.as_bytes();
         let passed = match field {
             Field::Framing => !reframed && name.len() == 14,
             Field::Connection | Field::HopByHop | Field::Upgrade => false,
-            _ => !named.contains(name),
+            _ => !scan.named.contains(name),
         };
         if passed {
             put_header(out, name, h.value);
@@ -1095,7 +1160,7 @@ fn parse_head(
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
-    if !dated {
+    if !scan.dated {
         out.extend_from_slice(b"date: ");
         http_date(out);
         out.extend_from_slice(b"\r\n");
@@ -1104,18 +1169,62 @@ fn parse_head(
     Ok(Parsed::Final(Head {
         len,
         status,
-        body,
-        keep_alive: keep_alive && body != Body::UntilClose,
+        body: scan.body,
+        keep_alive: scan.keep_alive,
         quota_headers,
+    }))
+}
+
+/// A final upstream response head as `http` parts, for [`crate::fastclient`].
+pub(crate) struct ResponseHead {
+    /// Its length in the buffer.
+    pub(crate) len: usize,
+    pub(crate) status: StatusCode,
+    /// Every field but a `Content-Length` beside other framing (the rest of the
+    /// hop-by-hop fields go where hyper's responses lose theirs).
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Body,
+    pub(crate) keep_alive: bool,
+}
+
+/// A response head at the front of `buf`, as [`parse_head`] reads it.
+pub(crate) enum HeadParts {
+    Final(ResponseHead),
+    Interim(usize),
+    Partial,
+}
+
+/// Parses a response head at the front of `buf` into `http` parts.
+pub(crate) fn parse_parts(buf: &[u8], head_only: bool) -> Result<HeadParts, UpstreamErrorKind> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let (len, status) = match response_line(&mut resp, buf)? {
+        Line::Final { len, status } => (len, status),
+        Line::Interim(len) => return Ok(HeadParts::Interim(len)),
+        Line::Partial => return Ok(HeadParts::Partial),
+    };
+    let scan = scan(&resp, status, head_only)?;
+    let reframed = scan.reframed();
+    let headers = header_map(&resp, |i, name| {
+        !(reframed && scan.fields[i] == Field::Framing && name.len() == 14)
+    });
+    Ok(HeadParts::Final(ResponseHead {
+        len,
+        status: StatusCode::from_u16(status).map_err(|_| UpstreamErrorKind::Protocol)?,
+        headers,
+        body: scan.body,
+        keep_alive: scan.keep_alive,
     }))
 }
 
 /// Follows a chunked body (RFC 9112 §7.1) to find where it ends; bytes pass verbatim.
 #[derive(Debug, Default)]
-struct Chunks {
+pub(crate) struct Chunks {
     state: ChunkState,
     /// Chunk data seen so far (what the client's body holds, framing aside).
-    data: u64,
+    pub(crate) data: u64,
+    /// The trailer section's bytes, when collected (see `collecting_trailers`).
+    trailers: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
@@ -1137,13 +1246,33 @@ enum ChunkState {
     Done,
 }
 
+/// Most trailer bytes kept for a decoded body; more is a protocol error.
+const MAX_TRAILER_BYTES: usize = 16 * 1024;
+
 impl Chunks {
-    fn done(&self) -> bool {
+    /// A follower that also keeps the trailer section, for [`Chunks::trailers`].
+    pub(crate) fn collecting_trailers() -> Chunks {
+        Chunks {
+            trailers: Some(Vec::new()),
+            ..Chunks::default()
+        }
+    }
+
+    pub(crate) fn done(&self) -> bool {
         self.state == ChunkState::Done
     }
 
     /// Follows `data`; Some(n) when the body ends after its first n bytes.
     fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, ()> {
+        self.feed_with(data, |_| {})
+    }
+
+    /// Follows `data` as `feed` does, telling `on_data` where chunk data lies in it.
+    pub(crate) fn feed_with(
+        &mut self,
+        data: &[u8],
+        mut on_data: impl FnMut(std::ops::Range<usize>),
+    ) -> Result<Option<usize>, ()> {
         use ChunkState::*;
         let mut i = 0;
         while i < data.len() {
@@ -1170,6 +1299,7 @@ impl Chunks {
                 },
                 Data(left) => {
                     let take = (left as usize).min(data.len() - i);
+                    on_data(i..i + take);
                     i += take;
                     self.data += take as u64;
                     let left = left - take as u64;
@@ -1179,6 +1309,19 @@ impl Chunks {
                 DataCr if b == b'\r' => DataLf,
                 DataCr | DataLf if b == b'\n' => SizeStart,
                 DataCr | DataLf => return Err(()),
+                TrailerLineStart | TrailerLine if self.trailers.is_some() => {
+                    let kept = self.trailers.as_mut().expect("checked");
+                    if kept.len() >= MAX_TRAILER_BYTES {
+                        return Err(());
+                    }
+                    kept.push(b);
+                    match (self.state, b) {
+                        (TrailerLineStart, b'\n') => Done,
+                        (TrailerLineStart, b'\r') => TrailerLineStart,
+                        (_, b'\n') => TrailerLineStart,
+                        _ => TrailerLine,
+                    }
+                }
                 TrailerLineStart if b == b'\n' => Done,
                 TrailerLineStart if b == b'\r' => TrailerLineStart,
                 TrailerLineStart | TrailerLine if b == b'\n' => TrailerLineStart,
@@ -1191,6 +1334,29 @@ impl Chunks {
             }
         }
         Ok(None)
+    }
+}
+
+impl Chunks {
+    /// The trailer fields of a finished body followed with `collecting_trailers`.
+    pub(crate) fn trailers(&self) -> Option<HeaderMap> {
+        let kept = self.trailers.as_ref().filter(|t| t.len() > 2)?;
+        let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+        match httparse::parse_headers(kept, &mut fields) {
+            Ok(httparse::Status::Complete((_, fields))) => {
+                let mut map = HeaderMap::new();
+                for f in fields {
+                    if let (Ok(n), Ok(v)) = (
+                        HeaderName::from_bytes(f.name.as_bytes()),
+                        HeaderValue::from_bytes(f.value),
+                    ) {
+                        map.append(n, v);
+                    }
+                }
+                (!map.is_empty()).then_some(map)
+            }
+            _ => None,
+        }
     }
 }
 

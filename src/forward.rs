@@ -25,6 +25,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::config::{Config, HostHeader, ProxyConfig, RouteConfig};
 use crate::consumer::Identifier;
+use crate::fastclient;
 use crate::fastpath::FastRoute;
 use crate::framing::Defect;
 use crate::metrics::{Source, UpstreamErrorKind};
@@ -318,11 +319,35 @@ impl Proxy {
         parts.uri = uri;
         // The upstream speaks HTTP/1.1 whatever the client spoke (h2c included).
         parts.version = Version::HTTP_11;
-        let state = Arc::new(RequestBodyState::default());
-        ex.track_request_body(state.clone());
         if let Some(id) = &up.identifier {
             ex.set_consumer(id.identify(&parts.headers, client.ip()));
         }
+        if up.fast.is_some() && fastclient::takes(&parts.method, &body, upgrade) {
+            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            let sent = fastclient::send(self.clone(), route, &parts, path);
+            let resp = match tokio::time::timeout(up.cfg.timeout, sent).await {
+                Ok(Ok(resp)) => resp,
+                Ok(Err((kind, detail))) => {
+                    let (status, why) = upstream_failure(&ex, &up.cfg, kind, &detail);
+                    return Ok(local(ex, status, why));
+                }
+                Err(_elapsed) => {
+                    let (status, why) =
+                        upstream_failure(&ex, &up.cfg, UpstreamErrorKind::Timeout, "");
+                    return Ok(local(ex, status, why));
+                }
+            };
+            self.note_response(route, &mut ex, resp.status(), resp.headers());
+            let (parts, body) = resp.into_parts();
+            return Ok(to_client(
+                parts,
+                ResponseInner::Pooled(body),
+                ex,
+                client_version,
+            ));
+        }
+        let state = Arc::new(RequestBodyState::default());
+        ex.track_request_body(state.clone());
         let counter = self.observer.metrics.route(route).request_bytes.clone();
         let body = RequestBody::new(
             body,
@@ -361,9 +386,7 @@ impl Proxy {
         };
 
         // Phase 4: respond.
-        let status = resp.status().as_u16();
-        ex.respond(status, Source::Upstream);
-        note_upstream_headers(&self.observer, route, &mut ex, status, resp.headers());
+        self.note_response(route, &mut ex, resp.status(), resp.headers());
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
@@ -375,15 +398,25 @@ impl Proxy {
                 ));
             }
         }
-        let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers, false);
-        // The client hears its own protocol version: an HTTP/1.0 upstream must not turn
-        // an HTTP/1.1 client's keep-alive connection into a one-shot one.
-        parts.version = client_version;
-        Ok(Response::from_parts(
+        let (parts, body) = resp.into_parts();
+        Ok(to_client(
             parts,
-            ObservedBody::new(ResponseInner::Upstream(body), ex),
+            ResponseInner::Upstream(body),
+            ex,
+            client_version,
         ))
+    }
+
+    /// Counts an upstream's response status and what its headers say.
+    fn note_response(
+        &self,
+        route: usize,
+        ex: &mut Exchange,
+        status: StatusCode,
+        headers: &HeaderMap,
+    ) {
+        ex.respond(status.as_u16(), Source::Upstream);
+        note_upstream_headers(&self.observer, route, ex, status.as_u16(), headers);
     }
 
     fn check_limits(&self, req: &Request<Incoming>) -> Option<StatusCode> {
@@ -468,6 +501,20 @@ pub(crate) fn upstream_failure(
         _ => "the upstream closed the connection before responding\n",
     };
     (StatusCode::BAD_GATEWAY, why)
+}
+
+/// The client's response from an upstream's: hop-by-hop fields gone, the body observed.
+fn to_client(
+    mut parts: http::response::Parts,
+    body: ResponseInner,
+    ex: Exchange,
+    client_version: Version,
+) -> Response<ObservedBody> {
+    strip_hop_by_hop(&mut parts.headers, false);
+    // The client hears its own protocol version: an HTTP/1.0 upstream must not turn
+    // an HTTP/1.1 client's keep-alive connection into a one-shot one.
+    parts.version = client_version;
+    Response::from_parts(parts, ObservedBody::new(body, ex))
 }
 
 /// A response the proxy makes itself, counted with `source="proxy"`.

@@ -10,6 +10,8 @@
 //!    request to the route's pooled upstream client, mapping failures to 502/504 —
 //!    except plain HTTP/1.1 requests, which [`fastpath`] forwards without
 //!    hyper (same routing, same exchange, same answers), handing anything else back;
+//!    bodiless requests hyper parsed (h2c, TLS) use the fast path's upstream pools
+//!    through [`fastclient`];
 //! 4. [`observe`] records each request exactly once when its response ends — into
 //!    [`metrics`] (handles resolved at start-up) and the [`access_log`];
 //! 5. [`detect`] turns the per-second counts of each route × signal into live spikes;
@@ -74,6 +76,7 @@ pub mod consumer;
 pub mod demo;
 pub mod detect;
 pub mod duration;
+pub mod fastclient;
 pub mod fastpath;
 pub mod forward;
 pub mod framing;

@@ -366,10 +366,15 @@ impl Body for RequestBody {
     }
 }
 
+/// Errors a response body hands hyper: its upstream's, whichever client read it.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// A response body: the upstream's, or a short one the proxy made.
 pub enum ResponseInner {
     /// Streamed from the upstream.
     Upstream(hyper::body::Incoming),
+    /// Streamed from a connection of the fast path's pools (see `fastclient`).
+    Pooled(crate::fastclient::UpstreamBody),
     /// Made by statuslens (errors) — or empty.
     Local(Option<Bytes>),
     /// A body whose polling panics, to test panic isolation.
@@ -403,6 +408,7 @@ impl ObservedBody {
     fn inner_ended(&self) -> bool {
         match &self.inner {
             ResponseInner::Upstream(b) => b.is_end_stream(),
+            ResponseInner::Pooled(b) => b.is_end_stream(),
             ResponseInner::Local(b) => b.is_none(),
             #[cfg(test)]
             ResponseInner::Panics => false,
@@ -418,12 +424,12 @@ impl ObservedBody {
 
 impl Body for ObservedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let before = crate::isolate::failures();
         if let Some(polled) = crate::isolate::catch("response body", || this.poll_observed(cx)) {
@@ -444,6 +450,7 @@ impl Body for ObservedBody {
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             ResponseInner::Upstream(b) => b.size_hint(),
+            ResponseInner::Pooled(b) => b.size_hint(),
             ResponseInner::Local(b) => {
                 SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
             }
@@ -457,10 +464,11 @@ impl ObservedBody {
     fn poll_observed(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self;
         let polled = match &mut this.inner {
-            ResponseInner::Upstream(b) => Pin::new(b).poll_frame(cx),
+            ResponseInner::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+            ResponseInner::Pooled(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
             ResponseInner::Local(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
             #[cfg(test)]
             ResponseInner::Panics => panic!("response body bug"),
@@ -470,7 +478,9 @@ impl ObservedBody {
                 if let (Some(data), Some(ex)) = (frame.data_ref(), this.exchange.as_mut()) {
                     ex.sent(data.len() as u64);
                 }
-                if this.inner_ended() {
+                // Trailers end a body, though hyper's `Incoming` only says so when
+                // polled once more — which hyper's HTTP/2 server never does.
+                if frame.is_trailers() || this.inner_ended() {
                     this.finish();
                 }
                 Poll::Ready(Some(Ok(frame)))

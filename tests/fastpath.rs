@@ -1,7 +1,8 @@
 //! The HTTP/1 fast path against hyper's path: the same traffic through statuslens with
 //! `proxy.fast_path` on and off must reach the upstream and come back to the client the
 //! same way, and be counted the same; connections the fast path hands to hyper midway
-//! (a body, a bare LF) carry on without losing a byte.
+//! (a body, a bare LF) carry on without losing a byte. Requests hyper parses (h2c)
+//! use the fast path's upstream pools when it is on (`fastclient`): the same holds.
 
 mod common;
 
@@ -10,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use common::*;
 use statuslens::fastpath::chunked_end;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,6 +31,7 @@ fn scripted(path: &str, head_only: bool) -> &'static [u8] {
         ("/close", _) => b"HTTP/1.0 200 OK\r\nx-kept: 4\r\n\r\nuntil the upstream closes",
         ("/split", _) => b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nlater!",
         ("/big", _) => big_response(),
+        ("/trailers", _) => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\n\r\n3\r\nabc\r\n0\r\nx-checksum: 42\r\n\r\n",
         _ => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
     }
 }
@@ -623,4 +626,236 @@ async fn idle_pooled_upstream_connections_close_after_idle_timeout_without_traff
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// What an h2c client gets: status, headers (`date` left out), body, trailers.
+type H2Seen = (
+    u16,
+    BTreeMap<String, String>,
+    Bytes,
+    Option<BTreeMap<String, String>>,
+);
+
+fn header_map(h: &http::HeaderMap) -> BTreeMap<String, String> {
+    h.iter()
+        .filter(|(n, _)| *n != "date")
+        .map(|(n, v)| {
+            (
+                n.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Sends `requests` one after another on one h2c connection through statuslens.
+async fn run_h2(
+    fast: bool,
+    requests: &[(&str, &str)],
+) -> (Vec<H2Seen>, Vec<BTreeMap<String, String>>, Proc) {
+    let (up, seen) = recording_upstream().await;
+    let cfg = config(up, fast);
+    let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+    let c = h2_client();
+    let mut responses = Vec::new();
+    for (method, target) in requests {
+        let req = http::Request::builder()
+            .method(*method)
+            .uri(format!("http://{}{target}", p.proxy))
+            .header("x-forwarded-for", "10.0.0.1")
+            .header("x-request-id", format!("req-{target}"))
+            .header("accept", "*/*")
+            .body(full(Bytes::new()))
+            .unwrap();
+        let resp = tokio::time::timeout(DEADLINE, c.request(req))
+            .await
+            .expect("response within the deadline")
+            .expect("response");
+        let (parts, body) = resp.into_parts();
+        let body = tokio::time::timeout(DEADLINE, http_body_util::BodyExt::collect(body))
+            .await
+            .expect("body within the deadline")
+            .expect("body");
+        let trailers = body.trailers().map(header_map);
+        responses.push((
+            parts.status.as_u16(),
+            header_map(&parts.headers),
+            body.to_bytes(),
+            trailers,
+        ));
+    }
+    // The proxy's own port differs between runs; the rest must not.
+    let proxy = p.proxy.to_string();
+    let heads = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            h.iter()
+                .map(|(n, v)| (n.clone(), v.replace(&proxy, "PROXY")))
+                .collect()
+        })
+        .collect();
+    (responses, heads, p)
+}
+
+#[tokio::test]
+async fn h2c_requests_on_the_fast_pools_are_answered_as_by_hypers_client() {
+    let mut requests = SEQUENCE.to_vec();
+    requests.push(("GET", "/trailers"));
+    let (fast, fast_heads, fast_proc) = run_h2(true, &requests).await;
+    let (slow, slow_heads, slow_proc) = run_h2(false, &requests).await;
+    assert_eq!(fast.len(), requests.len());
+    for (i, (f, s)) in fast.iter().zip(&slow).enumerate() {
+        assert_eq!(
+            f, s,
+            "response {i} ({:?}) differs: pools vs hyper's client",
+            requests[i]
+        );
+    }
+    let got: Vec<(u16, &[u8])> = fast.iter().map(|r| (r.0, &r.2[..])).collect();
+    let big = pattern(100_000);
+    assert_eq!(
+        got,
+        [
+            (200, &b"hello"[..]),
+            (200, b"hello world"),
+            (201, b"ok"),
+            (200, b""),
+            (204, b""),
+            (429, b"slow"),
+            (200, b"until the upstream closes"),
+            (200, b"later!"),
+            (200, &big[..]),
+            (200, b"hello"),
+            (200, b"abc"),
+        ]
+    );
+    assert_eq!(fast[0].1["x-kept"], "1");
+    assert!(!fast[0].1.contains_key("x-hop"), "{:?}", fast[0]);
+    assert_eq!(fast[3].1["content-length"], "5", "HEAD keeps the length");
+    let trailers = fast[10].3.as_ref().expect("the upstream's trailers");
+    assert_eq!(trailers["x-checksum"], "42");
+
+    assert_eq!(fast_heads, slow_heads);
+    assert_eq!(fast_heads.len(), requests.len());
+    let first = &fast_heads[0];
+    assert_eq!(first["target"], "/len?q=1");
+    assert_eq!(first["host"], "PROXY");
+    assert_eq!(first["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+    assert_eq!(first["x-request-id"], "req-/len?q=1");
+
+    for p in [&fast_proc, &slow_proc] {
+        let m = wait_metrics(p, "11 responses", |m| {
+            sum(m, "statuslens_responses_total", &[("route", "api")]) == 11.0
+        })
+        .await;
+        for (code, n) in [("200", 8.0), ("201", 1.0), ("204", 1.0), ("429", 1.0)] {
+            let got = sum(&m, "statuslens_responses_total", &[("code", code)]);
+            assert_eq!(got, n, "code {code}");
+        }
+        assert_eq!(
+            sum(&m, "statuslens_upstream_quota_limit", &[("route", "api")]),
+            100.0
+        );
+        let bytes = sum(&m, "statuslens_response_bytes_total", &[("route", "api")]);
+        assert_eq!(bytes, (5 + 11 + 2 + 4 + 25 + 6 + 100_000 + 5 + 3) as f64);
+        let line = p.wait_line(|l| l.contains("\"status\":429"));
+        assert!(line.contains("\"retry_after_s\":7"), "{line}");
+    }
+}
+
+#[tokio::test]
+async fn h2c_and_http1_requests_share_the_fast_paths_upstream_connections() {
+    let (up, accepted, _) = ok_upstream().await;
+    let cfg = config(up, true);
+    let p = Proc::start(&["--config", cfg.to_str().unwrap(), "--workers", "1"]);
+    // An HTTP/1.1 request (the fast path), then 20 one after another, each on a new
+    // h2c connection: one upstream connection, from the fast path's pool, serves all.
+    let mut s = TcpStream::connect(p.proxy).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_until_closed(&mut s, "HTTP/1.1 response")
+        .await
+        .ends_with(b"\r\n\r\nok"));
+    for _ in 0..20 {
+        let (parts, body) = get(&h2_client(), &format!("http://{}/", p.proxy)).await;
+        assert_eq!(parts.status, 200);
+        assert_eq!(&body[..], b"ok");
+    }
+    assert_eq!(accepted.load(SeqCst), 1);
+}
+
+#[tokio::test]
+async fn h2c_upstream_failures_are_answered_as_by_hypers_client() {
+    let refused = closed_port();
+    let garbage = raw_upstream(b"this is not http\r\n\r\n").await;
+    let cut = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Le").await;
+    let short = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf").await;
+    // Accepts, reads, never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let mut answers = Vec::new();
+    for fast in [true, false] {
+        let route = |name: &str, up: SocketAddr| {
+            format!("[[routes]]\nname = \"{name}\"\nmatch = {{ path_prefix = \"/{name}/\" }}\nupstream = \"http://{up}\"\ntimeout = \"300ms\"\n")
+        };
+        let cfg = write_config(&format!(
+            "[proxy]\nfast_path = {fast}\n{}{}{}{}{}",
+            route("refused", refused),
+            route("garbage", garbage),
+            route("cut", cut),
+            route("short", short),
+            route("silent", silent_addr),
+        ));
+        let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+        let c = h2_client();
+        let mut got = Vec::new();
+        for name in ["refused", "garbage", "cut", "silent"] {
+            let (parts, body) = get(&c, &p.url(&format!("/{name}/x"))).await;
+            got.push((parts.status.as_u16(), body));
+        }
+        // A body the upstream breaks off: the client sees its status, then a reset.
+        let resp = c
+            .request(
+                http::Request::get(p.url("/short/x"))
+                    .body(full(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .is_err());
+        let m = wait_metrics(&p, "5 responses", |m| {
+            sum(m, "statuslens_responses_total", &[]) == 5.0
+        })
+        .await;
+        for (route, kind) in [
+            ("refused", "connect"),
+            ("garbage", "protocol"),
+            ("cut", "reset"),
+            ("silent", "timeout"),
+            ("short", "reset"),
+        ] {
+            let errors = [("route", route), ("kind", kind)];
+            assert_eq!(
+                sum(&m, "statuslens_upstream_errors_total", &errors),
+                1.0,
+                "{route} {kind} (fast: {fast})"
+            );
+        }
+        answers.push(got);
+    }
+    assert_eq!(answers[0], answers[1]);
+    let statuses: Vec<u16> = answers[0].iter().map(|a| a.0).collect();
+    assert_eq!(statuses, [502, 502, 502, 504]);
 }
