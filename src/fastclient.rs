@@ -256,31 +256,9 @@ impl Body for UpstreamBody {
                         }
                         continue;
                     }
-                    let mut ranges = Vec::new();
-                    let ended = chunks
-                        .feed_with(&this.buf, |r| ranges.push(r))
+                    let data = take_chunked(chunks, &mut this.buf)
                         .map_err(|()| BodyError("sent a malformed chunked body"))?;
-                    let used = ended.unwrap_or(this.buf.len());
-                    let data = match ranges.as_slice() {
-                        [] => Bytes::new(),
-                        [one] => {
-                            // One run of data, the common case: handed out without a copy.
-                            let _ = this.buf.split_to(one.start);
-                            let data = this.buf.split_to(one.len()).freeze();
-                            let _ = this.buf.split_to(used - one.end);
-                            data
-                        }
-                        many => {
-                            let mut joined =
-                                BytesMut::with_capacity(many.iter().map(|r| r.len()).sum());
-                            for r in many {
-                                joined.extend_from_slice(&this.buf[r.clone()]);
-                            }
-                            let _ = this.buf.split_to(used);
-                            joined.freeze()
-                        }
-                    };
-                    if ended.is_some() {
+                    if chunks.done() {
                         this.trailers = chunks.trailers();
                         this.framing = Framing::Done;
                         this.release();
@@ -313,5 +291,90 @@ impl Body for UpstreamBody {
             Framing::Done if self.trailers.is_none() => SizeHint::with_exact(0),
             _ => SizeHint::default(),
         }
+    }
+}
+
+/// Follows the chunked body in `buf` as far as it goes, consuming it (up to the body's
+/// end); returns the chunk data found, without copying when it is one run.
+fn take_chunked(chunks: &mut Chunks, buf: &mut BytesMut) -> Result<Bytes, ()> {
+    let mut runs: [std::ops::Range<usize>; 2] = [0..0, 0..0];
+    let mut count = 0;
+    let mut more = Vec::new();
+    let ended = chunks.feed_with(buf, |r| {
+        if count < runs.len() {
+            runs[count] = r;
+        } else {
+            more.push(r);
+        }
+        count += 1;
+    })?;
+    let used = ended.unwrap_or(buf.len());
+    let data = if count == 1 {
+        // One run of data, the common case: handed out without a copy.
+        let run = runs[0].clone();
+        let _ = buf.split_to(run.start);
+        let data = buf.split_to(run.len()).freeze();
+        let _ = buf.split_to(used - run.end);
+        data
+    } else {
+        let all = runs[..count.min(2)].iter().chain(&more);
+        let mut joined = BytesMut::with_capacity(all.clone().map(|r| r.len()).sum());
+        for r in all {
+            joined.extend_from_slice(&buf[r.clone()]);
+        }
+        let _ = buf.split_to(used);
+        joined.freeze()
+    };
+    Ok(data)
+}
+
+/// A chunked body arriving in `pieces`, decoded as [`UpstreamBody`] decodes it: its
+/// data and trailer fields once it ends (`None` if it does not end within them, `Err`
+/// if malformed). Exposed for the `upstream` fuzz target: however the body is split,
+/// the answer is the same.
+#[allow(clippy::result_unit_err, clippy::type_complexity)]
+pub fn decode_chunked<'a>(
+    pieces: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<Option<(Vec<u8>, Option<HeaderMap>)>, ()> {
+    let mut chunks = Chunks::collecting_trailers();
+    let mut buf = BytesMut::new();
+    let mut data = Vec::new();
+    for piece in pieces {
+        buf.extend_from_slice(piece);
+        data.extend_from_slice(&take_chunked(&mut chunks, &mut buf)?);
+        if chunks.done() {
+            return Ok(Some((data, chunks.trailers())));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_bodies_decode_to_their_data_and_trailers_however_split() {
+        let body: &[u8] = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-sum: 42\r\nx-more: a\r\n\r\n";
+        let whole = decode_chunked([body]);
+        let (data, trailers) = whole.clone().unwrap().unwrap();
+        assert_eq!(data, b"hello world");
+        let trailers = trailers.expect("trailers");
+        assert_eq!(trailers["x-sum"], "42");
+        assert_eq!(trailers["x-more"], "a");
+        for cut in 0..body.len() {
+            assert_eq!(
+                decode_chunked([&body[..cut], &body[cut..]]),
+                whole,
+                "cut at {cut}"
+            );
+        }
+        assert_eq!(decode_chunked(body.chunks(1)), whole);
+
+        let plain: &[u8] = b"3\r\nabc\r\n0\r\n\r\n";
+        assert_eq!(decode_chunked([plain]), Ok(Some((b"abc".to_vec(), None))));
+        assert_eq!(decode_chunked([&plain[..6]]), Ok(None));
+        assert!(decode_chunked([&b"zz\r\n"[..]]).is_err());
+        assert!(decode_chunked([&b"1\r\nab\r\n"[..]]).is_err());
     }
 }

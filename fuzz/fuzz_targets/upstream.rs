@@ -1,10 +1,12 @@
 //! Any bytes as an upstream's response to the fast path: never a panic; a chunked
-//! body ends at the same byte however it is split into reads; and the head written for
-//! the client is always one well-formed response head with a single framing and no
-//! hop-by-hop field.
+//! body ends at the same byte however it is split into reads, and decodes (as
+//! `fastclient` decodes it for hyper's side) to the same data and trailers; and the
+//! head written for the client is always one well-formed response head with a single
+//! framing and no hop-by-hop field.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use statuslens::fastclient::decode_chunked;
 use statuslens::fastpath::{chunked_end, client_head};
 
 const HOP_BY_HOP: [&str; 8] = [
@@ -26,6 +28,14 @@ fuzz_target!(|data: &[u8]| {
     let split = chunked_end(stream.chunks(usize::from(step).max(1)));
     assert_eq!(whole, split, "split every {step} bytes");
     assert_eq!(whole, chunked_end(stream.chunks(1)));
+
+    let decoded = decode_chunked([stream]);
+    let step = usize::from(step).max(1);
+    assert_eq!(decoded, decode_chunked(stream.chunks(step)), "decoded, split every {step}");
+    assert_eq!(decoded, decode_chunked(stream.chunks(1)), "decoded byte by byte");
+    if let (Ok(end), Ok(body)) = (&whole, &decoded) {
+        assert_eq!(end.is_some(), body.is_some(), "follower and decoder disagree on the end");
+    }
 
     let Some(head) = client_head(stream) else {
         return;
