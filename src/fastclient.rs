@@ -5,11 +5,12 @@
 //! proxy does for them: a dispatch task and channels per upstream connection, a pool
 //! behind a lock, a request encoded from a header map and a response decoded into one
 //! (measured with h2load: 28 µs of CPU per proxied request, 6 µs per request answered
-//! locally). A request without a body on a plain-HTTP route goes instead over the
-//! worker's own per-route pool that `fastpath` keeps: its head is written and the
-//! response head read in the request's own task, and the body streams back as an
-//! [`UpstreamBody`] that returns the connection to the pool when it ends. Requests with
-//! a body, upgrades and TLS upstreams keep hyper's client.
+//! locally). A request on a plain-HTTP route with no body or a small `Content-Length` one goes
+//! instead over the worker's own per-route pool that `fastpath` keeps: its head (and
+//! body) is written and the response head read in the request's own task, and the body
+//! streams back as an [`UpstreamBody`] that returns the connection to the pool when it
+//! ends. Bodies of unknown length or over [`fastpath::MAX_BODY`], upgrades and TLS upstreams keep
+//! hyper's client.
 
 use std::io::ErrorKind;
 use std::pin::Pin;
@@ -21,11 +22,13 @@ use http::header::{self, HeaderMap};
 use http::request::Parts;
 use http::{Method, Response};
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::AsyncWriteExt;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::fastpath::{self, Chunks, FastRoute, HeadParts, UpConn};
 use crate::forward::Proxy;
 use crate::metrics::UpstreamErrorKind;
+use crate::observe::RequestBody;
 
 /// Largest upstream response head accepted (as on the fast path).
 const MAX_RESPONSE_HEAD: usize = 256 * 1024;
@@ -35,18 +38,34 @@ const MAX_READ: usize = 64 * 1024;
 /// Why an upstream exchange failed, and what the log says about it.
 pub(crate) type Failure = (UpstreamErrorKind, String);
 
-/// Whether a request can go this way: no body, no upgrade, not `CONNECT`.
-pub(crate) fn takes(method: &Method, body: &hyper::body::Incoming, upgrade: bool) -> bool {
-    !upgrade && *method != Method::CONNECT && body.is_end_stream()
+/// Whether a request can go this way: no body or one of declared length up to
+/// [`fastpath::MAX_BODY`], no upgrade, not `CONNECT`.
+pub(crate) fn takes(
+    method: &Method,
+    headers: &HeaderMap,
+    body: &hyper::body::Incoming,
+    upgrade: bool,
+) -> bool {
+    let small = || {
+        !headers.contains_key(header::TRANSFER_ENCODING)
+            && headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .is_some_and(|n| n <= fastpath::MAX_BODY)
+    };
+    !upgrade && *method != Method::CONNECT && (body.is_end_stream() || small())
 }
 
 /// Sends `parts` (already rewritten for the upstream; `path` is its origin-form target)
-/// on a pooled connection of route `route`, and reads the response head.
+/// and `body` (its length in `parts`' `Content-Length`) on a pooled connection of route
+/// `route`, and reads the response head. A failed body is reported as a `Reset`: the
+/// caller looks at the body's state to tell the client's fault (408, 413).
 pub(crate) async fn send(
     proxy: Arc<Proxy>,
     route: usize,
     parts: &Parts,
     path: &str,
+    mut body: Option<RequestBody>,
 ) -> Result<Response<UpstreamBody>, Failure> {
     let (cfg, fast) = proxy
         .fast_route(route)
@@ -73,6 +92,10 @@ pub(crate) async fn send(
 
     let head_only = parts.method == Method::HEAD;
     up.buf.clear();
+    let mut sent_whole = true;
+    if let Some(body) = body.as_mut() {
+        sent_whole = send_body(&mut up, body).await?;
+    }
     let head = loop {
         if !up.buf.is_empty() {
             match fastpath::parse_parts(&up.buf, head_only).map_err(failure)? {
@@ -90,7 +113,7 @@ pub(crate) async fn send(
         if up.buf.len() == up.buf.capacity() {
             up.buf.reserve(up.buf.capacity());
         }
-        match tokio::io::AsyncReadExt::read_buf(&mut up.io, &mut up.buf).await {
+        match up.io.read_buf(&mut up.buf).await {
             Ok(0) => return Err(failure(UpstreamErrorKind::Reset)),
             Ok(_) => {}
             Err(e) => return Err((UpstreamErrorKind::Reset, e.to_string())),
@@ -110,7 +133,8 @@ pub(crate) async fn send(
         framing,
         buf,
         conn: Some(up),
-        reusable: head.keep_alive,
+        // A body not sent whole leaves the connection's framing in doubt.
+        reusable: head.keep_alive && sent_whole,
         trailers: None,
         home: (proxy.clone(), route),
     };
@@ -122,6 +146,21 @@ pub(crate) async fn send(
     *resp.status_mut() = head.status;
     *resp.headers_mut() = head.headers;
     Ok(resp)
+}
+
+/// Streams `body` to the upstream, as the client sends it. An upstream that stops
+/// reading (it answered early, or died) ends the sending; its answer, if any, is read
+/// next. Returns whether the whole body went.
+async fn send_body(up: &mut UpConn, body: &mut RequestBody) -> Result<bool, Failure> {
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| (UpstreamErrorKind::Reset, e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if up.io.write_all(&data).await.is_err() {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
 }
 
 fn failure(kind: UpstreamErrorKind) -> Failure {
@@ -140,7 +179,7 @@ fn request_head(out: &mut Vec<u8>, parts: &Parts, path: &str, fast: &FastRoute) 
     });
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &parts.headers {
-        // No body goes this way, so no body framing either (as hyper's client).
+        // Bodies go this way only with a Content-Length (as hyper's client would frame them).
         if name == header::TRANSFER_ENCODING {
             continue;
         }

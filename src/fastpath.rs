@@ -10,7 +10,7 @@
 //!
 //! The fast path only takes what it fully understands: an HTTP/1.1 request on a plain
 //! connection, its head complete in the first read, no body or one plain
-//! `Content-Length` body, no upgrade, `Expect` or anything a limit or a framing check
+//! `Content-Length` body of up to 64 KiB ([`MAX_BODY`]), no upgrade, `Expect` or anything a limit or a framing check
 //! would refuse, on a route with a plain-HTTP upstream (or on none: the 404). Anything
 //! else — and everything after it on that connection — goes to hyper's path
 //! ([`Handoff`]), with the bytes already read replayed first, so HTTP/2, chunked
@@ -50,6 +50,12 @@ const MAX_STREAM_BUF: usize = 64 * 1024;
 const MAX_REQUEST_HEADERS: usize = 100;
 /// Most response headers accepted, as hyper's client.
 const MAX_RESPONSE_HEADERS: usize = 100;
+/// Largest request body forwarded on the fast path (and by `fastclient`). A body is
+/// sent whole before the response is read, which an upstream that answers while it
+/// reads (an echo) can only follow while its answer fits the socket buffers — with a
+/// 48 MiB echo both would stall; larger bodies go to hyper, which streams both ways at
+/// once.
+pub const MAX_BODY: u64 = 64 * 1024;
 /// Idle upstream connections kept per route and worker.
 const MAX_IDLE: usize = 1024;
 
@@ -401,6 +407,7 @@ fn plan(proxy: &Arc<Proxy>, c: &mut Client) -> Option<Planned> {
             || cfg
                 .max_body_bytes
                 .is_some_and(|l| body.is_some_and(|n| n > l))
+            || body.is_some_and(|n| n > MAX_BODY)
         {
             return None;
         }

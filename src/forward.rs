@@ -272,11 +272,7 @@ impl Proxy {
         };
         if let (Some(limit), Some(len)) = (up.cfg.max_body_bytes, content_length(req.headers())) {
             if len > limit {
-                return Ok(local(
-                    ex,
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "request body larger than the route's max_body_bytes\n",
-                ));
+                return Ok(local(ex, StatusCode::PAYLOAD_TOO_LARGE, BODY_TOO_LARGE));
             }
         }
 
@@ -322,12 +318,21 @@ impl Proxy {
         if let Some(id) = &up.identifier {
             ex.set_consumer(id.identify(&parts.headers, client.ip()));
         }
-        if up.fast.is_some() && fastclient::takes(&parts.method, &body, upgrade) {
+        if up.fast.is_some() && fastclient::takes(&parts.method, &parts.headers, &body, upgrade) {
+            let (body, state) = if http_body::Body::is_end_stream(&body) {
+                (None, None)
+            } else {
+                let (body, state) = self.request_body(&mut ex, route, &up.cfg, body);
+                (Some(body), Some(state))
+            };
             let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            let sent = fastclient::send(self.clone(), route, &parts, path);
+            let sent = fastclient::send(self.clone(), route, &parts, path, body);
             let resp = match tokio::time::timeout(up.cfg.timeout, sent).await {
                 Ok(Ok(resp)) => resp,
                 Ok(Err((kind, detail))) => {
+                    if let Some((status, why)) = state.as_deref().and_then(client_body_fault) {
+                        return Ok(local(ex, status, why));
+                    }
                     let (status, why) = upstream_failure(&ex, &up.cfg, kind, &detail);
                     return Ok(local(ex, status, why));
                 }
@@ -346,16 +351,7 @@ impl Proxy {
                 client_version,
             ));
         }
-        let state = Arc::new(RequestBodyState::default());
-        ex.track_request_body(state.clone());
-        let counter = self.observer.metrics.route(route).request_bytes.clone();
-        let body = RequestBody::new(
-            body,
-            state.clone(),
-            counter,
-            up.cfg.max_body_bytes,
-            self.limits.body_read_timeout,
-        );
+        let (body, state) = self.request_body(&mut ex, route, &up.cfg, body);
         let upstream_req = Request::from_parts(parts, body);
 
         let client = &up.clients[WORKER.with(Cell::get) % up.clients.len()];
@@ -363,17 +359,11 @@ impl Proxy {
         let mut resp = match result {
             Ok(Ok(resp)) => resp,
             Ok(Err(err)) => {
-                if state.idle.load(Ordering::Relaxed) {
-                    return Ok(local(ex, StatusCode::REQUEST_TIMEOUT, BODY_STALLED));
+                if let Some((status, why)) = client_body_fault(&state) {
+                    return Ok(local(ex, status, why));
                 }
-                if state.too_large.load(Ordering::Relaxed)
-                    || find_cause::<BodyTooLarge>(&err).is_some()
-                {
-                    return Ok(local(
-                        ex,
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "request body larger than the route's max_body_bytes\n",
-                    ));
+                if find_cause::<BodyTooLarge>(&err).is_some() {
+                    return Ok(local(ex, StatusCode::PAYLOAD_TOO_LARGE, BODY_TOO_LARGE));
                 }
                 let kind = classify(&err);
                 let (status, why) = upstream_failure(&ex, &up.cfg, kind, &error_chain(&err));
@@ -407,6 +397,27 @@ impl Proxy {
         ))
     }
 
+    /// The client's body as the upstream gets it: counted, limited, timed.
+    fn request_body(
+        &self,
+        ex: &mut Exchange,
+        route: usize,
+        cfg: &RouteConfig,
+        body: Incoming,
+    ) -> (RequestBody, Arc<RequestBodyState>) {
+        let state = Arc::new(RequestBodyState::default());
+        ex.track_request_body(state.clone());
+        let counter = self.observer.metrics.route(route).request_bytes.clone();
+        let body = RequestBody::new(
+            body,
+            state.clone(),
+            counter,
+            cfg.max_body_bytes,
+            self.limits.body_read_timeout,
+        );
+        (body, state)
+    }
+
     /// Counts an upstream's response status and what its headers say.
     fn note_response(
         &self,
@@ -435,6 +446,21 @@ impl Proxy {
         (size > self.limits.max_header_bytes).then_some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
     }
 }
+
+/// What the client is told when its own body failed the exchange: it stalled (408) or
+/// outgrew the route's limit (413).
+fn client_body_fault(state: &RequestBodyState) -> Option<(StatusCode, &'static str)> {
+    if state.idle.load(Ordering::Relaxed) {
+        return Some((StatusCode::REQUEST_TIMEOUT, BODY_STALLED));
+    }
+    if state.too_large.load(Ordering::Relaxed) {
+        return Some((StatusCode::PAYLOAD_TOO_LARGE, BODY_TOO_LARGE));
+    }
+    None
+}
+
+/// The 413's body.
+const BODY_TOO_LARGE: &str = "request body larger than the route's max_body_bytes\n";
 
 /// The 404's body: no route matches.
 pub(crate) const NOT_FOUND: &str = "no statuslens route matches this request\n";

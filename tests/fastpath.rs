@@ -648,24 +648,29 @@ fn header_map(h: &http::HeaderMap) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Sends `requests` one after another on one h2c connection through statuslens.
+/// Sends `requests` (method, target, body: with a Content-Length when Some) one after
+/// another on one h2c connection through statuslens.
 async fn run_h2(
     fast: bool,
-    requests: &[(&str, &str)],
+    requests: &[(&str, &str, Option<Vec<u8>>)],
 ) -> (Vec<H2Seen>, Vec<BTreeMap<String, String>>, Proc) {
     let (up, seen) = recording_upstream().await;
     let cfg = config(up, fast);
     let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
     let c = h2_client();
     let mut responses = Vec::new();
-    for (method, target) in requests {
-        let req = http::Request::builder()
+    for (method, target, body) in requests {
+        let mut req = http::Request::builder()
             .method(*method)
             .uri(format!("http://{}{target}", p.proxy))
             .header("x-forwarded-for", "10.0.0.1")
             .header("x-request-id", format!("req-{target}"))
-            .header("accept", "*/*")
-            .body(full(Bytes::new()))
+            .header("accept", "*/*");
+        if let Some(body) = body {
+            req = req.header("content-length", body.len());
+        }
+        let req = req
+            .body(full(Bytes::from(body.clone().unwrap_or_default())))
             .unwrap();
         let resp = tokio::time::timeout(DEADLINE, c.request(req))
             .await
@@ -701,8 +706,8 @@ async fn run_h2(
 
 #[tokio::test]
 async fn h2c_requests_on_the_fast_pools_are_answered_as_by_hypers_client() {
-    let mut requests = SEQUENCE.to_vec();
-    requests.push(("GET", "/trailers"));
+    let mut requests: Vec<_> = SEQUENCE.iter().map(|&(m, t)| (m, t, None)).collect();
+    requests.push(("GET", "/trailers", None));
     let (fast, fast_heads, fast_proc) = run_h2(true, &requests).await;
     let (slow, slow_heads, slow_proc) = run_h2(false, &requests).await;
     assert_eq!(fast.len(), requests.len());
@@ -771,7 +776,8 @@ async fn h2c_and_http1_requests_share_the_fast_paths_upstream_connections() {
     let cfg = config(up, true);
     let p = Proc::start(&["--config", cfg.to_str().unwrap(), "--workers", "1"]);
     // An HTTP/1.1 request (the fast path), then 20 one after another, each on a new
-    // h2c connection: one upstream connection, from the fast path's pool, serves all.
+    // h2c connection, every other one a POST with a body: one upstream connection, from
+    // the fast path's pool, serves all.
     let mut s = TcpStream::connect(p.proxy).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
         .await
@@ -779,8 +785,15 @@ async fn h2c_and_http1_requests_share_the_fast_paths_upstream_connections() {
     assert!(read_until_closed(&mut s, "HTTP/1.1 response")
         .await
         .ends_with(b"\r\n\r\nok"));
-    for _ in 0..20 {
-        let (parts, body) = get(&h2_client(), &format!("http://{}/", p.proxy)).await;
+    for i in 0..20 {
+        let body = if i % 2 == 0 { "" } else { "abc" };
+        let req = http::Request::builder()
+            .method(if body.is_empty() { "GET" } else { "POST" })
+            .uri(format!("http://{}/", p.proxy))
+            .header("content-length", body.len())
+            .body(full(body))
+            .unwrap();
+        let (parts, body) = send(&h2_client(), req).await;
         assert_eq!(parts.status, 200);
         assert_eq!(&body[..], b"ok");
     }
@@ -858,4 +871,139 @@ async fn h2c_upstream_failures_are_answered_as_by_hypers_client() {
     assert_eq!(answers[0], answers[1]);
     let statuses: Vec<u16> = answers[0].iter().map(|a| a.0).collect();
     assert_eq!(statuses, [502, 502, 502, 504]);
+}
+
+#[tokio::test]
+async fn h2c_request_bodies_reach_the_upstream_as_through_hypers_client() {
+    let requests = [
+        ("POST", "/len", Some(b"abc".to_vec())),
+        ("POST", "/nocontent", Some(Vec::new())),
+        ("PUT", "/chunked", Some(pattern(20_000))),
+        ("PATCH", "/split", Some(b"{\"a\":1}".to_vec())),
+        // Over fastclient's limit: hyper's client on both runs.
+        ("POST", "/big", Some(pattern(300_000))),
+        ("GET", "/len", None),
+    ];
+    let (fast, fast_heads, fast_proc) = run_h2(true, &requests).await;
+    let (slow, slow_heads, slow_proc) = run_h2(false, &requests).await;
+    assert_eq!(fast, slow);
+    let statuses: Vec<u16> = fast.iter().map(|r| r.0).collect();
+    assert_eq!(statuses, [200, 204, 200, 200, 200, 200]);
+    assert_eq!(fast_heads, slow_heads);
+    // The bodies as the upstream got them (the recorder keeps them as lossy UTF-8).
+    let sent: Vec<(&str, Option<&str>)> = fast_heads
+        .iter()
+        .map(|h| {
+            (
+                h["(body)"].as_str(),
+                h.get("content-length").map(String::as_str),
+            )
+        })
+        .collect();
+    let lossy = |n| String::from_utf8_lossy(&pattern(n)).to_string();
+    let (big, medium) = (lossy(300_000), lossy(20_000));
+    assert_eq!(
+        sent,
+        [
+            ("abc", Some("3")),
+            ("", Some("0")),
+            (medium.as_str(), Some("20000")),
+            ("{\"a\":1}", Some("7")),
+            (big.as_str(), Some("300000")),
+            ("", None)
+        ]
+    );
+    for p in [&fast_proc, &slow_proc] {
+        let m = wait_metrics(p, "6 responses", |m| {
+            sum(m, "statuslens_responses_total", &[("route", "api")]) == 6.0
+        })
+        .await;
+        let bytes = sum(&m, "statuslens_request_bytes_total", &[("route", "api")]);
+        assert_eq!(bytes, (3 + 20_000 + 7 + 300_000) as f64);
+        let line = p.wait_line(|l| l.contains("\"method\":\"PUT\""));
+        assert!(line.contains("\"bytes_in\":20000"), "{line}");
+    }
+}
+
+#[tokio::test]
+async fn h2c_an_upstream_that_answers_before_reading_the_body_is_heard() {
+    // Reads the head and a little, answers 401 and holds the connection without
+    // reading the rest of a 60 KiB body (under fastclient's limit).
+    let up = raw_upstream_lingering(
+        b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 6\r\n\r\nno key",
+        std::time::Duration::from_secs(5),
+    )
+    .await;
+    let mut answers = Vec::new();
+    for fast in [true, false] {
+        let p = Proc::start(&["--config", config(up, fast).to_str().unwrap()]);
+        let body = pattern(60 << 10);
+        let req = http::Request::post(p.url("/upload"))
+            .header("content-length", body.len())
+            .body(full(body))
+            .unwrap();
+        let resp = tokio::time::timeout(DEADLINE, h2_client().request(req))
+            .await
+            .expect("an answer within the deadline")
+            .expect("an answer");
+        let status = resp.status().as_u16();
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .map(|b| b.to_bytes());
+        answers.push((status, body.ok()));
+        wait_metrics(&p, "the 401 counted", |m| {
+            sum(m, "statuslens_responses_total", &[("code", "401")]) == 1.0
+        })
+        .await;
+    }
+    assert_eq!(answers[0], answers[1]);
+    assert_eq!(answers[0], (401, Some(Bytes::from_static(b"no key"))));
+}
+
+#[tokio::test]
+async fn h2c_a_stalled_request_body_gets_408_on_both_paths() {
+    let (up, _) = recording_upstream().await;
+    for fast in [true, false] {
+        let cfg = write_config(&format!(
+            "[proxy]\nfast_path = {fast}\nbody_read_timeout = \"300ms\"\n[[routes]]\nname = \"api\"\nupstream = \"http://{up}\"\n"
+        ));
+        let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+        // 3 of 10 declared bytes, then silence longer than the proxy waits.
+        let body = chunked(vec![Bytes::from_static(b"abc")], DEADLINE, false);
+        let req = http::Request::post(p.url("/len"))
+            .header("content-length", 10)
+            .body(body)
+            .unwrap();
+        let (parts, body) = send(&h2_client(), req).await;
+        assert_eq!(parts.status, 408, "fast: {fast}");
+        assert_eq!(
+            &body[..],
+            b"the request body stalled longer than proxy.body_read_timeout\n"
+        );
+        let m = wait_metrics(&p, "the 408 counted", |m| {
+            sum(m, "statuslens_responses_total", &[("code", "408")]) == 1.0
+        })
+        .await;
+        assert_eq!(sum(&m, "statuslens_upstream_errors_total", &[]), 0.0);
+        assert_eq!(sum(&m, "statuslens_request_bytes_total", &[]), 3.0);
+    }
+}
+
+/// An upstream that answers while it reads (an echo) gets a large body through either
+/// path without a stall: the fast paths send bodies whole before reading the answer, so
+/// they take only bodies whose echo fits the socket buffers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_body_to_an_echoing_upstream_streams_both_ways() {
+    let up = upstream().await;
+    let p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
+    let data = pattern(48 << 20);
+    for c in [client(), h2_client()] {
+        let req = http::Request::post(p.url("/echo"))
+            .header("content-length", data.len())
+            .body(full(data.clone()))
+            .unwrap();
+        let (parts, body) = send(&c, req).await;
+        assert_eq!(parts.status, 200);
+        assert!(body == data, "echo differs: {} bytes", body.len());
+    }
 }
