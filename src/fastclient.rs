@@ -25,7 +25,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::fastpath::{self, Chunks, FastRoute, HeadParts, UpConn};
+use crate::fastpath::{self, Chunks, FastRoute, Parsed, UpConn};
 use crate::forward::Proxy;
 use crate::metrics::UpstreamErrorKind;
 use crate::observe::RequestBody;
@@ -99,12 +99,12 @@ pub(crate) async fn send(
     let head = loop {
         if !up.buf.is_empty() {
             match fastpath::parse_parts(&up.buf, head_only).map_err(failure)? {
-                HeadParts::Final(head) => break head,
-                HeadParts::Interim(len) => {
+                Parsed::Final(head) => break head,
+                Parsed::Interim(len) => {
                     up.buf.drain(..len);
                     continue;
                 }
-                HeadParts::Partial => {}
+                Parsed::Partial => {}
             }
             if up.buf.len() >= MAX_RESPONSE_HEAD {
                 return Err(failure(UpstreamErrorKind::Protocol));

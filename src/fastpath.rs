@@ -978,27 +978,36 @@ async fn read_head(
     }
 }
 
-enum Parsed {
-    Final(Head),
+/// A response head at the front of a buffer.
+pub(crate) enum Parsed<T> {
+    /// A final head, as the caller made it of the fields.
+    Final(T),
+    /// A 1xx head of this length, to be dropped.
     Interim(usize),
+    /// Not complete yet.
     Partial,
 }
 
-/// A response head's first line, parsed into `resp`.
-enum Line {
-    Final { len: usize, status: u16 },
-    Interim(usize),
-    Partial,
+/// One parsed final response head, as both clients of the fast path's pools read it.
+struct Final<'h, 'b> {
+    resp: httparse::Response<'h, 'b>,
+    /// The head's length in the buffer.
+    len: usize,
+    status: u16,
+    scan: Scan<'b>,
 }
 
-/// Parses the response head at the front of `buf` into `resp`.
-fn response_line<'b>(
-    resp: &mut httparse::Response<'_, 'b>,
-    buf: &'b [u8],
-) -> Result<Line, UpstreamErrorKind> {
+/// Parses the response head at the front of `buf`; a final one goes to `finish`.
+fn parse_response<T>(
+    buf: &[u8],
+    head_only: bool,
+    finish: impl FnOnce(Final<'_, '_>) -> Result<T, UpstreamErrorKind>,
+) -> Result<Parsed<T>, UpstreamErrorKind> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
     let len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(Line::Partial),
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
         Err(_) => return Err(UpstreamErrorKind::Protocol),
     };
     let status = resp.code.ok_or(UpstreamErrorKind::Protocol)?;
@@ -1009,9 +1018,16 @@ fn response_line<'b>(
         return Err(UpstreamErrorKind::Protocol);
     }
     if (100..200).contains(&status) {
-        return Ok(Line::Interim(len));
+        return Ok(Parsed::Interim(len));
     }
-    Ok(Line::Final { len, status })
+    let scan = scan(&resp, status, head_only)?;
+    finish(Final {
+        resp,
+        len,
+        status,
+        scan,
+    })
+    .map(Parsed::Final)
 }
 
 /// What a final response head's fields say: its framing (RFC 9112 §6.3), whether the
@@ -1132,15 +1148,18 @@ fn parse_head(
     head_only: bool,
     close: bool,
     out: &mut Vec<u8>,
-) -> Result<Parsed, UpstreamErrorKind> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let (len, status) = match response_line(&mut resp, buf)? {
-        Line::Final { len, status } => (len, status),
-        Line::Interim(len) => return Ok(Parsed::Interim(len)),
-        Line::Partial => return Ok(Parsed::Partial),
-    };
-    let scan = scan(&resp, status, head_only)?;
+) -> Result<Parsed<Head>, UpstreamErrorKind> {
+    parse_response(buf, head_only, |f| Ok(client_head_of(f, close, out)))
+}
+
+/// Writes the client's head for a final response head into `out`.
+fn client_head_of(f: Final<'_, '_>, close: bool, out: &mut Vec<u8>) -> Head {
+    let Final {
+        resp,
+        len,
+        status,
+        scan,
+    } = f;
     let quota_headers = scan.quota.then(|| header_map(&resp, |_, _| true));
 
     out.clear();
@@ -1173,13 +1192,13 @@ fn parse_head(
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    Ok(Parsed::Final(Head {
+    Head {
         len,
         status,
         body: scan.body,
         keep_alive: scan.keep_alive,
         quota_headers,
-    }))
+    }
 }
 
 /// A final upstream response head as `http` parts, for [`crate::fastclient`].
@@ -1194,34 +1213,24 @@ pub(crate) struct ResponseHead {
     pub(crate) keep_alive: bool,
 }
 
-/// A response head at the front of `buf`, as [`parse_head`] reads it.
-pub(crate) enum HeadParts {
-    Final(ResponseHead),
-    Interim(usize),
-    Partial,
-}
-
 /// Parses a response head at the front of `buf` into `http` parts.
-pub(crate) fn parse_parts(buf: &[u8], head_only: bool) -> Result<HeadParts, UpstreamErrorKind> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let (len, status) = match response_line(&mut resp, buf)? {
-        Line::Final { len, status } => (len, status),
-        Line::Interim(len) => return Ok(HeadParts::Interim(len)),
-        Line::Partial => return Ok(HeadParts::Partial),
-    };
-    let scan = scan(&resp, status, head_only)?;
-    let reframed = scan.reframed();
-    let headers = header_map(&resp, |i, name| {
-        !(reframed && scan.fields[i] == Field::Framing && name.len() == 14)
-    });
-    Ok(HeadParts::Final(ResponseHead {
-        len,
-        status: StatusCode::from_u16(status).map_err(|_| UpstreamErrorKind::Protocol)?,
-        headers,
-        body: scan.body,
-        keep_alive: scan.keep_alive,
-    }))
+pub(crate) fn parse_parts(
+    buf: &[u8],
+    head_only: bool,
+) -> Result<Parsed<ResponseHead>, UpstreamErrorKind> {
+    parse_response(buf, head_only, |f| {
+        let reframed = f.scan.reframed();
+        let headers = header_map(&f.resp, |i, name| {
+            !(reframed && f.scan.fields[i] == Field::Framing && name.len() == 14)
+        });
+        Ok(ResponseHead {
+            len: f.len,
+            status: StatusCode::from_u16(f.status).map_err(|_| UpstreamErrorKind::Protocol)?,
+            headers,
+            body: f.scan.body,
+            keep_alive: f.scan.keep_alive,
+        })
+    })
 }
 
 /// Follows a chunked body (RFC 9112 §7.1) to find where it ends; bytes pass verbatim.
