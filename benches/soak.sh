@@ -5,20 +5,29 @@
 # answers 200/401/429/500/503, resets without answering (502, kind reset) or trickles
 # a body at 1 KiB/s; wrk sends a weighted mix that also hits the dead route (502,
 # connect refused) and paths no route takes (404), while a second client keeps asking
-# for the trickling body and hanging up mid-body (499). Every SAMPLE seconds it records
+# for the trickling body and hanging up mid-body (499), and (H2=1, the default) h2load
+# sends the same mix over h2c, which statuslens forwards over its fast-path pools
+# (`src/fastclient.rs`). Every SAMPLE seconds it records
 # statuslens' RSS and open file descriptors; at the end it checks that statuslens counted
 # what wrk saw complete: never fewer (nothing lost), and no more than the responses in
 # flight when wrk stopped (nothing double-counted).
 #
-# Usage: DURATION=1800 bash benches/soak.sh     (default 30 minutes; SAMPLE=10; CONNECTIONS=64)
+# Usage: DURATION=1800 bash benches/soak.sh     (default 30 minutes; SAMPLE=10; CONNECTIONS=64;
+#        H2=1 with H2_CONNECTIONS=8 H2_STREAMS=8: the h2c client; H2=0 leaves it out)
 set -euo pipefail
 # shellcheck source=benches/lib.sh
 source "$(dirname "$0")/lib.sh"
 DURATION=${DURATION:-1800}
 SAMPLE=${SAMPLE:-10}
 CONNECTIONS=${CONNECTIONS:-64}
+H2=${H2:-1}
+H2_CONNECTIONS=${H2_CONNECTIONS:-8}
+H2_STREAMS=${H2_STREAMS:-8}
 BASE_PORT=${BASE_PORT:-18580}
 prepare nginx wrk
+if [ "$H2" = 1 ] && ! command -v h2load >/dev/null; then
+    apt-get install -y -qq --no-install-recommends nghttp2-client
+fi
 workdir
 
 P_UP=$BASE_PORT P_SL=$((BASE_PORT + 1)) P_ADMIN=$((BASE_PORT + 2)) P_DEAD=$((BASE_PORT + 3))
@@ -73,6 +82,17 @@ echo "| t (s) | RSS (KiB) | open fds |"
 echo "|---:|---:|---:|"
 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --timeout 5s -s "$WORK/mix.lua" "http://127.0.0.1:$P_SL" >"$WORK/wrk.txt" &
 WRK=$!
+H2PID=""
+if [ "$H2" = 1 ]; then
+    # The same mix over h2c: h2load cycles through the URIs in turn.
+    uris=()
+    for _ in 1 2 3 4 5 6 7 8; do uris+=("http://127.0.0.1:$P_SL/api/ok"); done
+    for p in /api/401 /api/429 /api/500 /api/503 /dead/x /nowhere /api/reset; do
+        uris+=("http://127.0.0.1:$P_SL$p")
+    done
+    h2load -c "$H2_CONNECTIONS" -m "$H2_STREAMS" -D "$DURATION" "${uris[@]}" >"$WORK/h2load.txt" 2>&1 &
+    H2PID=$!
+fi
 # Client aborts: another client asks for the trickling body ten times a second and
 # hangs up once its first bytes have arrived; it keeps its own tally.
 python3 - "$P_SL" "$DURATION" "$WORK/aborts" <<'PY' &
@@ -104,31 +124,40 @@ while kill -0 "$WRK" 2>/dev/null; do
     sleep "$SAMPLE"
 done
 wait "$WRK"
+[ -z "$H2PID" ] || wait "$H2PID" || die "h2load failed: $(tail -n 5 "$WORK/h2load.txt")"
 wait "$ABORTER" || die "the aborting client failed"
 sleep 2 # let the last responses be counted
 r=$(rss); f=$(fds)
 echo "| end | $r | $f |"
 
 sent=$(awk '/requests in/ {print $1}' "$WORK/wrk.txt")
+h2done=0 inflight=$CONNECTIONS
+if [ -n "$H2PID" ]; then
+    h2done=$(grep -oP 'requests: .*?\K\d+(?= done)' "$WORK/h2load.txt")
+    inflight=$((CONNECTIONS + H2_CONNECTIONS * H2_STREAMS))
+fi
 metrics=$(curl -s "http://127.0.0.1:$P_ADMIN/metrics")
 counted=$(echo "$metrics" | awk '/^statuslens_responses_total/ {s += $2} END {printf "%d", s}')
 aborted=$(echo "$metrics" | awk '/^statuslens_responses_total.*code="499"/ {s += $2} END {printf "%d", s}')
 echo
 cat "$WORK/wrk.txt"
 echo
+[ -z "$H2PID" ] || { grep -E 'finished in|requests:|status codes:' "$WORK/h2load.txt"; echo; }
 echo "completed by wrk:          $sent"
+[ -z "$H2PID" ] || echo "completed by h2load (h2c): $h2done"
 aborts=$(cat "$WORK/aborts")
 echo "aborted by the client:     $aborts (hung up mid-body)"
 echo "counted by statuslens:     $counted ($aborted of them 499: those aborts, and requests wrk cut off when it stopped)"
 echo "RSS first/max/end (KiB):   $rss0 / $rssmax / $r"
 echo "open fds first/end:        $fd0 / $f"
-# wrk stops by closing its connections: a response statuslens finished writing just then
-# is counted by statuslens but not by wrk, at most one per connection. So statuslens may
-# count up to CONNECTIONS more than wrk completed — never fewer (that would be a loss).
-extra=$((counted - aborted - sent))
-echo "counted beyond wrk's tally: $extra (responses in flight when wrk stopped; at most $CONNECTIONS)"
-[ "$extra" -ge 0 ] || die "statuslens counted fewer requests than wrk completed: $((-extra)) lost"
-[ "$extra" -le "$CONNECTIONS" ] || die "statuslens counted $extra more than wrk completed: double counting"
+# The clients stop by closing their connections: a response statuslens finished writing
+# just then is counted by statuslens but not by the client, at most one per connection
+# (per stream over h2c). So statuslens may count up to that many more than the clients
+# completed — never fewer (that would be a loss).
+extra=$((counted - aborted - sent - h2done))
+echo "counted beyond the clients' tally: $extra (responses in flight when they stopped; at most $inflight)"
+[ "$extra" -ge 0 ] || die "statuslens counted fewer requests than the clients completed: $((-extra)) lost"
+[ "$extra" -le "$inflight" ] || die "statuslens counted $extra more than the clients completed: double counting"
 [ "$aborted" -ge "$aborts" ] || die "only $aborted of $aborts client aborts counted as 499"
-[ "$aborted" -le $((aborts + CONNECTIONS)) ] || die "$aborted 499s for $aborts aborts: double counting"
+[ "$aborted" -le $((aborts + inflight)) ] || die "$aborted 499s for $aborts aborts: double counting"
 echo "requests lost: 0"
