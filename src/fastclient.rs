@@ -5,12 +5,12 @@
 //! proxy does for them: a dispatch task and channels per upstream connection, a pool
 //! behind a lock, a request encoded from a header map and a response decoded into one
 //! (measured with h2load: 28 µs of CPU per proxied request, 6 µs per request answered
-//! locally). A request on a plain-HTTP route with no body or a small `Content-Length` one goes
-//! instead over the worker's own per-route pool that `fastpath` keeps: its head (and
-//! body) is written and the response head read in the request's own task, and the body
-//! streams back as an [`UpstreamBody`] that returns the connection to the pool when it
-//! ends. Bodies of unknown length or over [`fastpath::MAX_BODY`], upgrades and TLS upstreams keep
-//! hyper's client.
+//! locally). A request on a plain-HTTP route with no body or a small `Content-Length`
+//! one goes instead over the worker's own per-route pool that `fastpath` keeps: its head
+//! (and body) is written and the response head read in the request's own task, and the
+//! body streams back as an [`UpstreamBody`] that returns the connection to the pool when
+//! it ends. Bodies of unknown length or over [`fastpath::MAX_BODY`], upgrades and TLS
+//! upstreams keep hyper's client.
 
 use std::io::ErrorKind;
 use std::pin::Pin;
@@ -23,15 +23,13 @@ use http::request::Parts;
 use http::{Method, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
-use crate::fastpath::{self, Chunks, FastRoute, Parsed, UpConn};
+use crate::fastpath::{self, Chunks, FastRoute, UpConn};
 use crate::forward::Proxy;
 use crate::metrics::UpstreamErrorKind;
 use crate::observe::RequestBody;
 
-/// Largest upstream response head accepted (as on the fast path).
-const MAX_RESPONSE_HEAD: usize = 256 * 1024;
 /// Largest read while a body streams.
 const MAX_READ: usize = 64 * 1024;
 
@@ -56,22 +54,21 @@ pub(crate) fn takes(
     !upgrade && *method != Method::CONNECT && (body.is_end_stream() || small())
 }
 
-/// Sends `parts` (already rewritten for the upstream; `path` is its origin-form target)
-/// and `body` (its length in `parts`' `Content-Length`) on a pooled connection of route
+/// Sends `parts` (already rewritten for the upstream, its URI absolute) and `body` (its
+/// length in `parts`' `Content-Length`) on a pooled connection of route
 /// `route`, and reads the response head. A failed body is reported as a `Reset`: the
 /// caller looks at the body's state to tell the client's fault (408, 413).
 pub(crate) async fn send(
     proxy: Arc<Proxy>,
     route: usize,
     parts: &Parts,
-    path: &str,
     mut body: Option<RequestBody>,
 ) -> Result<Response<UpstreamBody>, Failure> {
     let (cfg, fast) = proxy
         .fast_route(route)
         .expect("fastclient requests have a fast route");
     let mut head = Vec::with_capacity(512);
-    request_head(&mut head, parts, path, fast);
+    request_head(&mut head, parts, fast);
 
     // A pooled connection that turns out closed when written to never saw the
     // request: try the next (as hyper's client retries a canceled request).
@@ -96,29 +93,9 @@ pub(crate) async fn send(
     if let Some(body) = body.as_mut() {
         sent_whole = send_body(&mut up, body).await?;
     }
-    let head = loop {
-        if !up.buf.is_empty() {
-            match fastpath::parse_parts(&up.buf, head_only).map_err(failure)? {
-                Parsed::Final(head) => break head,
-                Parsed::Interim(len) => {
-                    up.buf.drain(..len);
-                    continue;
-                }
-                Parsed::Partial => {}
-            }
-            if up.buf.len() >= MAX_RESPONSE_HEAD {
-                return Err(failure(UpstreamErrorKind::Protocol));
-            }
-        }
-        if up.buf.len() == up.buf.capacity() {
-            up.buf.reserve(up.buf.capacity());
-        }
-        match up.io.read_buf(&mut up.buf).await {
-            Ok(0) => return Err(failure(UpstreamErrorKind::Reset)),
-            Ok(_) => {}
-            Err(e) => return Err((UpstreamErrorKind::Reset, e.to_string())),
-        }
-    };
+    let head = fastpath::read_response(&mut up, |buf| fastpath::parse_parts(buf, head_only))
+        .await
+        .map_err(failure)?;
 
     let framing = match head.body {
         fastpath::Body::None => Framing::Done,
@@ -169,9 +146,11 @@ fn failure(kind: UpstreamErrorKind) -> Failure {
 
 /// The upstream request head, as hyper's client writes it: lower-case names in the
 /// map's order, a `Host` from the upstream URL when the forwarder set none.
-fn request_head(out: &mut Vec<u8>, parts: &Parts, path: &str, fast: &FastRoute) {
+fn request_head(out: &mut Vec<u8>, parts: &Parts, fast: &FastRoute) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
+    // The origin form: the absolute upstream URI's path and query.
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     out.extend_from_slice(if path.is_empty() {
         b"/"
     } else {

@@ -947,16 +947,25 @@ struct Head {
     quota_headers: Option<HeaderMap>,
 }
 
-/// Reads until a final (non-1xx) response head is complete; 1xx heads are dropped.
+/// Reads until a final (non-1xx) response head is complete, writing the client's head.
 async fn read_head(
     up: &mut UpConn,
     head_only: bool,
     close: bool,
     out: &mut Vec<u8>,
 ) -> Result<Head, UpstreamErrorKind> {
+    read_response(up, |buf| parse_head(buf, head_only, close, out)).await
+}
+
+/// Reads until `parse` finds a final (non-1xx) response head at the front of the
+/// connection's buffer; 1xx heads are dropped.
+pub(crate) async fn read_response<T>(
+    up: &mut UpConn,
+    mut parse: impl FnMut(&[u8]) -> Result<Parsed<T>, UpstreamErrorKind>,
+) -> Result<T, UpstreamErrorKind> {
     loop {
         if !up.buf.is_empty() {
-            match parse_head(&up.buf, head_only, close, out)? {
+            match parse(&up.buf)? {
                 Parsed::Final(head) => return Ok(head),
                 Parsed::Interim(len) => {
                     up.buf.drain(..len);

@@ -325,22 +325,16 @@ impl Proxy {
                 let (body, state) = self.request_body(&mut ex, route, &up.cfg, body);
                 (Some(body), Some(state))
             };
-            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            let sent = fastclient::send(self.clone(), route, &parts, path, body);
+            let sent = fastclient::send(self.clone(), route, &parts, body);
             let resp = match tokio::time::timeout(up.cfg.timeout, sent).await {
                 Ok(Ok(resp)) => resp,
                 Ok(Err((kind, detail))) => {
                     if let Some((status, why)) = state.as_deref().and_then(client_body_fault) {
                         return Ok(local(ex, status, why));
                     }
-                    let (status, why) = upstream_failure(&ex, &up.cfg, kind, &detail);
-                    return Ok(local(ex, status, why));
+                    return Ok(failed(ex, &up.cfg, kind, &detail));
                 }
-                Err(_elapsed) => {
-                    let (status, why) =
-                        upstream_failure(&ex, &up.cfg, UpstreamErrorKind::Timeout, "");
-                    return Ok(local(ex, status, why));
-                }
+                Err(_elapsed) => return Ok(failed(ex, &up.cfg, UpstreamErrorKind::Timeout, "")),
             };
             self.note_response(route, &mut ex, resp.status(), resp.headers());
             let (parts, body) = resp.into_parts();
@@ -365,14 +359,9 @@ impl Proxy {
                 if find_cause::<BodyTooLarge>(&err).is_some() {
                     return Ok(local(ex, StatusCode::PAYLOAD_TOO_LARGE, BODY_TOO_LARGE));
                 }
-                let kind = classify(&err);
-                let (status, why) = upstream_failure(&ex, &up.cfg, kind, &error_chain(&err));
-                return Ok(local(ex, status, why));
+                return Ok(failed(ex, &up.cfg, classify(&err), &error_chain(&err)));
             }
-            Err(_elapsed) => {
-                let (status, why) = upstream_failure(&ex, &up.cfg, UpstreamErrorKind::Timeout, "");
-                return Ok(local(ex, status, why));
-            }
+            Err(_elapsed) => return Ok(failed(ex, &up.cfg, UpstreamErrorKind::Timeout, "")),
         };
 
         // Phase 4: respond.
@@ -541,6 +530,17 @@ fn to_client(
     // an HTTP/1.1 client's keep-alive connection into a one-shot one.
     parts.version = client_version;
     Response::from_parts(parts, ObservedBody::new(body, ex))
+}
+
+/// The answer to a failed upstream exchange (502/504), counted and logged.
+fn failed(
+    ex: Exchange,
+    cfg: &RouteConfig,
+    kind: UpstreamErrorKind,
+    detail: &str,
+) -> Response<ObservedBody> {
+    let (status, why) = upstream_failure(&ex, cfg, kind, detail);
+    local(ex, status, why)
 }
 
 /// A response the proxy makes itself, counted with `source="proxy"`.
