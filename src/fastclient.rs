@@ -113,7 +113,8 @@ pub(crate) async fn send(
         // A body not sent whole leaves the connection's framing in doubt.
         reusable: head.keep_alive && sent_whole,
         trailers: None,
-        home: (proxy.clone(), route),
+        // The last use of `proxy` here: moved, not cloned.
+        home: (proxy, route),
     };
     if matches!(body.framing, Framing::Done) {
         body.reusable &= body.buf.is_empty();

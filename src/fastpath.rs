@@ -1134,11 +1134,11 @@ fn scan<'b>(
 
 /// The response's fields as a map (`keep` picks which).
 fn header_map(
-    resp: &httparse::Response<'_, '_>,
+    fields: &[httparse::Header<'_>],
     mut keep: impl FnMut(usize, &[u8]) -> bool,
 ) -> HeaderMap {
-    let mut map = HeaderMap::with_capacity(resp.headers.len());
-    for (i, h) in resp.headers.iter().enumerate() {
+    let mut map = HeaderMap::with_capacity(fields.len());
+    for (i, h) in fields.iter().enumerate() {
         if !keep(i, h.name.as_bytes()) {
             continue;
         }
@@ -1172,7 +1172,7 @@ fn client_head_of(f: Final<'_, '_>, close: bool, out: &mut Vec<u8>) -> Head {
         status,
         scan,
     } = f;
-    let quota_headers = scan.quota.then(|| header_map(&resp, |_, _| true));
+    let quota_headers = scan.quota.then(|| header_map(resp.headers, |_, _| true));
 
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -1232,7 +1232,7 @@ pub(crate) fn parse_parts(
 ) -> Result<Parsed<ResponseHead>, UpstreamErrorKind> {
     parse_response(buf, head_only, |f| {
         let reframed = f.scan.reframed();
-        let headers = header_map(&f.resp, |i, name| {
+        let headers = header_map(f.resp.headers, |i, name| {
             !(reframed && f.scan.fields[i] == Field::Framing && name.len() == 14)
         });
         Ok(ResponseHead {
@@ -1372,15 +1372,7 @@ impl Chunks {
         let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
         match httparse::parse_headers(kept, &mut fields) {
             Ok(httparse::Status::Complete((_, fields))) => {
-                let mut map = HeaderMap::new();
-                for f in fields {
-                    if let (Ok(n), Ok(v)) = (
-                        HeaderName::from_bytes(f.name.as_bytes()),
-                        HeaderValue::from_bytes(f.value),
-                    ) {
-                        map.append(n, v);
-                    }
-                }
+                let map = header_map(fields, |_, _| true);
                 (!map.is_empty()).then_some(map)
             }
             _ => None,
