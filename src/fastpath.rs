@@ -340,6 +340,7 @@ fn plan(proxy: &Arc<Proxy>, c: &mut Client) -> Option<Planned> {
     let mut forwarded_proto = None;
     let mut forwarded_host = None;
     let mut request_id = None;
+    let mut te_trailers = false;
     let mut client_close = false;
     let mut body = None;
     let mut named = Named::default();
@@ -377,6 +378,7 @@ fn plan(proxy: &Arc<Proxy>, c: &mut Client) -> Option<Planned> {
             Field::ForwardedProto => _ = forwarded_proto.get_or_insert(h.value),
             Field::ForwardedHost => _ = forwarded_host.get_or_insert(h.value),
             Field::RequestId => _ = request_id.get_or_insert(h.value),
+            Field::Te => te_trailers |= forward::lists_trailers(h.value),
         }
     }
     if size > limits.max_header_bytes {
@@ -469,6 +471,9 @@ fn plan(proxy: &Arc<Proxy>, c: &mut Client) -> Option<Planned> {
         _ => &fast.host[..],
     };
     put_header(out, b"host", upstream_host);
+    if te_trailers {
+        put_header(out, b"te", b"trailers");
+    }
     let mut ip = [0u8; 64];
     put_appended(
         out,
@@ -1185,7 +1190,7 @@ fn client_head_of(f: Final<'_, '_>, close: bool, out: &mut Vec<u8>) -> Head {
         let name = h.name.as_bytes();
         let passed = match field {
             Field::Framing => !reframed && name.len() == 14,
-            Field::Connection | Field::HopByHop | Field::Upgrade => false,
+            Field::Connection | Field::HopByHop | Field::Te | Field::Upgrade => false,
             _ => !scan.named.contains(name),
         };
         if passed {
@@ -1454,8 +1459,9 @@ enum Field {
     ForwardedProto,
     ForwardedHost,
     RequestId,
-    /// RFC 9110 §7.6.1's other hop-by-hop fields: `Keep-Alive`, `Proxy-*`, `TE`,
-    /// `Trailer`.
+    /// `TE`: hop-by-hop, but its `trailers` is passed on (see `forward`).
+    Te,
+    /// RFC 9110 §7.6.1's other hop-by-hop fields: `Keep-Alive`, `Proxy-*`.
     HopByHop,
 }
 
@@ -1464,12 +1470,11 @@ impl Field {
     fn of(name: &[u8]) -> Field {
         let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
         match name.len() {
-            2 if is(b"te") => Field::HopByHop,
+            2 if is(b"te") => Field::Te,
             4 if is(b"host") => Field::Host,
             4 if is(b"date") => Field::Date,
             6 if is(b"expect") => Field::Expect,
             7 if is(b"upgrade") => Field::Upgrade,
-            7 if is(b"trailer") => Field::HopByHop,
             10 if is(b"connection") => Field::Connection,
             10 if is(b"keep-alive") => Field::HopByHop,
             12 if is(b"x-request-id") => Field::RequestId,

@@ -618,12 +618,17 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 
 /// Removes the hop-by-hop headers of RFC 9110 §7.6.1, including those `Connection` names.
 /// For an upgrade, `Connection: upgrade` and `Upgrade` are kept so the upstream sees it.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+/// Returns whether a `TE` field listed `trailers`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> bool {
     // Most messages carry none of these: one pass comparing names (standard names
     // compare as enum tags) saves a hash lookup per name on every request and response.
     if !headers.keys().any(is_hop_by_hop) {
-        return;
+        return false;
     }
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .any(|v| lists_trailers(v.as_bytes()));
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = connection_tokens(headers)
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
@@ -643,18 +648,28 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     } else {
         headers.remove(header::UPGRADE);
     }
+    te_trailers
 }
 
 /// Hop-by-hop fields besides `Connection`, `Upgrade` and what `Connection` names.
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// `Trailer` is not one (RFC 9110 §6.6.2): it announces the trailer fields end to end,
+/// and hyper sends an HTTP/1.1 client only the trailer fields it announces.
+const HOP_BY_HOP: [HeaderName; 6] = [
     KEEP_ALIVE,
     PROXY_CONNECTION,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
+
+/// Whether a `TE` value lists `trailers` (RFC 9110 §10.1.4).
+pub fn lists_trailers(value: &[u8]) -> bool {
+    value.split(|&b| b == b',').any(|t| {
+        let coding = t.split(|&b| b == b';').next().unwrap_or(t);
+        coding.trim_ascii().eq_ignore_ascii_case(b"trailers")
+    })
+}
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     *name == header::CONNECTION || *name == header::UPGRADE || HOP_BY_HOP.contains(name)
@@ -668,7 +683,12 @@ fn rewrite_request_headers(
     request_id: &HeaderValue,
     proto: &'static str,
 ) {
-    strip_hop_by_hop(headers, upgrade);
+    // A client that accepts trailers gets them through statuslens (every path forwards
+    // them), so the upstream is told so, as the client told statuslens: an upstream that
+    // sends trailers only when asked answers as it would answer the client directly.
+    if strip_hop_by_hop(headers, upgrade) {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     // statuslens streams the body as soon as the client sends it (hyper answers the
     // client's 100-continue when the upstream starts reading), so the upstream must not
     // wait for a second 100-continue of its own.
@@ -822,9 +842,34 @@ mod tests {
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert("proxy-authorization", HeaderValue::from_static("Basic x"));
         h.insert("x-end-to-end", HeaderValue::from_static("kept"));
-        strip_hop_by_hop(&mut h, false);
-        assert_eq!(h.len(), 1, "{h:?}");
+        h.insert(header::TRAILER, HeaderValue::from_static("x-checksum"));
+        assert!(strip_hop_by_hop(&mut h, false), "TE listed trailers");
+        assert_eq!(h.len(), 2, "{h:?}");
         assert_eq!(h["x-end-to-end"], "kept");
+        assert_eq!(h[header::TRAILER], "x-checksum");
+    }
+
+    #[test]
+    fn te_trailers_is_passed_on_and_other_codings_are_not() {
+        for (te, passed) in [
+            ("trailers", Some("trailers")),
+            ("gzip;q=0.5, Trailers", Some("trailers")),
+            ("deflate", None),
+            ("trailersx, x-trailers", None),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::TE, HeaderValue::from_str(te).unwrap());
+            h.insert(header::CONNECTION, HeaderValue::from_static("te"));
+            let id = HeaderValue::from_static("abc");
+            let peer = "127.0.0.9:5000".parse().unwrap();
+            rewrite_request_headers(&mut h, false, peer, None, &id, "http");
+            assert_eq!(
+                h.get(header::TE).map(|v| v.to_str().unwrap()),
+                passed,
+                "{te}"
+            );
+            assert!(h.get(header::CONNECTION).is_none());
+        }
     }
 
     #[test]

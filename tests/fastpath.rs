@@ -145,12 +145,13 @@ async fn recording_upstream() -> (SocketAddr, Arc<Mutex<Vec<Vec<(String, String)
 }
 
 /// A response as a client sees it: status, headers (lower-cased, `date` left out),
-/// the decoded body.
+/// the decoded body, its trailer fields.
 #[derive(Debug, PartialEq)]
 struct Seen {
     status: u16,
     headers: BTreeMap<String, String>,
     body: Vec<u8>,
+    trailers: BTreeMap<String, String>,
 }
 
 /// Reads one response off `s` (`buf` holds bytes read past earlier responses).
@@ -188,6 +189,7 @@ async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>, head_only: bool) ->
     };
     buf.drain(..len);
     let mut body = Vec::new();
+    let mut trailers = BTreeMap::new();
     if head_only || status == 204 || status == 304 {
     } else if headers.get("transfer-encoding").map(String::as_str) == Some("chunked") {
         loop {
@@ -200,11 +202,26 @@ async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>, head_only: bool) ->
             while buf.len() < line_end + 2 + size + 2 {
                 more(s, buf).await;
             }
-            body.extend_from_slice(&buf[line_end + 2..line_end + 2 + size]);
-            buf.drain(..line_end + 2 + size + 2);
             if size == 0 {
+                buf.drain(..line_end + 2);
                 break;
             }
+            body.extend_from_slice(&buf[line_end + 2..line_end + 2 + size]);
+            buf.drain(..line_end + 2 + size + 2);
+        }
+        // The trailer section: fields up to an empty line.
+        loop {
+            while !buf.windows(2).any(|w| w == b"\r\n") {
+                more(s, buf).await;
+            }
+            let line_end = buf.windows(2).position(|w| w == b"\r\n").unwrap();
+            let line: Vec<u8> = buf.drain(..line_end + 2).take(line_end).collect();
+            if line.is_empty() {
+                break;
+            }
+            let line = String::from_utf8(line).unwrap();
+            let (name, value) = line.split_once(':').expect("a trailer field");
+            trailers.insert(name.to_ascii_lowercase(), value.trim().to_string());
         }
     } else {
         let n: usize = headers["content-length"].parse().unwrap();
@@ -219,6 +236,7 @@ async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>, head_only: bool) ->
         status,
         headers,
         body,
+        trailers,
     }
 }
 
@@ -272,7 +290,7 @@ async fn run(
             .map(|b| format!("Content-Length: {}\r\n", b.len()))
             .unwrap_or_default();
         let mut req = format!(
-            "{method} {target} HTTP/1.1\r\nHost: api.test\r\nConnection: X-Hop-Req\r\nX-Hop-Req: 1\r\nKeep-Alive: timeout=5\r\nX-Forwarded-For: 10.0.0.1\r\nX-Request-Id: req-{target}\r\nAccept: */*\r\n{length}\r\n"
+            "{method} {target} HTTP/1.1\r\nHost: api.test\r\nConnection: X-Hop-Req, TE\r\nX-Hop-Req: 1\r\nKeep-Alive: timeout=5\r\nTE: deflate, trailers\r\nX-Forwarded-For: 10.0.0.1\r\nX-Request-Id: req-{target}\r\nAccept: */*\r\n{length}\r\n"
         )
         .into_bytes();
         req.extend_from_slice(body.as_deref().unwrap_or_default());
@@ -281,6 +299,34 @@ async fn run(
     }
     let heads = seen.lock().unwrap().clone();
     (responses, heads, p)
+}
+
+/// An HTTP/1.1 client that accepts trailers gets the upstream's, with the `Trailer` field
+/// that announces them, whoever carries the request: the fast path, the fast pools from
+/// hyper's path (a small body) or hyper's client (a body too large for the pools).
+#[tokio::test]
+async fn trailers_reach_http1_clients_that_accept_them_on_every_path() {
+    let requests = [
+        ("GET", "/trailers", None),
+        ("POST", "/trailers", Some(b"abc".to_vec())),
+        ("POST", "/trailers", Some(pattern(100_000))),
+    ];
+    let (fast, fast_heads, _fast_proc) = run(true, &requests).await;
+    let (slow, slow_heads, _slow_proc) = run(false, &requests).await;
+    assert_eq!(fast, slow);
+    let checksum = BTreeMap::from([("x-checksum".to_string(), "42".to_string())]);
+    for r in &fast {
+        assert_eq!((r.status, &r.body[..]), (200, &b"abc"[..]));
+        assert_eq!(r.headers["trailer"], "x-checksum");
+        assert_eq!(r.trailers, checksum);
+    }
+    for heads in [&fast_heads, &slow_heads] {
+        assert_eq!(heads.len(), requests.len());
+        for h in heads {
+            let te: Vec<_> = h.iter().filter(|(n, _)| n == "te").collect();
+            assert_eq!(te, [&("te".to_string(), "trailers".to_string())], "{h:?}");
+        }
+    }
 }
 
 #[tokio::test]
@@ -420,6 +466,10 @@ async fn the_fast_path_forwards_and_answers_as_hypers_path_does() {
     assert_eq!(first["x-forwarded-host"], "api.test");
     assert_eq!(first["x-request-id"], "req-/len?q=1");
     assert_eq!(first["accept"], "*/*");
+    assert_eq!(
+        first["te"], "trailers",
+        "the client accepts trailers; only that is passed on"
+    );
     for gone in ["connection", "keep-alive", "x-hop-req"] {
         assert!(!first.contains_key(gone), "{gone} reached the upstream");
     }
@@ -741,6 +791,10 @@ async fn h2c_requests_on_the_fast_pools_are_answered_as_by_hypers_client() {
     assert_eq!(fast[3].1["content-length"], "5", "HEAD keeps the length");
     let trailers = fast[10].3.as_ref().expect("the upstream's trailers");
     assert_eq!(trailers["x-checksum"], "42");
+    assert_eq!(
+        fast[10].1["trailer"], "x-checksum",
+        "the announcement is end to end"
+    );
 
     assert_eq!(fast_heads, slow_heads);
     assert_eq!(fast_heads.len(), requests.len());
