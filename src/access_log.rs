@@ -12,6 +12,7 @@ use http::{HeaderValue, Method, Uri};
 
 use crate::config::LogVolume;
 use crate::consumer::ConsumerId;
+use crate::iptext::IpText;
 use crate::metrics::Source;
 use crate::status;
 
@@ -71,27 +72,33 @@ impl AccessLog {
             return;
         }
         let class = status::Class::of(e.status).map_or("invalid", |c| c.label());
-        let path = Redacted(e.uri);
+        let path = Redacted(e.uri).text();
+        let path = &*path;
         let request_id = e.request_id.to_str().unwrap_or("(non-ascii)");
         let retry = status::lookup(e.status).map_or("", |i| i.retry.label());
         let consumer = e.consumer.map(tracing::field::display);
+        // One division of whole nanoseconds: the nearest float to the exact value, so the
+        // line shows 1.056148, not 1.0561479999999999.
+        let duration_ms = e.duration.as_nanos() as f64 / 1e6;
+        let client = IpText::socket(e.client);
+        let client = client.as_str();
         macro_rules! line {
             ($level:ident) => {
                 tracing::$level!(
                     target: "statuslens::access",
                     route = e.route,
                     method = e.method.as_str(),
-                    path = %path,
+                    path,
                     status = e.status,
                     class,
                     meaning = status::meaning(e.status),
                     source = e.source.label(),
                     upstream_status = e.upstream_status,
-                    duration_ms = e.duration.as_secs_f64() * 1000.0,
+                    duration_ms,
                     bytes_in = e.bytes_in,
                     bytes_out = e.bytes_out,
                     upstream = e.upstream,
-                    client = %e.client,
+                    client,
                     request_id,
                     retry,
                     retry_after_s = e.retry_after,
@@ -126,12 +133,42 @@ const SECRET_WORDS: [&str; 12] = [
 
 /// Whether a query parameter name looks like it carries a secret.
 pub fn is_secret_param(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    SECRET_WORDS.iter().any(|w| lower.contains(w))
+    // Case-insensitive substring search in place: this runs for every query parameter
+    // of every logged request, so no lower-cased copy.
+    let name = name.as_bytes();
+    SECRET_WORDS.iter().any(|w| {
+        name.windows(w.len())
+            .any(|window| window.eq_ignore_ascii_case(w.as_bytes()))
+    })
+}
+
+/// Whether a query parameter's value must not be logged. Its name is checked as written
+/// and as decoded: an escape can hide a word in either form (`api%5Fkey` decodes to one;
+/// `%dcredential` decodes away from one).
+fn hides(name: &str) -> bool {
+    is_secret_param(name)
+        || (name.contains(['%', '+']) && is_secret_param(&percent_decode_lossy(name)))
 }
 
 /// Displays a request target with secret-looking query values replaced by `REDACTED`.
 pub struct Redacted<'a>(pub &'a Uri);
+
+impl<'a> Redacted<'a> {
+    /// The target as logged: borrowed from the request unless a value must be hidden.
+    pub fn text(&self) -> std::borrow::Cow<'a, str> {
+        let uri = self.0;
+        let Some(query) = uri.query() else {
+            return uri.path().into();
+        };
+        let secret = query
+            .split('&')
+            .any(|pair| pair.split_once('=').is_some_and(|(name, _)| hides(name)));
+        match uri.path_and_query() {
+            Some(pq) if !secret && pq.path() == uri.path() => pq.as_str().into(),
+            _ => self.to_string().into(),
+        }
+    }
+}
 
 impl fmt::Display for Redacted<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -145,14 +182,7 @@ impl fmt::Display for Redacted<'_> {
                 f.write_str("&")?;
             }
             match pair.split_once('=') {
-                // Check the name as written and as decoded: an escape can hide a word in
-                // either form (`api%5Fkey` decodes to one; `%dcredential` decodes away
-                // from one).
-                Some((name, _))
-                    if is_secret_param(name) || is_secret_param(&percent_decode_lossy(name)) =>
-                {
-                    write!(f, "{name}=REDACTED")?
-                }
+                Some((name, _)) if hides(name) => write!(f, "{name}=REDACTED")?,
                 _ => f.write_str(pair)?,
             }
         }
@@ -202,6 +232,28 @@ mod tests {
         // Found by the fuzzer: an invalid escape in front of the word hid it once decoded.
         let uri: Uri = "/x?pa%dcredential=hunter2".parse().unwrap();
         assert_eq!(Redacted(&uri).to_string(), "/x?pa%dcredential=REDACTED");
+    }
+
+    #[test]
+    fn text_borrows_unless_a_value_is_hidden() {
+        for target in [
+            "/x?a=1&flag",
+            "/x",
+            "/x?",
+            "*",
+            "http://api.test/v1?page=2",
+            "/a/b?user=bob&access_token=abc123",
+            "/x?pa%dcredential=hunter2",
+            "/x?to%6Ben=1",
+            "/x?%E2%82=1&t%C3%A9st=%ZZ",
+            "/x?API%5FKey=z&q",
+        ] {
+            let uri: Uri = target.parse().unwrap();
+            let text = Redacted(&uri).text();
+            assert_eq!(text, Redacted(&uri).to_string(), "{target}");
+            let borrowed = matches!(text, std::borrow::Cow::Borrowed(_));
+            assert_eq!(borrowed, !text.contains("REDACTED"), "{target}: {text}");
+        }
     }
 
     #[test]

@@ -34,6 +34,7 @@ use tokio::sync::watch;
 use crate::config::{HostHeader, RouteConfig};
 use crate::forward::{self, Proxy};
 use crate::generation::Live;
+use crate::iptext::IpText;
 use crate::isolate;
 use crate::metrics::{Source, UpstreamErrorKind};
 use crate::observe::{Exchange, RequestBodyState};
@@ -474,13 +475,8 @@ fn plan(proxy: &Arc<Proxy>, c: &mut Client) -> Option<Planned> {
     if te_trailers {
         put_header(out, b"te", b"trailers");
     }
-    let mut ip = [0u8; 64];
-    put_appended(
-        out,
-        b"x-forwarded-for",
-        forwarded_for,
-        ip_bytes(c.peer, &mut ip),
-    );
+    let ip = IpText::ip(c.peer.ip());
+    put_appended(out, b"x-forwarded-for", forwarded_for, ip.as_bytes());
     put_appended(out, b"x-forwarded-proto", forwarded_proto, b"http");
     if let Some(h) = host {
         put_appended(out, b"x-forwarded-host", forwarded_host, h);
@@ -1514,14 +1510,6 @@ fn put_appended(out: &mut Vec<u8>, name: &[u8], prev: Option<&[u8]>, value: &[u8
     }
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-fn ip_bytes(peer: SocketAddr, buf: &mut [u8; 64]) -> &[u8] {
-    use std::io::Write;
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    let _ = write!(cursor, "{}", peer.ip());
-    let len = cursor.position() as usize;
-    &buf[..len]
 }
 
 /// Appends the current time as an HTTP date, formatted once a second per thread.

@@ -722,12 +722,8 @@ fn append(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
 
 /// A client IP as a header value, formatted on the stack (one copy, no String).
 fn ip_value(ip: std::net::IpAddr) -> HeaderValue {
-    use std::io::Write;
-    let mut buf = [0u8; 64];
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    write!(cursor, "{ip}").expect("an IP address fits in 64 bytes");
-    let len = cursor.position() as usize;
-    HeaderValue::from_bytes(&buf[..len]).expect("an IP address is a valid header value")
+    HeaderValue::from_bytes(crate::iptext::IpText::ip(ip).as_bytes())
+        .expect("an IP address is a valid header value")
 }
 
 fn upstream_uri(route: &RouteConfig, uri: &Uri) -> Result<Uri, http::Error> {

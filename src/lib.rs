@@ -21,7 +21,7 @@
 //! knows what every status code means, for `statuslens explain`, the log and the API.
 //! [`generation`] holds the state built from one config and swaps it on reload.
 //! [`isolate`] turns a panic in one request into that request's 500; [`logsink`] batches
-//! log lines for a writer thread.
+//! log lines for a writer thread; [`iptext`] writes client addresses without `core::fmt`.
 //! [`demo`] plays the incidents statuslens exists for against a synthetic API.
 #![forbid(unsafe_code)]
 
@@ -81,6 +81,7 @@ pub mod fastpath;
 pub mod forward;
 pub mod framing;
 pub mod generation;
+pub mod iptext;
 pub mod isolate;
 pub mod logfmt;
 pub mod logsink;

@@ -1,5 +1,5 @@
-//! The observe path (count + histogram + detector counters) allocates nothing per
-//! request once a series exists: proved with a counting global allocator.
+//! The observe path (count + histogram + detector counters) and the access log's line
+//! allocate nothing per request once warm: proved with a counting global allocator.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -87,4 +87,72 @@ async fn observe_path_allocates_nothing_per_request() {
         quiet.tick(1_800_000_000 + t);
     }
     assert_eq!(allocs() - before, 0, "detector tick allocated");
+}
+
+/// A log writer that only counts the lines and bytes it is given.
+struct Counted;
+
+static LINES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl std::io::Write for Counted {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use std::sync::atomic::Ordering::Relaxed;
+        LINES.fetch_add(buf.iter().filter(|&&b| b == b'\n').count() as u64, Relaxed);
+        BYTES.fetch_add(buf.len() as u64, Relaxed);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn access_log_lines_allocate_nothing_once_warm() {
+    use statuslens::access_log::{AccessLog, Entry};
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Duration;
+
+    let subscriber = tracing_subscriber::fmt()
+        .event_format(statuslens::logfmt::JsonLines)
+        .with_writer(|| Counted)
+        .finish();
+    let log = AccessLog::new(statuslens::config::LogVolume::All);
+    let uri: http::Uri = "/v1/accounts/42/orders?page=2&sort=desc".parse().unwrap();
+    let request_id = http::HeaderValue::from_static("7f3a9c0e12345678");
+    let client = "203.0.113.77:50123".parse().unwrap();
+    let entry = |i: u32| Entry {
+        route: "orders",
+        upstream: "http://10.0.0.5:8080",
+        method: &Method::GET,
+        uri: &uri,
+        status: [200, 401, 429, 503][i as usize % 4],
+        source: Source::Upstream,
+        upstream_status: None,
+        duration: Duration::from_nanos(1_056_148 + u64::from(i) * 7_919),
+        bytes_in: 0,
+        bytes_out: u64::from(i) * 31,
+        client,
+        request_id: &request_id,
+        retry_after: (i % 4 == 2).then_some(7.0),
+        consumer: Some(ConsumerId(i % 50)),
+    };
+    tracing::subscriber::with_default(subscriber, || {
+        // The first lines size the thread's buffers.
+        for i in 0..100 {
+            log.request(&entry(i));
+        }
+        let lines = LINES.load(Relaxed);
+        let before = allocs();
+        for i in 0..10_000 {
+            log.request(&entry(i));
+        }
+        let during = allocs() - before;
+        assert_eq!(LINES.load(Relaxed) - lines, 10_000, "every request logged");
+        assert_eq!(during, 0, "{during} allocations in 10,000 access-log lines");
+    });
+    assert!(
+        BYTES.load(Relaxed) > 10_100 * 300,
+        "lines carry their fields"
+    );
 }
