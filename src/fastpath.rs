@@ -1063,6 +1063,17 @@ impl Scan<'_> {
     fn reframed(&self) -> bool {
         matches!(self.body, Body::Chunked | Body::UntilClose)
     }
+
+    /// Whether field `i` (`name`) goes on to the client: end-to-end fields, and the
+    /// `Content-Length` of a body that is not re-framed; never the hop-by-hop ones
+    /// (RFC 9110 §7.6.1), nor what `Connection` names.
+    fn passes(&self, i: usize, name: &[u8]) -> bool {
+        match self.fields[i] {
+            Field::Framing => !self.reframed() && name.len() == 14,
+            Field::Connection | Field::HopByHop | Field::Te | Field::Upgrade => false,
+            _ => !self.named.contains(name),
+        }
+    }
 }
 
 fn scan<'b>(
@@ -1181,19 +1192,13 @@ fn client_head_of(f: Final<'_, '_>, close: bool, out: &mut Vec<u8>) -> Head {
     out.push(b' ');
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    let reframed = scan.reframed();
-    for (h, field) in resp.headers.iter().zip(scan.fields) {
+    for (i, h) in resp.headers.iter().enumerate() {
         let name = h.name.as_bytes();
-        let passed = match field {
-            Field::Framing => !reframed && name.len() == 14,
-            Field::Connection | Field::HopByHop | Field::Te | Field::Upgrade => false,
-            _ => !scan.named.contains(name),
-        };
-        if passed {
+        if scan.passes(i, name) {
             put_header(out, name, h.value);
         }
     }
-    if reframed {
+    if scan.reframed() {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     if close {
@@ -1219,8 +1224,8 @@ pub(crate) struct ResponseHead {
     /// Its length in the buffer.
     pub(crate) len: usize,
     pub(crate) status: StatusCode,
-    /// Every field but a `Content-Length` beside other framing (the rest of the
-    /// hop-by-hop fields go where hyper's responses lose theirs).
+    /// The fields the client gets, as on the fast path: hyper's responses lose their
+    /// hop-by-hop fields in `forward`, these need not be looked for there.
     pub(crate) headers: HeaderMap,
     pub(crate) body: Body,
     pub(crate) keep_alive: bool,
@@ -1232,10 +1237,7 @@ pub(crate) fn parse_parts(
     head_only: bool,
 ) -> Result<Parsed<ResponseHead>, UpstreamErrorKind> {
     parse_response(buf, head_only, |f| {
-        let reframed = f.scan.reframed();
-        let headers = header_map(f.resp.headers, |i, name| {
-            !(reframed && f.scan.fields[i] == Field::Framing && name.len() == 14)
-        });
+        let headers = header_map(f.resp.headers, |i, name| f.scan.passes(i, name));
         Ok(ResponseHead {
             len: f.len,
             status: StatusCode::from_u16(f.status).map_err(|_| UpstreamErrorKind::Protocol)?,

@@ -607,11 +607,15 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 }
 
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
+    headers.get_all(header::CONNECTION).iter().flat_map(tokens)
+}
+
+/// The comma-separated tokens of a list value (none if it is not text).
+fn tokens(value: &HeaderValue) -> impl Iterator<Item = &str> {
+    value
+        .to_str()
+        .unwrap_or("")
+        .split(',')
         .map(str::trim)
         .filter(|t| !t.is_empty())
 }
@@ -620,41 +624,70 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// For an upgrade, `Connection: upgrade` and `Upgrade` are kept so the upstream sees it.
 /// Returns whether a `TE` field listed `trailers`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> bool {
-    // Most messages carry none of these: one pass comparing names (standard names
-    // compare as enum tags) saves a hash lookup per name on every request and response.
-    if !headers.keys().any(is_hop_by_hop) {
+    // One pass over the names (standard names compare as enum tags) finds which are
+    // present: most requests carry none, most responses one (an upstream's
+    // `Connection: keep-alive`), so nothing absent is looked up.
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return false;
     }
-    let te_trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .any(|v| lists_trailers(v.as_bytes()));
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = connection_tokens(headers)
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .collect();
-        for name in named {
-            if !(keep_upgrade && name == header::UPGRADE) {
-                headers.remove(name);
-            }
-        }
+    let has = |bit: u8| present & bit != 0;
+    let te_trailers = has(TE_BIT)
+        && headers
+            .get_all(header::TE)
+            .iter()
+            .any(|v| lists_trailers(v.as_bytes()));
+    // `Connection: keep-alive` or `close` (nearly every upstream response says one) names
+    // no field to remove beyond those dropped anyway: no need to look further.
+    let names_fields = |t: &str| {
+        !(t.eq_ignore_ascii_case("keep-alive")
+            || t.eq_ignore_ascii_case("close")
+            || keep_upgrade && t.eq_ignore_ascii_case("upgrade"))
+    };
+    if has(CONNECTION_BIT) {
+        // Owned copies of the values (shared bytes, not copied text) so the map can change
+        // while their tokens are read, made only when some token names a field.
+        let naming: Vec<HeaderValue> = if connection_tokens(headers).any(names_fields) {
+            headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
         headers.remove(header::CONNECTION);
+        for token in naming.iter().flat_map(tokens).filter(|t| names_fields(t)) {
+            // A name given as text is looked up without building a `HeaderName`; one
+            // that is not a valid name is simply absent.
+            headers.remove(token);
+        }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate().skip(2) {
+        if has(1 << i) {
+            headers.remove(name);
+        }
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if has(UPGRADE_BIT) {
         headers.remove(header::UPGRADE);
     }
     te_trailers
 }
 
-/// Hop-by-hop fields besides `Connection`, `Upgrade` and what `Connection` names.
-/// `Trailer` is not one (RFC 9110 §6.6.2): it announces the trailer fields end to end,
-/// and hyper sends an HTTP/1.1 client only the trailer fields it announces.
-const HOP_BY_HOP: [HeaderName; 6] = [
+/// The hop-by-hop fields: `Connection` and `Upgrade` first (handled apart), then those
+/// always dropped. `Trailer` is not one (RFC 9110 §6.6.2): it announces the trailer
+/// fields end to end, and hyper sends an HTTP/1.1 client only the trailer fields it
+/// announces.
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    header::UPGRADE,
     KEEP_ALIVE,
     PROXY_CONNECTION,
     header::PROXY_AUTHENTICATE,
@@ -662,6 +695,10 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     header::TE,
     header::TRANSFER_ENCODING,
 ];
+/// `strip_hop_by_hop`'s bits for the fields it treats apart, by their place above.
+const CONNECTION_BIT: u8 = 1;
+const UPGRADE_BIT: u8 = 1 << 1;
+const TE_BIT: u8 = 1 << 6;
 
 /// Whether a `TE` value lists `trailers` (RFC 9110 §10.1.4).
 pub fn lists_trailers(value: &[u8]) -> bool {
@@ -669,10 +706,6 @@ pub fn lists_trailers(value: &[u8]) -> bool {
         let coding = t.split(|&b| b == b';').next().unwrap_or(t);
         coding.trim_ascii().eq_ignore_ascii_case(b"trailers")
     })
-}
-
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    *name == header::CONNECTION || *name == header::UPGRADE || HOP_BY_HOP.contains(name)
 }
 
 fn rewrite_request_headers(
@@ -843,6 +876,47 @@ mod tests {
         assert_eq!(h.len(), 2, "{h:?}");
         assert_eq!(h["x-end-to-end"], "kept");
         assert_eq!(h[header::TRAILER], "x-checksum");
+    }
+
+    #[test]
+    fn hop_by_hop_bits_name_their_fields() {
+        let at = |bit: u8| &HOP_BY_HOP[bit.trailing_zeros() as usize];
+        assert_eq!(at(CONNECTION_BIT), header::CONNECTION);
+        assert_eq!(at(UPGRADE_BIT), header::UPGRADE);
+        assert_eq!(at(TE_BIT), header::TE);
+    }
+
+    #[test]
+    fn every_connection_line_is_honoured() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("x-a, Upgrade"));
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static("X-B,,bad name"),
+        );
+        for name in ["x-a", "x-b", "x-c"] {
+            h.insert(name, HeaderValue::from_static("1"));
+        }
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(!strip_hop_by_hop(&mut h, true));
+        let left: Vec<_> = h
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            left,
+            [
+                ("upgrade", "websocket"),
+                ("x-c", "1"),
+                ("connection", "upgrade")
+            ]
+        );
+        // Without the upgrade, Upgrade goes too.
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
     }
 
     #[test]
