@@ -25,6 +25,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 
+use crate::config::RouteConfig;
 use crate::fastpath::{self, Chunks, FastRoute, UpConn};
 use crate::forward::Proxy;
 use crate::metrics::UpstreamErrorKind;
@@ -54,7 +55,7 @@ pub(crate) fn takes(
     !upgrade && *method != Method::CONNECT && (body.is_end_stream() || small())
 }
 
-/// Sends `parts` (already rewritten for the upstream, its URI absolute) and `body` (its
+/// Sends `parts` (headers rewritten for the upstream, the client's URI) and `body` (its
 /// length in `parts`' `Content-Length`) on a pooled connection of route
 /// `route`, and reads the response head. A failed body is reported as a `Reset`: the
 /// caller looks at the body's state to tell the client's fault (408, 413).
@@ -68,7 +69,7 @@ pub(crate) async fn send(
         .fast_route(route)
         .expect("fastclient requests have a fast route");
     let mut head = Vec::with_capacity(512);
-    request_head(&mut head, parts, fast);
+    request_head(&mut head, parts, cfg, fast);
 
     // A pooled connection that turns out closed when written to never saw the
     // request: try the next (as hyper's client retries a canceled request).
@@ -147,16 +148,19 @@ fn failure(kind: UpstreamErrorKind) -> Failure {
 
 /// The upstream request head, as hyper's client writes it: lower-case names in the
 /// map's order, a `Host` from the upstream URL when the forwarder set none.
-fn request_head(out: &mut Vec<u8>, parts: &Parts, fast: &FastRoute) {
+fn request_head(out: &mut Vec<u8>, parts: &Parts, cfg: &RouteConfig, fast: &FastRoute) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
-    // The origin form: the absolute upstream URI's path and query.
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    out.extend_from_slice(if path.is_empty() {
-        b"/"
-    } else {
-        path.as_bytes()
-    });
+    // The origin form, behind the upstream's base path, as the fast path writes it (no
+    // absolute URI is built for this client).
+    out.extend_from_slice(cfg.base_path.as_bytes());
+    out.extend_from_slice(
+        parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .as_bytes(),
+    );
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &parts.headers {
         // Bodies go this way only with a Content-Length (as hyper's client would frame them).

@@ -281,16 +281,6 @@ impl Proxy {
         let upgrade = is_upgrade(req.headers()) && client_version == Version::HTTP_11;
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let uri = match upstream_uri(&up.cfg, &parts.uri) {
-            Ok(u) => u,
-            Err(_) => {
-                return Ok(local(
-                    ex,
-                    StatusCode::BAD_REQUEST,
-                    "request target cannot be forwarded\n",
-                ))
-            }
-        };
         rewrite_request_headers(
             &mut parts.headers,
             upgrade,
@@ -312,7 +302,6 @@ impl Proxy {
                 }
             }
         }
-        parts.uri = uri;
         // The upstream speaks HTTP/1.1 whatever the client spoke (h2c included).
         parts.version = Version::HTTP_11;
         if let Some(id) = &up.identifier {
@@ -345,6 +334,16 @@ impl Proxy {
                 client_version,
             ));
         }
+        parts.uri = match upstream_uri(&up.cfg, &parts.uri) {
+            Ok(u) => u,
+            Err(_) => {
+                return Ok(local(
+                    ex,
+                    StatusCode::BAD_REQUEST,
+                    "request target cannot be forwarded\n",
+                ))
+            }
+        };
         let (body, state) = self.request_body(&mut ex, route, &up.cfg, body);
         let upstream_req = Request::from_parts(parts, body);
 
