@@ -272,6 +272,11 @@ impl Accepting {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        // An IPv4 client of a dual-stack listener (`[::]`) arrives as
+                        // ::ffff:a.b.c.d. X-Forwarded-For, the log and consumer identity
+                        // get the address it has, a.b.c.d (as Go's net/http reports it):
+                        // upstream allowlists and IPv4 parsers expect that form.
+                        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
                         self.clone().connection(stream, peer, &graceful, connection_stop.clone())
                     }
                     Err(e) => {

@@ -187,6 +187,60 @@ async fn headers_forwarded_hop_by_hop_dropped() {
     assert_eq!(h["x-request-id"], "req-abc-123");
 }
 
+/// A dual-stack listener (`[::]`) sees IPv4 clients as ::ffff:a.b.c.d; the upstream and
+/// the log get a.b.c.d, on the fast path and on hyper's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv4_clients_of_a_dual_stack_listener_keep_their_ipv4_address() {
+    let up = upstream().await;
+    let p = Proc::start(&[
+        "--upstream",
+        &format!("http://{}", up.addr),
+        "--listen",
+        "[::]:0",
+    ]);
+    let port = p.proxy.port();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    // A plain GET (the fast path), then a chunked POST (handed to hyper).
+    s.write_all(
+        b"GET /status/200 HTTP/1.1\r\nHost: a\r\n\r\n\
+          POST /drain HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut got = Vec::new();
+    while got.windows(8).filter(|w| w == b"HTTP/1.1").count() < 2 {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
+            .await
+            .expect("both responses within the deadline")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let seen = up.seen.0.lock().unwrap().clone();
+    let forwarded: Vec<_> = seen
+        .iter()
+        .map(|r| {
+            (
+                r.uri.path().to_string(),
+                r.headers["x-forwarded-for"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        forwarded,
+        [
+            ("/status/200".to_string(), "127.0.0.1".parse().unwrap()),
+            ("/drain".to_string(), "127.0.0.1".parse().unwrap())
+        ]
+    );
+    for path in ["/status/200", "/drain"] {
+        let line = p.wait_line(|l| l.contains(&format!("\"path\":\"{path}\"")));
+        assert!(line.contains("\"client\":\"127.0.0.1:"), "{line}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_made_errors_have_the_right_code_and_source() {
     let up = upstream().await;
