@@ -294,8 +294,10 @@ impl Proxy {
                 parts.headers.remove(header::HOST);
             }
             HostHeader::Preserve => {
-                // An HTTP/2 client carries the host in :authority; HTTP/1.1 needs it as Host.
-                if !parts.headers.contains_key(header::HOST) {
+                // The host the request was routed by (and X-Forwarded-Host names): a target
+                // in absolute form, or HTTP/2's :authority, wins over a Host field (RFC 9112
+                // §3.2.2, RFC 9113 §8.3.1); the HTTP/1.1 upstream needs it as Host.
+                if parts.uri.authority().is_some() || !parts.headers.contains_key(header::HOST) {
                     if let Some(h) = host {
                         parts.headers.insert(header::HOST, h);
                     }

@@ -187,6 +187,50 @@ async fn headers_forwarded_hop_by_hop_dropped() {
     assert_eq!(h["x-request-id"], "req-abc-123");
 }
 
+/// A target in absolute form names the host: it is routed by, forwarded as `Host` and
+/// named in `X-Forwarded-Host`, whatever the `Host` field said (RFC 9112 §3.2.2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absolute_form_target_names_the_host() {
+    let up = upstream().await;
+    let other = upstream().await;
+    let cfg = write_config(&format!(
+        r#"
+[[routes]]
+name = "other"
+match = {{ host = "other.example" }}
+upstream = "http://{}"
+[[routes]]
+name = "api"
+upstream = "http://{}"
+"#,
+        other.addr, up.addr
+    ));
+    let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+    let mut s = TcpStream::connect(p.proxy).await.unwrap();
+    s.write_all(b"GET http://other.example/status/200?x=1 HTTP/1.1\r\nHost: api.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while !got.ends_with(b"status 200") {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+            .await
+            .expect("a response within the deadline")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        up.seen.0.lock().unwrap().is_empty(),
+        "routed by the Host field"
+    );
+    let seen = other.seen.0.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].uri, "/status/200?x=1");
+    assert_eq!(seen[0].headers["host"], "other.example");
+    assert_eq!(seen[0].headers["x-forwarded-host"], "other.example");
+}
+
 /// A dual-stack listener (`[::]`) sees IPv4 clients as ::ffff:a.b.c.d; the upstream and
 /// the log get a.b.c.d, on the fast path and on hyper's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
