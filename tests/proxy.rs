@@ -210,16 +210,7 @@ upstream = "http://{}"
     s.write_all(b"GET http://other.example/status/200?x=1 HTTP/1.1\r\nHost: api.test\r\n\r\n")
         .await
         .unwrap();
-    let mut got = Vec::new();
-    while !got.ends_with(b"status 200") {
-        let mut buf = [0u8; 1024];
-        let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
-            .await
-            .expect("a response within the deadline")
-            .unwrap();
-        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
+    read_until(&mut s, &mut Vec::new(), |got| got.ends_with(b"status 200")).await;
     assert!(
         up.seen.0.lock().unwrap().is_empty(),
         "routed by the Host field"
@@ -251,17 +242,10 @@ async fn ipv4_clients_of_a_dual_stack_listener_keep_their_ipv4_address() {
     )
     .await
     .unwrap();
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    let mut got = Vec::new();
-    while got.windows(8).filter(|w| w == b"HTTP/1.1").count() < 2 {
-        let mut buf = [0u8; 4096];
-        let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
-            .await
-            .expect("both responses within the deadline")
-            .unwrap();
-        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
+    read_until(&mut s, &mut Vec::new(), |got| {
+        got.windows(8).filter(|w| w == b"HTTP/1.1").count() == 2
+    })
+    .await;
     let seen = up.seen.0.lock().unwrap().clone();
     let forwarded: Vec<_> = seen
         .iter()

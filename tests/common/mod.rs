@@ -551,6 +551,26 @@ pub async fn read_until_closed(s: &mut tokio::net::TcpStream, what: &str) -> Vec
     got
 }
 
+/// Reads a raw socket into `got` until `done(got)` holds; panics if the server closes
+/// first or the deadline passes.
+pub async fn read_until(
+    s: &mut tokio::net::TcpStream,
+    got: &mut Vec<u8>,
+    done: impl Fn(&[u8]) -> bool,
+) {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !done(got) {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("deadline passed with {:?}", String::from_utf8_lossy(got)))
+            .expect("read");
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(got));
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
 /// Reads a response's status line (up to the first CRLF) from a raw socket, byte by
 /// byte, so it works however the server's writes are split; the rest stays unread.
 pub async fn read_status_line(s: &mut tokio::net::TcpStream) -> String {
