@@ -51,7 +51,8 @@ where
 thread_local! {
     /// The line being written. The subscriber's `Writer` is a `dyn` writer and a line is
     /// some eighty small writes: composed with plain `String` pushes (inlined) and handed
-    /// over in one piece, the access log costs half the instructions it did.
+    /// over in one piece, a line costs a quarter fewer instructions (callgrind, 8.5k to
+    /// 6.3k per access-log line).
     static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
