@@ -116,6 +116,7 @@ pub(crate) async fn send(
         trailers: None,
         // The last use of `proxy` here: moved, not cloned.
         home: (proxy, route),
+        failed: None,
     };
     if matches!(body.framing, Framing::Done) {
         body.reusable &= body.buf.is_empty();
@@ -198,9 +199,12 @@ pub struct UpstreamBody {
     conn: Option<UpConn>,
     /// The connection can carry another request once the body has ended.
     reusable: bool,
-    trailers: Option<HeaderMap>,
+    /// Boxed: rare, and this body is a variant of every response body's enum.
+    trailers: Option<Box<HeaderMap>>,
     /// The proxy and route whose pool the connection returns to.
     home: (Arc<Proxy>, usize),
+    /// An error found and held back for one poll (see `poll_frame`).
+    failed: Option<BodyError>,
 }
 
 /// The upstream broke off a body.
@@ -218,6 +222,64 @@ impl UpstreamBody {
             let (proxy, route) = &self.home;
             if let Some((cfg, fast)) = proxy.fast_route(*route) {
                 fast.checkin(conn, cfg.idle_timeout);
+            }
+        }
+    }
+
+    /// The next frame, as the upstream's framing says.
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        loop {
+            match &mut self.framing {
+                Framing::Done => {
+                    return Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(*t))))
+                }
+                Framing::Length(left) => {
+                    if self.buf.is_empty() {
+                        let want = (*left).min(MAX_READ as u64) as usize;
+                        if ready!(self.poll_fill(cx, want))? == 0 {
+                            self.reusable = false;
+                            return Poll::Ready(Some(Err(BodyError("closed mid-body"))));
+                        }
+                        continue;
+                    }
+                    let take = (self.buf.len() as u64).min(*left) as usize;
+                    let data = self.buf.split_to(take).freeze();
+                    *left -= take as u64;
+                    if *left == 0 {
+                        self.framing = Framing::Done;
+                        self.release();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::Chunked(chunks) => {
+                    if self.buf.is_empty() {
+                        if ready!(self.poll_fill(cx, MAX_READ))? == 0 {
+                            self.reusable = false;
+                            return Poll::Ready(Some(Err(BodyError("closed mid-body"))));
+                        }
+                        continue;
+                    }
+                    let data = take_chunked(chunks, &mut self.buf)
+                        .map_err(|()| BodyError("sent a malformed chunked body"))?;
+                    if chunks.done() {
+                        self.trailers = chunks.trailers().map(Box::new);
+                        self.framing = Framing::Done;
+                        self.release();
+                    }
+                    if !data.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                Framing::UntilClose => {
+                    if self.buf.is_empty() && ready!(self.poll_fill(cx, MAX_READ))? == 0 {
+                        self.framing = Framing::Done;
+                        self.reusable = false;
+                        self.release();
+                        continue;
+                    }
+                    let data = self.buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
             }
         }
     }
@@ -248,64 +310,27 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        loop {
-            match &mut this.framing {
-                Framing::Done => {
-                    return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))))
-                }
-                Framing::Length(left) => {
-                    if this.buf.is_empty() {
-                        let want = (*left).min(MAX_READ as u64) as usize;
-                        if ready!(this.poll_fill(cx, want))? == 0 {
-                            this.reusable = false;
-                            return Poll::Ready(Some(Err(BodyError("closed mid-body"))));
-                        }
-                        continue;
-                    }
-                    let take = (this.buf.len() as u64).min(*left) as usize;
-                    let data = this.buf.split_to(take).freeze();
-                    *left -= take as u64;
-                    if *left == 0 {
-                        this.framing = Framing::Done;
-                        this.release();
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Framing::Chunked(chunks) => {
-                    if this.buf.is_empty() {
-                        if ready!(this.poll_fill(cx, MAX_READ))? == 0 {
-                            this.reusable = false;
-                            return Poll::Ready(Some(Err(BodyError("closed mid-body"))));
-                        }
-                        continue;
-                    }
-                    let data = take_chunked(chunks, &mut this.buf)
-                        .map_err(|()| BodyError("sent a malformed chunked body"))?;
-                    if chunks.done() {
-                        this.trailers = chunks.trailers();
-                        this.framing = Framing::Done;
-                        this.release();
-                    }
-                    if !data.is_empty() {
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                }
-                Framing::UntilClose => {
-                    if this.buf.is_empty() && ready!(this.poll_fill(cx, MAX_READ))? == 0 {
-                        this.framing = Framing::Done;
-                        this.reusable = false;
-                        this.release();
-                        continue;
-                    }
-                    let data = this.buf.split().freeze();
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
+        if let Some(e) = this.failed.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        match this.poll_body(cx) {
+            // hyper's h2 server resets the stream as soon as the body fails, and the
+            // reset drops the frames still queued for it: an upstream that breaks off
+            // right behind its head (head, some body and the close in one read) left the
+            // client without even the status, two times in three. One turn of the
+            // scheduler lets the connection write the head and data first, as it could
+            // with hyper's client, whose body arrives through a channel.
+            Poll::Ready(Some(Err(e))) => {
+                this.failed = Some(e);
+                cx.waker().wake_by_ref();
+                Poll::Pending
             }
+            polled => polled,
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.framing, Framing::Done) && self.trailers.is_none()
+        self.failed.is_none() && matches!(self.framing, Framing::Done) && self.trailers.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -859,6 +859,7 @@ async fn h2c_and_http1_requests_share_the_fast_paths_upstream_connections() {
 
 #[tokio::test]
 async fn h2c_upstream_failures_are_answered_as_by_hypers_client() {
+    const SHORT: usize = 20;
     let refused = closed_port();
     let garbage = raw_upstream(b"this is not http\r\n\r\n").await;
     let cut = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Le").await;
@@ -892,21 +893,25 @@ async fn h2c_upstream_failures_are_answered_as_by_hypers_client() {
             let (parts, body) = get(&c, &p.url(&format!("/{name}/x"))).await;
             got.push((parts.status.as_u16(), body));
         }
-        // A body the upstream breaks off: the client sees its status, then a reset.
-        let resp = c
-            .request(
-                http::Request::get(p.url("/short/x"))
-                    .body(full(Bytes::new()))
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        assert!(http_body_util::BodyExt::collect(resp.into_body())
-            .await
-            .is_err());
-        let m = wait_metrics(&p, "5 responses", |m| {
-            sum(m, "statuslens_responses_total", &[]) == 5.0
+        // A body the upstream breaks off: the client sees its status, then a reset —
+        // every time (on the fast pools it once lost the status two times in three, when
+        // the head, the body's start and the close came in one read).
+        for _ in 0..SHORT {
+            let resp = c
+                .request(
+                    http::Request::get(p.url("/short/x"))
+                        .body(full(Bytes::new()))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            assert!(http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .is_err());
+        }
+        let m = wait_metrics(&p, "every response", |m| {
+            sum(m, "statuslens_responses_total", &[]) == 4.0 + SHORT as f64
         })
         .await;
         for (route, kind) in [
@@ -917,9 +922,10 @@ async fn h2c_upstream_failures_are_answered_as_by_hypers_client() {
             ("short", "reset"),
         ] {
             let errors = [("route", route), ("kind", kind)];
+            let times = if route == "short" { SHORT as f64 } else { 1.0 };
             assert_eq!(
                 sum(&m, "statuslens_upstream_errors_total", &errors),
-                1.0,
+                times,
                 "{route} {kind} (fast: {fast})"
             );
         }

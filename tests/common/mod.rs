@@ -242,7 +242,11 @@ pub async fn raw_upstream_lingering(reply: &'static [u8], linger: Duration) -> S
                 let mut buf = [0u8; 4096];
                 let _ = s.read(&mut buf).await;
                 let _ = s.write_all(reply).await;
-                tokio::time::sleep(linger).await;
+                // Without a linger the close follows the reply at once (no scheduler turn
+                // between them), so both can reach statuslens in one read.
+                if !linger.is_zero() {
+                    tokio::time::sleep(linger).await;
+                }
                 let _ = s.shutdown().await;
             });
         }
