@@ -76,7 +76,10 @@ pub(crate) async fn send(
     let mut up = loop {
         let (mut conn, fresh) = match fast.checkout(cfg.idle_timeout) {
             Some(conn) => (conn, false),
-            None => match fast.connect(cfg.connect_timeout).await {
+            // Boxed, as the body's sending below: rarer than a pooled request, and their
+            // futures would otherwise size every request's (moved several times before
+            // its first poll).
+            None => match Box::pin(fast.connect(cfg.connect_timeout)).await {
                 Ok(conn) => (conn, true),
                 Err(e) => return Err((UpstreamErrorKind::Connect, e.to_string())),
             },
@@ -92,7 +95,7 @@ pub(crate) async fn send(
     up.buf.clear();
     let mut sent_whole = true;
     if let Some(body) = body.as_mut() {
-        sent_whole = send_body(&mut up, body).await?;
+        sent_whole = Box::pin(send_body(&mut up, body)).await?;
     }
     let head = fastpath::read_response(&mut up, |buf| fastpath::parse_parts(buf, head_only))
         .await

@@ -1,17 +1,19 @@
 //! The proxy service: route → forward → observe → respond.
 //!
-//! `Proxy::handle` is a plain async fn per request. It picks the route, opens an
-//! [`Exchange`] (which guarantees the request is counted once), enforces the limits
-//! that the proxy answers itself, rewrites the hop-by-hop headers RFC 9110 §7.6.1
-//! names, and streams the request to the route's pooled upstream client. Whatever
-//! comes back — or doesn't — becomes a response with an observed body.
+//! `Proxy::handle` is called once per request. Synchronously, it picks the route, opens
+//! an [`Exchange`] (which guarantees the request is counted once), enforces the limits
+//! that the proxy answers itself and rewrites the hop-by-hop headers RFC 9110 §7.6.1
+//! names; the future it returns streams the request to the route's pooled upstream
+//! client. Whatever comes back — or doesn't — becomes a response with an observed body.
 
 use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -46,6 +48,51 @@ pub struct Arrival {
     pub tls: bool,
     /// What is wrong with its head, though hyper accepted it (see `framing`).
     pub defect: Option<Defect>,
+}
+
+/// A request sent over a fast pool, as its wait for the response needs it.
+struct Sent {
+    ex: Exchange,
+    route: usize,
+    parts: http::request::Parts,
+    /// The request body's state, when it has one.
+    state: Option<Arc<RequestBodyState>>,
+    client_version: Version,
+}
+
+type Answer = Result<Response<ObservedBody>, Infallible>;
+
+pin_project_lite::pin_project! {
+    /// A request's future from [`Proxy::handle`]: answered already, waiting on a fast
+    /// pool, or waiting on hyper's client.
+    #[project = RespondProj]
+    pub enum Respond<F> {
+        /// The proxy's own answer (taken at the first poll).
+        Ready { resp: Option<Response<ObservedBody>> },
+        /// Waiting on a fast pool.
+        Fast { #[pin] fut: F },
+        /// Waiting on hyper's client.
+        Hyper { fut: Pin<Box<dyn Future<Output = Response<ObservedBody>> + Send>> },
+    }
+}
+
+impl<F> Respond<F> {
+    fn ready(resp: Response<ObservedBody>) -> Self {
+        Respond::Ready { resp: Some(resp) }
+    }
+}
+
+impl<F: Future<Output = Response<ObservedBody>>> Future for Respond<F> {
+    type Output = Answer;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answer> {
+        let resp = match self.project() {
+            RespondProj::Ready { resp } => resp.take().expect("Respond polled after it answered"),
+            RespondProj::Fast { fut } => ready!(fut.poll(cx)),
+            RespondProj::Hyper { fut } => ready!(fut.as_mut().poll(cx)),
+        };
+        Poll::Ready(Ok(resp))
+    }
 }
 
 /// A route ready to forward: its settings and its pooled upstream client.
@@ -193,13 +240,14 @@ impl Proxy {
         self.upstreams.get(route)?.identifier.as_ref()
     }
 
-    /// Serves one request. Routing and the start of its observation happen now, the
-    /// rest when the returned future is polled.
+    /// Serves one request. Everything up to sending it upstream happens now — routing,
+    /// the start of its observation, the answers the proxy gives itself, the header
+    /// rewrite — and the rest when the returned future is polled.
     pub fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         arrival: Arrival,
-    ) -> impl Future<Output = Result<Response<ObservedBody>, Infallible>> + Send + 'static {
+    ) -> Respond<impl Future<Output = Response<ObservedBody>> + Send + 'static> {
         // Phase 1: route — now, not at the first poll: hyper drops a request's future
         // unpolled when the client's FIN follows the request at once, and the exchange
         // must exist by then to count it (as a 499).
@@ -220,17 +268,21 @@ impl Proxy {
             request_id,
             arrival.client,
         );
-        self.respond(req, ex, route, host, arrival)
+        self.prepare(req, ex, route, host, arrival)
     }
 
-    async fn respond(
+    /// Phases 2 and 3 up to the first await: what the proxy answers itself, then the
+    /// request as the upstream gets it. Only what the wait needs goes into the future
+    /// (hyper and tokio move it several times before its first poll: its size is paid
+    /// per request).
+    fn prepare(
         self: Arc<Self>,
         mut req: Request<Incoming>,
         mut ex: Exchange,
         route: usize,
         host: Option<HeaderValue>,
         arrival: Arrival,
-    ) -> Result<Response<ObservedBody>, Infallible> {
+    ) -> Respond<impl Future<Output = Response<ObservedBody>> + Send + 'static> {
         let Arrival {
             client,
             overloaded,
@@ -239,10 +291,10 @@ impl Proxy {
         } = arrival;
         // Phase 2: what the proxy answers itself.
         if let Some(defect) = defect {
-            return Ok(local(ex, StatusCode::BAD_REQUEST, defect.reason()));
+            return Respond::ready(local(ex, StatusCode::BAD_REQUEST, defect.reason()));
         }
         if self.draining.load(Ordering::Relaxed) {
-            return Ok(local(
+            return Respond::ready(local(
                 ex,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "statuslens is shutting down; retry on another instance\n",
@@ -254,7 +306,7 @@ impl Proxy {
             || all > self.limits.max_in_flight as u64
             || route_limit.is_some_and(|l| on_route > l as u64)
         {
-            return Ok(local(
+            return Respond::ready(local(
                 ex,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "statuslens is at its connection or in-flight limit; retry shortly\n",
@@ -265,18 +317,18 @@ impl Proxy {
                 StatusCode::URI_TOO_LONG => "request target longer than proxy.max_uri_bytes\n",
                 _ => "request headers exceed proxy.max_header_bytes or proxy.max_headers\n",
             };
-            return Ok(local(ex, status, why));
+            return Respond::ready(local(ex, status, why));
         }
         let Some(up) = self.upstreams.get(route) else {
-            return Ok(local(ex, StatusCode::NOT_FOUND, NOT_FOUND));
+            return Respond::ready(local(ex, StatusCode::NOT_FOUND, NOT_FOUND));
         };
         if let (Some(limit), Some(len)) = (up.cfg.max_body_bytes, content_length(req.headers())) {
             if len > limit {
-                return Ok(local(ex, StatusCode::PAYLOAD_TOO_LARGE, BODY_TOO_LARGE));
+                return Respond::ready(local(ex, StatusCode::PAYLOAD_TOO_LARGE, BODY_TOO_LARGE));
             }
         }
 
-        // Phase 3: forward.
+        // Phase 3: the request as the upstream gets it.
         let client_version = req.version();
         let upgrade = is_upgrade(req.headers()) && client_version == Version::HTTP_11;
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -316,30 +368,21 @@ impl Proxy {
                 let (body, state) = self.request_body(&mut ex, route, &up.cfg, body);
                 (Some(body), Some(state))
             };
-            let sent = fastclient::send(self.clone(), route, &parts, body);
-            let resp = match tokio::time::timeout(up.cfg.timeout, sent).await {
-                Ok(Ok(resp)) => resp,
-                Ok(Err((kind, detail))) => {
-                    if let Some((status, why)) = state.as_deref().and_then(client_body_fault) {
-                        return Ok(local(ex, status, why));
-                    }
-                    return Ok(failed(ex, &up.cfg, kind, &detail));
-                }
-                Err(_elapsed) => return Ok(failed(ex, &up.cfg, UpstreamErrorKind::Timeout, "")),
-            };
-            self.note_response(route, &mut ex, resp.status(), resp.headers());
-            let (parts, body) = resp.into_parts();
-            return Ok(to_client(
-                parts,
-                ResponseInner::Pooled(body),
+            let sent = Sent {
                 ex,
+                route,
+                parts,
+                state,
                 client_version,
-            ));
+            };
+            return Respond::Fast {
+                fut: self.forward_fast(sent, body),
+            };
         }
         parts.uri = match upstream_uri(&up.cfg, &parts.uri) {
             Ok(u) => u,
             Err(_) => {
-                return Ok(local(
+                return Respond::ready(local(
                     ex,
                     StatusCode::BAD_REQUEST,
                     "request target cannot be forwarded\n",
@@ -348,21 +391,81 @@ impl Proxy {
         };
         let (body, state) = self.request_body(&mut ex, route, &up.cfg, body);
         let upstream_req = Request::from_parts(parts, body);
+        // hyper's client future is large and this path is the less common one: boxed, so
+        // that the fast path's future does not carry its size.
+        Respond::Hyper {
+            fut: Box::pin(self.forward_hyper(
+                ex,
+                route,
+                upstream_req,
+                state,
+                client_upgrade,
+                client_version,
+            )),
+        }
+    }
 
+    /// Phases 3 and 4 over the route's fast pool (see `fastclient`).
+    // Not an async fn: one keeps a second copy of its arguments in its future.
+    #[allow(clippy::manual_async_fn)]
+    fn forward_fast(
+        self: Arc<Self>,
+        mut sent: Sent,
+        body: Option<RequestBody>,
+    ) -> impl Future<Output = Response<ObservedBody>> + Send + 'static {
+        async move {
+            // Fields used in place: binding them to locals would copy them into a second
+            // slot of the future.
+            let up = &self.upstreams[sent.route];
+            let send = fastclient::send(self.clone(), sent.route, &sent.parts, body);
+            let resp = match tokio::time::timeout(up.cfg.timeout, send).await {
+                Ok(Ok(resp)) => resp,
+                Ok(Err((kind, detail))) => {
+                    let fault = sent.state.as_deref().and_then(client_body_fault);
+                    if let Some((status, why)) = fault {
+                        return local(sent.ex, status, why);
+                    }
+                    return failed(sent.ex, &up.cfg, kind, &detail);
+                }
+                Err(_elapsed) => return failed(sent.ex, &up.cfg, UpstreamErrorKind::Timeout, ""),
+            };
+            self.note_response(sent.route, &mut sent.ex, resp.status(), resp.headers());
+            let (parts, body) = resp.into_parts();
+            to_client(
+                parts,
+                ResponseInner::Pooled(body),
+                sent.ex,
+                sent.client_version,
+            )
+        }
+    }
+
+    /// Phases 3 and 4 over hyper's pooled client: TLS upstreams, upgrades, bodies of
+    /// unknown length or over the fast pools' limit.
+    async fn forward_hyper(
+        self: Arc<Self>,
+        mut ex: Exchange,
+        route: usize,
+        upstream_req: Request<RequestBody>,
+        state: Arc<RequestBodyState>,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        client_version: Version,
+    ) -> Response<ObservedBody> {
+        let up = &self.upstreams[route];
         let client = &up.clients[WORKER.with(Cell::get) % up.clients.len()];
         let result = tokio::time::timeout(up.cfg.timeout, client.request(upstream_req)).await;
         let mut resp = match result {
             Ok(Ok(resp)) => resp,
             Ok(Err(err)) => {
                 if let Some((status, why)) = client_body_fault(&state) {
-                    return Ok(local(ex, status, why));
+                    return local(ex, status, why);
                 }
                 if find_cause::<BodyTooLarge>(&err).is_some() {
-                    return Ok(local(ex, StatusCode::PAYLOAD_TOO_LARGE, BODY_TOO_LARGE));
+                    return local(ex, StatusCode::PAYLOAD_TOO_LARGE, BODY_TOO_LARGE);
                 }
-                return Ok(failed(ex, &up.cfg, classify(&err), &error_chain(&err)));
+                return failed(ex, &up.cfg, classify(&err), &error_chain(&err));
             }
-            Err(_elapsed) => return Ok(failed(ex, &up.cfg, UpstreamErrorKind::Timeout, "")),
+            Err(_elapsed) => return failed(ex, &up.cfg, UpstreamErrorKind::Timeout, ""),
         };
 
         // Phase 4: respond.
@@ -372,19 +475,14 @@ impl Proxy {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
                 tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
                 let (parts, _) = resp.into_parts();
-                return Ok(Response::from_parts(
+                return Response::from_parts(
                     parts,
                     ObservedBody::new(ResponseInner::Local(None), ex),
-                ));
+                );
             }
         }
         let (parts, body) = resp.into_parts();
-        Ok(to_client(
-            parts,
-            ResponseInner::Upstream(body),
-            ex,
-            client_version,
-        ))
+        to_client(parts, ResponseInner::Upstream(body), ex, client_version)
     }
 
     /// The client's body as the upstream gets it: counted, limited, timed.
