@@ -245,7 +245,10 @@ impl Drop for Exchange {
             uri: &self.uri,
             status: code,
             source,
-            upstream_status: (!self.completed && self.source != Source::Client)
+            // Only an upstream's answer: one the proxy made and the client left before
+            // getting is no upstream status (and is made before the first poll, so
+            // hyper may drop it unsent).
+            upstream_status: (!self.completed && self.source == Source::Upstream)
                 .then_some(self.status),
             duration: elapsed,
             bytes_in,

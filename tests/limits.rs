@@ -183,3 +183,49 @@ async fn rust_log_is_respected() {
     p.wait_output("configuration reloaded");
     assert!(p.access_lines().is_empty(), "{}", p.all_output());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_answer_the_client_left_names_no_upstream_status() {
+    // A 414 the proxy makes itself, the client's FIN right behind its request: hyper may
+    // drop the answer unsent (a 499) or send it (a 414). Either way no upstream answered,
+    // so the log line must not say one did — on hyper's path and on the fast path.
+    let up = upstream().await;
+    for fast in [false, true] {
+        let cfg = write_config(&format!(
+            "[proxy]\nmax_uri_bytes = 64\nfast_path = {fast}\n\n[[routes]]\nname = \"r\"\nupstream = \"http://{}\"\n",
+            up.addr
+        ));
+        let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+        let long = "a".repeat(100);
+        for _ in 0..20 {
+            let mut s = tokio::net::TcpStream::connect(p.proxy).await.unwrap();
+            let req = format!("GET /{long} HTTP/1.1\r\nHost: x\r\n\r\n");
+            tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes())
+                .await
+                .unwrap();
+            tokio::io::AsyncWriteExt::shutdown(&mut s).await.unwrap();
+            read_until_closed(&mut s, "request + FIN").await;
+        }
+        wait_metrics(&p, "twenty", |m| {
+            sum(m, "statuslens_responses_total", &[]) >= 20.0
+        })
+        .await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let lines = loop {
+            let lines = p.access_lines();
+            if lines.len() >= 20 || std::time::Instant::now() > deadline {
+                break lines;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(lines.len(), 20, "fast_path = {fast}");
+        for line in &lines {
+            let status = line["status"].as_u64().unwrap();
+            assert!(status == 414 || status == 499, "fast_path = {fast}: {line}");
+            assert!(
+                line.get("upstream_status").is_none(),
+                "fast_path = {fast}: {line}"
+            );
+        }
+    }
+}
