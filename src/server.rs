@@ -124,7 +124,17 @@ pub async fn serve(
         // does (499): with half-close on, a client that disconnects while the upstream
         // thinks could not be told from one that only stopped sending.
         .half_close(false);
-    builder.http2().timer(TokioTimer::new());
+    // The same room over HTTP/2: hyper's default list limit (16 KiB) answers 431 itself,
+    // uncounted, below `max_header_bytes`. HPACK sizes count 32 bytes per field (RFC 7541
+    // §4.1), and the target travels as :path.
+    let list = config.proxy.max_header_bytes
+        + config.proxy.max_uri_bytes
+        + 32 * (config.proxy.max_headers + 100)
+        + 16 * 1024;
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(list).unwrap_or(u32::MAX));
 
     let tls = match &config.proxy.tls {
         Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
