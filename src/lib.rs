@@ -20,6 +20,8 @@
 //! [`config`] turns the TOML file and flags into one validated `Config`, and [`status`]
 //! knows what every status code means, for `statuslens explain`, the log and the API.
 //! [`generation`] holds the state built from one config and swaps it on reload.
+//! [`idle`] closes client connections hyper serves once they have had no request for
+//! `proxy.header_read_timeout`.
 //! [`isolate`] turns a panic in one request into that request's 500; [`logsink`] batches
 //! log lines for a writer thread; [`iptext`] writes client addresses without `core::fmt`.
 //! [`demo`] plays the incidents statuslens exists for against a synthetic API.
@@ -81,6 +83,7 @@ pub mod fastpath;
 pub mod forward;
 pub mod framing;
 pub mod generation;
+pub mod idle;
 pub mod iptext;
 pub mod isolate;
 pub mod logfmt;

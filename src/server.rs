@@ -22,6 +22,7 @@ use crate::fastpath::Replay;
 use crate::forward::Arrival;
 use crate::framing::{Framing, Watched};
 use crate::generation::Live;
+use crate::idle::{Activity, Tracked};
 use crate::isolate::CatchPanic;
 use crate::metrics::method_index;
 
@@ -149,6 +150,7 @@ pub async fn serve(
         connections: AtomicUsize::new(0),
         drain_timeout: config.proxy.drain_timeout,
         handshake_timeout: config.proxy.header_read_timeout,
+        idle_timeout: config.proxy.header_read_timeout,
     });
     let mut workers = Vec::with_capacity(proxy_listeners.len());
     for (index, listener) in proxy_listeners.into_iter().enumerate() {
@@ -258,6 +260,8 @@ struct Accepting {
     connections: AtomicUsize,
     drain_timeout: Duration,
     handshake_timeout: Duration,
+    /// How long a connection hyper serves may go without a request (see `idle`).
+    idle_timeout: Duration,
 }
 
 impl Accepting {
@@ -330,7 +334,7 @@ impl Accepting {
             let stream = match self.tls.clone() {
                 None if fast => {
                     let live = self.live.clone();
-                    match crate::fastpath::serve(stream, peer, live, stop).await {
+                    match crate::fastpath::serve(stream, peer, live, stop.clone()).await {
                         None => return,
                         Some(rest) => rest.map(|inner| ClientStream::Plain { inner }),
                     }
@@ -353,9 +357,12 @@ impl Accepting {
             let framing = Arc::new(Framing::default());
             let watched = framing.clone();
             let live = self.live.clone();
+            let activity = Activity::new();
+            let requests = activity.clone();
             // Each request takes the generation current when it arrives and keeps it to its
             // end: a reload never changes a request in flight.
             let service = service_fn(move |req| {
+                let busy = requests.enter();
                 let arrival = Arrival {
                     client: peer,
                     overloaded,
@@ -365,7 +372,8 @@ impl Accepting {
                 let proxy = live.load().proxy.clone();
                 let method = method_index(req.method());
                 let observer = proxy.observer().clone();
-                CatchPanic::start(observer, method, || proxy.handle(req, arrival))
+                let request = CatchPanic::start(observer, method, || proxy.handle(req, arrival));
+                Tracked::new(request, busy)
             });
             let conn = self
                 .builder
@@ -374,9 +382,47 @@ impl Accepting {
                     service,
                 )
                 .into_owned();
-            if let Err(e) = watcher.watch(conn).await {
+            tokio::pin!(conn);
+            // Shut down gracefully (HTTP/2: GOAWAY; streams in flight finish) on a drain,
+            // or once no request has been in progress for the idle timeout. A connection
+            // still open and idle for another timeout after that is dropped: hyper's
+            // HTTP/2 close waits for the client to acknowledge a PING, which an idle
+            // client that holds connections open need not do. `watcher` is held until
+            // the connection ends, so a drain waits for it.
+            let timeout = self.idle_timeout;
+            let idle = tokio::time::sleep(timeout);
+            tokio::pin!(idle);
+            let mut stop = stop;
+            let mut closing = false;
+            let ended = loop {
+                tokio::select! {
+                    // The connection first: it is what wakes this task nearly every time.
+                    biased;
+                    ended = conn.as_mut() => break ended,
+                    _ = stop.wait_for(|stop| *stop), if !closing => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    _ = &mut idle => {
+                        let now = tokio::time::Instant::now();
+                        match activity.idle_for() {
+                            Some(quiet) if quiet >= timeout => {
+                                if closing {
+                                    break Ok(());
+                                }
+                                conn.as_mut().graceful_shutdown();
+                                closing = true;
+                                idle.as_mut().reset(now + timeout);
+                            }
+                            quiet => idle.as_mut().reset(now + timeout - quiet.unwrap_or_default()),
+                        }
+                    }
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(client = %peer, error = %e, "connection ended with an error");
             }
+            drop(watcher);
             drop(guard);
         });
     }

@@ -717,3 +717,98 @@ async fn only_requests_that_never_reached_the_upstream_are_retried() {
         "each request reached the upstream exactly once"
     );
 }
+
+/// Reads one HTTP/2 frame: (type, flags, stream, payload); None at EOF.
+async fn h2_frame(s: &mut TcpStream) -> Option<(u8, u8, u32, Vec<u8>)> {
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).await.ok()?;
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    let mut payload = vec![0; len];
+    s.read_exact(&mut payload).await.ok()?;
+    Some((head[3], head[4], stream, payload))
+}
+
+/// An h2c connection (prior knowledge) that has sent `GET /status/200` on stream 1.
+async fn h2c_get(addr: std::net::SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // SETTINGS, empty
+                                                         // HPACK: :method GET, :scheme http (static 2, 6), :path literal, :authority literal.
+    let mut block = vec![0x82, 0x86, 0x04, 11];
+    block.extend_from_slice(b"/status/200");
+    block.extend_from_slice(&[0x01, 1, b'x']);
+    let len = block.len() as u32;
+    out.extend_from_slice(&len.to_be_bytes()[1..]);
+    out.extend_from_slice(&[1, 0x5, 0, 0, 0, 1]); // HEADERS, END_STREAM | END_HEADERS, stream 1
+    out.extend_from_slice(&block);
+    s.write_all(&out).await.unwrap();
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_h2c_connections_are_closed_after_the_header_timeout() {
+    // hyper's HTTP/1 closes an idle keep-alive connection after its header timeout; its
+    // HTTP/2 server has no such clock, so idle h2c connections stayed open for good.
+    let up = upstream().await;
+    let cfg = write_config(&format!(
+        "[proxy]\nheader_read_timeout = \"1s\"\n\n[[routes]]\nname = \"default\"\nupstream = \"http://{}\"\n",
+        up.addr
+    ));
+    let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+    for answers_ping in [true, false] {
+        let mut s = h2c_get(p.proxy).await;
+        let started = Instant::now();
+        let (mut status_seen, mut goaway) = (false, false);
+        let closed = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some((kind, flags, stream, payload)) = h2_frame(&mut s).await {
+                match kind {
+                    // HEADERS on stream 1: the response (":status: 200" is static index 8).
+                    1 if stream == 1 => status_seen = payload.first() == Some(&0x88),
+                    7 => goaway = true,
+                    // A PING without ACK: a well-behaved client answers it.
+                    6 if flags & 1 == 0 && answers_ping => {
+                        let mut ack = vec![0, 0, 8, 6, 1, 0, 0, 0, 0];
+                        ack.extend_from_slice(&payload);
+                        s.write_all(&ack).await.unwrap();
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "answers_ping = {answers_ping}: still open after 60 s"
+        );
+        assert!(status_seen, "answers_ping = {answers_ping}: no 200");
+        assert!(
+            goaway,
+            "answers_ping = {answers_ping}: closed without GOAWAY"
+        );
+        // Not before the timeout: the response came at once, the close after ≥ 1 s idle.
+        assert!(started.elapsed() >= Duration::from_secs(1));
+    }
+    let m = wait_metrics(&p, "two requests", |m| {
+        sum(m, "statuslens_responses_total", &[]) >= 2.0
+    })
+    .await;
+    assert_eq!(
+        sum(&m, "statuslens_responses_total", &[("code", "200")]),
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_progress_keeps_its_h2c_connection_open() {
+    // Idle means no request in progress, not a quiet socket: a 4 s upstream answer over
+    // h2c with a 1 s idle timeout arrives whole.
+    let up = upstream().await;
+    let cfg = write_config(&format!(
+        "[proxy]\nheader_read_timeout = \"1s\"\n\n[[routes]]\nname = \"default\"\nupstream = \"http://{}\"\n",
+        up.addr
+    ));
+    let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+    let (parts, body) = get(&h2_client(), &p.url("/stall/4000")).await;
+    assert_eq!((parts.status.as_u16(), &body[..]), (200, &b"stalled"[..]));
+}
