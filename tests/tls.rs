@@ -272,3 +272,48 @@ async fn tls_listener_speaks_h2_and_http11_by_alpn() {
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_that_sends_nothing_is_closed_after_the_header_timeout() {
+    // After the handshake hyper waits for the first bytes to tell HTTP/1.1 from HTTP/2,
+    // with no clock of its own: such a connection stayed open for good.
+    let pki = pki();
+    let dir = write_config("");
+    let (cert, key) = (
+        dir.with_file_name("cert.pem"),
+        dir.with_file_name("key.pem"),
+    );
+    std::fs::write(&cert, &pki.server_cert_pem).unwrap();
+    std::fs::write(&key, &pki.server_key_pem).unwrap();
+    std::fs::write(
+        &dir,
+        format!(
+            "[proxy]\nheader_read_timeout = \"1s\"\ntls = {{ cert_file = \"{}\", key_file = \"{}\" }}\n\n[[routes]]\nname = \"default\"\nupstream = \"http://{}\"\n",
+            cert.display(),
+            key.display(),
+            closed_port()
+        ),
+    )
+    .unwrap();
+    let p = Proc::start(&["--config", dir.to_str().unwrap()]);
+    for alpn in [&b"h2"[..], &b"http/1.1"[..]] {
+        let (mut tls, _) = tls_connect(p.proxy, &pki.ca_pem, &[alpn]).await;
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 1024];
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            tokio::io::AsyncReadExt::read(&mut tls, &mut buf),
+        )
+        .await;
+        let alpn = String::from_utf8_lossy(alpn);
+        // EOF, or a reset when the close beats the TLS close_notify: either way, closed.
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "{alpn}: still open after 60 s"
+        );
+        assert!(
+            started.elapsed() >= std::time::Duration::from_secs(1),
+            "{alpn}"
+        );
+    }
+}
