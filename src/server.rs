@@ -149,8 +149,7 @@ pub async fn serve(
         tls,
         connections: AtomicUsize::new(0),
         drain_timeout: config.proxy.drain_timeout,
-        handshake_timeout: config.proxy.header_read_timeout,
-        idle_timeout: config.proxy.header_read_timeout,
+        header_read_timeout: config.proxy.header_read_timeout,
     });
     let mut workers = Vec::with_capacity(proxy_listeners.len());
     for (index, listener) in proxy_listeners.into_iter().enumerate() {
@@ -259,9 +258,9 @@ struct Accepting {
     /// Open client connections, all workers.
     connections: AtomicUsize,
     drain_timeout: Duration,
-    handshake_timeout: Duration,
-    /// How long a connection hyper serves may go without a request (see `idle`).
-    idle_timeout: Duration,
+    /// Bounds a TLS handshake, and how long a connection hyper serves may go without a
+    /// request (see `idle`), as it bounds a request head.
+    header_read_timeout: Duration,
 }
 
 impl Accepting {
@@ -342,7 +341,7 @@ impl Accepting {
                 None => Replay::new(Vec::new(), ClientStream::Plain { inner: stream }),
                 Some(acceptor) => {
                     let handshake = acceptor.accept(stream);
-                    match tokio::time::timeout(self.handshake_timeout, handshake).await {
+                    match tokio::time::timeout(self.header_read_timeout, handshake).await {
                         Ok(Ok(s)) => Replay::new(Vec::new(), ClientStream::Tls { inner: s }),
                         Ok(Err(e)) => {
                             tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
@@ -389,7 +388,7 @@ impl Accepting {
             // HTTP/2 close waits for the client to acknowledge a PING, which an idle
             // client that holds connections open need not do. `watcher` is held until
             // the connection ends, so a drain waits for it.
-            let timeout = self.idle_timeout;
+            let timeout = self.header_read_timeout;
             let idle = tokio::time::sleep(timeout);
             tokio::pin!(idle);
             let mut stop = stop;
