@@ -700,9 +700,21 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
+/// Whether the request asks to switch protocols — unless to h2c. A tunnel to the
+/// upstream's own HTTP/2 would carry every later request on it past routing, limits
+/// and counting ("h2c smuggling"); the offer is dropped with the other hop-by-hop
+/// fields instead (as Envoy does) and the request goes as a plain one.
 fn is_upgrade(headers: &HeaderMap) -> bool {
+    let offers_h2c = || {
+        headers
+            .get_all(header::UPGRADE)
+            .iter()
+            .flat_map(tokens)
+            .any(|p| p.eq_ignore_ascii_case("h2c"))
+    };
     headers.contains_key(header::UPGRADE)
         && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+        && !offers_h2c()
 }
 
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {

@@ -497,6 +497,44 @@ async fn websocket_upgrade_passes_through() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_upgrade_offer_is_not_forwarded() {
+    // "h2c smuggling": were `Upgrade: h2c` forwarded and answered 101, the client would
+    // speak HTTP/2 straight to the upstream through the tunnel — any path, no route, no
+    // limit, no count. The offer is dropped (as Envoy does); the request goes as a plain
+    // one. WebSocket upgrades still pass (test above).
+    let up = upstream().await;
+    let p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
+    let offer = |path: &str, upgrade: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: {upgrade}\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+        )
+    };
+    // An upstream that would switch (`/ws` answers 101 to anything): no tunnel opens; its
+    // 101 to a request that did not ask is an invalid answer (502).
+    let mut s = TcpStream::connect(p.proxy).await.unwrap();
+    s.write_all(offer("/ws", "h2c").as_bytes()).await.unwrap();
+    let line = read_status_line(&mut s).await;
+    assert!(line.starts_with("HTTP/1.1 502 "), "{line}");
+    for upgrade in ["h2c", "H2C", "websocket, h2c"] {
+        let mut s = TcpStream::connect(p.proxy).await.unwrap();
+        s.write_all(offer("/status/200", upgrade).as_bytes())
+            .await
+            .unwrap();
+        let line = read_status_line(&mut s).await;
+        assert!(line.starts_with("HTTP/1.1 200 "), "{upgrade}: {line}");
+        let seen = up.seen.0.lock().unwrap().last().cloned().unwrap();
+        for field in ["upgrade", "http2-settings"] {
+            assert!(
+                !seen.headers.contains_key(field),
+                "{upgrade}: upstream saw {field}: {:?}",
+                seen.headers
+            );
+        }
+        assert!(!seen.headers.contains_key("connection"), "{upgrade}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expect_100_continue_works() {
     let up = upstream().await;
     let p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
