@@ -382,7 +382,8 @@ fn plan(proxy: &Arc<Proxy>, c: &mut Client) -> Option<Planned> {
             Field::Te => te_trailers |= forward::lists_trailers(h.value),
         }
     }
-    if size > limits.max_header_bytes {
+    // A missing or invalid Host is a 400 (RFC 9112 §3.2): hyper's path answers it.
+    if size > limits.max_header_bytes || !host.is_some_and(forward::valid_host) {
         return None;
     }
     let host_str = match host {

@@ -293,6 +293,9 @@ impl Proxy {
         if let Some(defect) = defect {
             return Respond::ready(local(ex, StatusCode::BAD_REQUEST, defect.reason()));
         }
+        if let Some(why) = host_fault(&req) {
+            return Respond::ready(local(ex, StatusCode::BAD_REQUEST, why));
+        }
         if self.draining.load(Ordering::Relaxed) {
             return Respond::ready(local(
                 ex,
@@ -689,6 +692,53 @@ fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
         None => req.headers().get(header::HOST).cloned(),
     }
+}
+
+/// Why a request's Host field makes it a 400 (RFC 9112 §3.2), if it does: missing from
+/// an HTTP/1.1 request, given more than once, or not a valid host. Routed by one Host,
+/// such a request could be acted on by the upstream under another.
+fn host_fault<B>(req: &Request<B>) -> Option<&'static str> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if req.version() == Version::HTTP_11 => {
+            Some("HTTP/1.1 request without a Host field\n")
+        }
+        (Some(_), Some(_)) => Some("request with more than one Host field\n"),
+        (Some(h), None) if !valid_host(h.as_bytes()) => {
+            Some("request Host field is not a valid host[:port]\n")
+        }
+        _ => None,
+    }
+}
+
+/// Whether `value` may be a Host field: the bytes of host[:port] (RFC 3986 reg-name,
+/// IPv4 and IP literals), checked as a set as Go's net/http does; empty is allowed (a
+/// target without authority). No space, `/`, `@`, `?`, `#`, `\`, control or non-ASCII.
+pub(crate) fn valid_host(value: &[u8]) -> bool {
+    value.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'!' | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b'-'
+                    | b'.'
+                    | b':'
+                    | b';'
+                    | b'='
+                    | b'['
+                    | b']'
+                    | b'_'
+                    | b'~'
+            )
+    })
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {

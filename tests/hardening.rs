@@ -812,3 +812,63 @@ async fn a_request_in_progress_keeps_its_h2c_connection_open() {
     let (parts, body) = get(&h2_client(), &p.url("/stall/4000")).await;
     assert_eq!((parts.status.as_u16(), &body[..]), (200, &b"stalled"[..]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http11_requests_need_exactly_one_valid_host() {
+    // RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without Host, with
+    // more than one, or with an invalid value (nginx does). Forwarded, such a request was
+    // routed by one host while the upstream could act on another.
+    let up = upstream().await;
+    for fast in [true, false] {
+        let cfg = write_config(&format!(
+            "[proxy]\nfast_path = {fast}\n\n[[routes]]\nname = \"default\"\nupstream = \"http://{}\"\n",
+            up.addr
+        ));
+        let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+        let refused = [
+            "GET /x HTTP/1.1\r\n\r\n",
+            "GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET /x HTTP/1.1\r\nHost: a b\r\n\r\n",
+            "GET /x HTTP/1.1\r\nHost: a/b\r\n\r\n",
+            "GET /x HTTP/1.1\r\nHost: user@a\r\n\r\n",
+        ];
+        let accepted = [
+            "GET /x HTTP/1.1\r\nHost: api.example.test:8080\r\n\r\n",
+            "GET /x HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n",
+            "GET /x HTTP/1.0\r\n\r\n",
+            "GET /x HTTP/1.1\r\nHost:\r\n\r\n",
+        ];
+        let before = up.seen.0.lock().unwrap().len();
+        for (head, want) in refused
+            .iter()
+            .map(|h| (h, "400"))
+            .chain(accepted.iter().map(|h| (h, "200")))
+        {
+            let mut s = TcpStream::connect(p.proxy).await.unwrap();
+            s.write_all(head.as_bytes()).await.unwrap();
+            let line = read_status_line(&mut s).await;
+            assert!(
+                line.split(' ').nth(1) == Some(want),
+                "fast_path = {fast}: {head:?} got {line}"
+            );
+        }
+        let m = wait_metrics(&p, "nine requests", |m| {
+            sum(m, "statuslens_responses_total", &[]) >= 9.0
+        })
+        .await;
+        assert_eq!(
+            sum(
+                &m,
+                "statuslens_responses_total",
+                &[("code", "400"), ("source", "proxy")]
+            ),
+            5.0,
+            "fast_path = {fast}"
+        );
+        assert_eq!(
+            up.seen.0.lock().unwrap().len() - before,
+            accepted.len(),
+            "fast_path = {fast}: only the accepted requests reach the upstream"
+        );
+    }
+}
