@@ -1094,9 +1094,14 @@ fn scan<'b>(
         *field = Field::of(name);
         match field {
             Field::Framing if name.len() == 14 => {
-                let n = std::str::from_utf8(h.value)
+                // 1*DIGIT (RFC 9110 §8.6): `parse` alone would take "+5".
+                let digits = h.value.trim_ascii();
+                if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+                    return Err(UpstreamErrorKind::Protocol);
+                }
+                let n = std::str::from_utf8(digits)
                     .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
                     .ok_or(UpstreamErrorKind::Protocol)?;
                 if length.is_some_and(|l| l != n) {
                     return Err(UpstreamErrorKind::Protocol);
@@ -1123,6 +1128,12 @@ fn scan<'b>(
             Field::Date => dated = true,
             _ => quota |= crate::quota::is_relevant(h.name),
         }
+    }
+    // Two framings: read as either, the connection may be out of step with the upstream
+    // and the client told a length its body does not have. Refused, as nginx and Envoy do
+    // (RFC 9112 §6.3 calls it an error an intermediary may decline to forward).
+    if chunked.is_some() && length.is_some() {
+        return Err(UpstreamErrorKind::Protocol);
     }
     let body = if head_only || status == 204 || status == 304 {
         Body::None

@@ -458,6 +458,19 @@ impl Proxy {
         let client = &up.clients[WORKER.with(Cell::get) % up.clients.len()];
         let result = tokio::time::timeout(up.cfg.timeout, client.request(upstream_req)).await;
         let mut resp = match result {
+            // As on the fast path (`fastpath::scan`): two framings are refused. hyper's
+            // client reads the chunks, and the client would be sent the other length.
+            Ok(Ok(resp))
+                if resp.headers().contains_key(header::TRANSFER_ENCODING)
+                    && resp.headers().contains_key(header::CONTENT_LENGTH) =>
+            {
+                return failed(
+                    ex,
+                    &up.cfg,
+                    UpstreamErrorKind::Protocol,
+                    "response has both Content-Length and Transfer-Encoding",
+                );
+            }
             Ok(Ok(resp)) => resp,
             Ok(Err(err)) => {
                 if let Some((status, why)) = client_body_fault(&state) {

@@ -872,3 +872,52 @@ async fn http11_requests_need_exactly_one_valid_host() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_response_with_two_framings_is_502_protocol() {
+    // Content-Length and Transfer-Encoding together: the two paths read it differently
+    // (the fast path by its chunks, hyper's client path sent the client the upstream's
+    // Content-Length: 4 with the 5 decoded bytes — the client read "hell" and the "o"
+    // was left in its connection). nginx and Envoy refuse such an answer; so does
+    // statuslens, on both paths. A Content-Length that is not plain digits likewise.
+    // (hyper's client may pool the connection after the refused answer, reading it by its
+    // chunks; this upstream answers once per connection, so each client gets its own.)
+    const BOTH: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    let both = raw_upstream_lingering(BOTH, Duration::from_secs(2)).await;
+    let both_h2 = raw_upstream_lingering(BOTH, Duration::from_secs(2)).await;
+    let plus = raw_upstream_lingering(
+        b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello",
+        Duration::from_secs(2),
+    )
+    .await;
+    for fast in [true, false] {
+        let cfg = write_config(&format!(
+            "[proxy]\nfast_path = {fast}\n\n[[routes]]\nname = \"both\"\nmatch = {{ path_prefix = \"/both/\" }}\nupstream = \"http://{both}\"\n\n[[routes]]\nname = \"both_h2\"\nmatch = {{ path_prefix = \"/both_h2/\" }}\nupstream = \"http://{both_h2}\"\n\n[[routes]]\nname = \"plus\"\nupstream = \"http://{plus}\"\n"
+        ));
+        let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+        for (path, h2) in [("/both/x", false), ("/plus", false), ("/both_h2/x", true)] {
+            let c = if h2 { h2_client() } else { client() };
+            let (parts, body) = get(&c, &p.url(path)).await;
+            assert_eq!(
+                parts.status, 502,
+                "fast_path = {fast}, {path}, h2c = {h2}: {body:?}"
+            );
+        }
+        let m = wait_metrics(&p, "three", |m| {
+            sum(m, "statuslens_responses_total", &[]) >= 3.0
+        })
+        .await;
+        assert_eq!(
+            sum(
+                &m,
+                "statuslens_upstream_errors_total",
+                &[("kind", "protocol")]
+            ),
+            3.0,
+            "fast_path = {fast}: {:?}",
+            m.iter()
+                .filter(|s| s.name == "statuslens_upstream_errors_total" && s.value > 0.0)
+                .collect::<Vec<_>>()
+        );
+    }
+}
