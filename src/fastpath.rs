@@ -1129,12 +1129,6 @@ fn scan<'b>(
             _ => quota |= crate::quota::is_relevant(h.name),
         }
     }
-    // Two framings: read as either, the connection may be out of step with the upstream
-    // and the client told a length its body does not have. Refused, as nginx and Envoy do
-    // (RFC 9112 §6.3 calls it an error an intermediary may decline to forward).
-    if chunked.is_some() && length.is_some() {
-        return Err(UpstreamErrorKind::Protocol);
-    }
     let body = if head_only || status == 204 || status == 304 {
         Body::None
     } else {

@@ -458,19 +458,6 @@ impl Proxy {
         let client = &up.clients[WORKER.with(Cell::get) % up.clients.len()];
         let result = tokio::time::timeout(up.cfg.timeout, client.request(upstream_req)).await;
         let mut resp = match result {
-            // As on the fast path (`fastpath::scan`): two framings are refused. hyper's
-            // client reads the chunks, and the client would be sent the other length.
-            Ok(Ok(resp))
-                if resp.headers().contains_key(header::TRANSFER_ENCODING)
-                    && resp.headers().contains_key(header::CONTENT_LENGTH) =>
-            {
-                return failed(
-                    ex,
-                    &up.cfg,
-                    UpstreamErrorKind::Protocol,
-                    "response has both Content-Length and Transfer-Encoding",
-                );
-            }
             Ok(Ok(resp)) => resp,
             Ok(Err(err)) => {
                 if let Some((status, why)) = client_body_fault(&state) {
@@ -485,6 +472,12 @@ impl Proxy {
         };
 
         // Phase 4: respond.
+        // Both framings: hyper's client read the body by its chunks (RFC 9112 §6.3), so
+        // the length must not reach the client beside that body (it would read short and
+        // find the rest in front of its next response). The fast path does the same.
+        if resp.headers().contains_key(header::TRANSFER_ENCODING) {
+            resp.headers_mut().remove(header::CONTENT_LENGTH);
+        }
         self.note_response(route, &mut ex, resp.status(), resp.headers());
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
