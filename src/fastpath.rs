@@ -1129,6 +1129,11 @@ fn scan<'b>(
             _ => quota |= crate::quota::is_relevant(h.name),
         }
     }
+    // HTTP/1.0 has no Transfer-Encoding: RFC 9112 §6.1 has the framing treated as faulty,
+    // and hyper's client refuses it — so does the fast path, alike.
+    if resp.version == Some(0) && chunked.is_some() {
+        return Err(UpstreamErrorKind::Protocol);
+    }
     let body = if head_only || status == 204 || status == 304 {
         Body::None
     } else {

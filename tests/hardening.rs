@@ -885,9 +885,15 @@ async fn an_upstream_response_with_two_framings_reaches_the_client_by_its_chunks
     )
     .await;
     let plus = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello").await;
+    // HTTP/1.0 has no Transfer-Encoding (RFC 9112 §6.1: faulty framing); hyper's client
+    // refuses it, and so must the fast path.
+    let old = raw_upstream(
+        b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
     for fast in [true, false] {
         let cfg = write_config(&format!(
-            "[proxy]\nfast_path = {fast}\n\n[[routes]]\nname = \"both\"\nmatch = {{ path_prefix = \"/both/\" }}\nupstream = \"http://{both}\"\n\n[[routes]]\nname = \"plus\"\nupstream = \"http://{plus}\"\n"
+            "[proxy]\nfast_path = {fast}\n\n[[routes]]\nname = \"both\"\nmatch = {{ path_prefix = \"/both/\" }}\nupstream = \"http://{both}\"\n\n[[routes]]\nname = \"old\"\nmatch = {{ path_prefix = \"/old/\" }}\nupstream = \"http://{old}\"\n\n[[routes]]\nname = \"plus\"\nupstream = \"http://{plus}\"\n"
         ));
         let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
         for h2 in [false, true] {
@@ -922,10 +928,12 @@ async fn an_upstream_response_with_two_framings_reaches_the_client_by_its_chunks
                 String::from_utf8_lossy(&rest)
             );
         }
-        let (parts, _) = get(&client(), &p.url("/plus")).await;
-        assert_eq!(parts.status, 502, "fast_path = {fast}");
-        let m = wait_metrics(&p, "five", |m| {
-            sum(m, "statuslens_responses_total", &[]) >= 5.0
+        for path in ["/plus", "/old/x"] {
+            let (parts, _) = get(&client(), &p.url(path)).await;
+            assert_eq!(parts.status, 502, "fast_path = {fast}, {path}");
+        }
+        let m = wait_metrics(&p, "six", |m| {
+            sum(m, "statuslens_responses_total", &[]) >= 6.0
         })
         .await;
         assert_eq!(
@@ -934,7 +942,7 @@ async fn an_upstream_response_with_two_framings_reaches_the_client_by_its_chunks
                 "statuslens_upstream_errors_total",
                 &[("kind", "protocol")]
             ),
-            1.0,
+            2.0,
             "fast_path = {fast}"
         );
     }
