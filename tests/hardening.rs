@@ -228,11 +228,7 @@ async fn route_in_flight_limit_gets_503_with_retry_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_limit_get_503_and_close() {
     let up = upstream().await;
-    let cfg = write_config(&format!(
-        "[proxy]\nmax_connections = 2\n\n[[routes]]\nname = \"default\"\nupstream = \"http://{}\"\n",
-        up.addr
-    ));
-    let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+    let p = start_with_proxy_settings("max_connections = 2", up.addr);
     // Two kept-alive connections use up the limit.
     let mut held = Vec::new();
     for _ in 0..2 {
@@ -392,11 +388,10 @@ async fn admin_token_guards_the_admin_api() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_request_body_gets_408_and_idle_keep_alive_is_closed() {
     let up = upstream().await;
-    let cfg = write_config(&format!(
-        "[proxy]\nheader_read_timeout = \"1s\"\nbody_read_timeout = \"1s\"\n\n[[routes]]\nname = \"default\"\nupstream = \"http://{}\"\n",
-        up.addr
-    ));
-    let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+    let p = start_with_proxy_settings(
+        "header_read_timeout = \"1s\"\nbody_read_timeout = \"1s\"",
+        up.addr,
+    );
     // Half a body, then silence: 408 from the proxy, connection closed.
     let (line, closed) = raw(
         p.proxy,
@@ -751,11 +746,7 @@ async fn idle_h2c_connections_are_closed_after_the_header_timeout() {
     // hyper's HTTP/1 closes an idle keep-alive connection after its header timeout; its
     // HTTP/2 server has no such clock, so idle h2c connections stayed open for good.
     let up = upstream().await;
-    let cfg = write_config(&format!(
-        "[proxy]\nheader_read_timeout = \"1s\"\n\n[[routes]]\nname = \"default\"\nupstream = \"http://{}\"\n",
-        up.addr
-    ));
-    let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+    let p = start_with_proxy_settings("header_read_timeout = \"1s\"", up.addr);
     for answers_ping in [true, false] {
         let mut s = h2c_get(p.proxy).await;
         let started = Instant::now();
@@ -804,11 +795,7 @@ async fn a_request_in_progress_keeps_its_h2c_connection_open() {
     // Idle means no request in progress, not a quiet socket: a 4 s upstream answer over
     // h2c with a 1 s idle timeout arrives whole.
     let up = upstream().await;
-    let cfg = write_config(&format!(
-        "[proxy]\nheader_read_timeout = \"1s\"\n\n[[routes]]\nname = \"default\"\nupstream = \"http://{}\"\n",
-        up.addr
-    ));
-    let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+    let p = start_with_proxy_settings("header_read_timeout = \"1s\"", up.addr);
     let (parts, body) = get(&h2_client(), &p.url("/stall/4000")).await;
     assert_eq!((parts.status.as_u16(), &body[..]), (200, &b"stalled"[..]));
 }
@@ -820,11 +807,7 @@ async fn http11_requests_need_exactly_one_valid_host() {
     // routed by one host while the upstream could act on another.
     let up = upstream().await;
     for fast in [true, false] {
-        let cfg = write_config(&format!(
-            "[proxy]\nfast_path = {fast}\n\n[[routes]]\nname = \"default\"\nupstream = \"http://{}\"\n",
-            up.addr
-        ));
-        let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+        let p = start_with_proxy_settings(&format!("fast_path = {fast}"), up.addr);
         let refused = [
             "GET /x HTTP/1.1\r\n\r\n",
             "GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",

@@ -191,11 +191,8 @@ async fn a_proxy_answer_the_client_left_names_no_upstream_status() {
     // so the log line must not say one did — on hyper's path and on the fast path.
     let up = upstream().await;
     for fast in [false, true] {
-        let cfg = write_config(&format!(
-            "[proxy]\nmax_uri_bytes = 64\nfast_path = {fast}\n\n[[routes]]\nname = \"r\"\nupstream = \"http://{}\"\n",
-            up.addr
-        ));
-        let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+        let p =
+            start_with_proxy_settings(&format!("max_uri_bytes = 64\nfast_path = {fast}"), up.addr);
         let long = "a".repeat(100);
         for _ in 0..20 {
             let mut s = tokio::net::TcpStream::connect(p.proxy).await.unwrap();

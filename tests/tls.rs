@@ -168,6 +168,28 @@ fn bad_ca_file_is_a_config_error_naming_the_field() {
     );
 }
 
+/// Starts statuslens with a TLS listener (the server certificate of `pki`), the
+/// `[proxy]` lines `settings`, and one route to `upstream`.
+fn tls_proxy(pki: &Pki, settings: &str, upstream: SocketAddr) -> Proc {
+    let dir = write_config("");
+    let (cert, key) = (
+        dir.with_file_name("cert.pem"),
+        dir.with_file_name("key.pem"),
+    );
+    std::fs::write(&cert, &pki.server_cert_pem).unwrap();
+    std::fs::write(&key, &pki.server_key_pem).unwrap();
+    std::fs::write(
+        &dir,
+        format!(
+            "[proxy]\n{settings}\ntls = {{ cert_file = \"{}\", key_file = \"{}\" }}\n\n[[routes]]\nname = \"default\"\nupstream = \"http://{upstream}\"\n",
+            cert.display(),
+            key.display(),
+        ),
+    )
+    .unwrap();
+    Proc::start(&["--config", dir.to_str().unwrap()])
+}
+
 /// Connects with TLS trusting `ca_pem`, offering `alpn`; returns the stream and the
 /// protocol the server picked.
 async fn tls_connect(
@@ -199,24 +221,7 @@ async fn tls_connect(
 async fn tls_listener_speaks_h2_and_http11_by_alpn() {
     let pki = pki();
     let up = upstream().await;
-    let dir = write_config("");
-    let (cert, key) = (
-        dir.with_file_name("cert.pem"),
-        dir.with_file_name("key.pem"),
-    );
-    std::fs::write(&cert, &pki.server_cert_pem).unwrap();
-    std::fs::write(&key, &pki.server_key_pem).unwrap();
-    std::fs::write(
-        &dir,
-        format!(
-            "[proxy]\ntls = {{ cert_file = \"{}\", key_file = \"{}\" }}\n\n[[routes]]\nname = \"default\"\nupstream = \"http://{}\"\n",
-            cert.display(),
-            key.display(),
-            up.addr
-        ),
-    )
-    .unwrap();
-    let p = Proc::start(&["--config", dir.to_str().unwrap()]);
+    let p = tls_proxy(&pki, "", up.addr);
 
     // HTTP/2 by ALPN.
     let (tls, proto) = tls_connect(p.proxy, &pki.ca_pem, &[b"h2", b"http/1.1"]).await;
@@ -278,24 +283,7 @@ async fn a_tls_client_that_sends_nothing_is_closed_after_the_header_timeout() {
     // After the handshake hyper waits for the first bytes to tell HTTP/1.1 from HTTP/2,
     // with no clock of its own: such a connection stayed open for good.
     let pki = pki();
-    let dir = write_config("");
-    let (cert, key) = (
-        dir.with_file_name("cert.pem"),
-        dir.with_file_name("key.pem"),
-    );
-    std::fs::write(&cert, &pki.server_cert_pem).unwrap();
-    std::fs::write(&key, &pki.server_key_pem).unwrap();
-    std::fs::write(
-        &dir,
-        format!(
-            "[proxy]\nheader_read_timeout = \"1s\"\ntls = {{ cert_file = \"{}\", key_file = \"{}\" }}\n\n[[routes]]\nname = \"default\"\nupstream = \"http://{}\"\n",
-            cert.display(),
-            key.display(),
-            closed_port()
-        ),
-    )
-    .unwrap();
-    let p = Proc::start(&["--config", dir.to_str().unwrap()]);
+    let p = tls_proxy(&pki, "header_read_timeout = \"1s\"", closed_port());
     for alpn in [&b"h2"[..], &b"http/1.1"[..]] {
         let (mut tls, _) = tls_connect(p.proxy, &pki.ca_pem, &[alpn]).await;
         let started = std::time::Instant::now();

@@ -543,6 +543,15 @@ pub fn write_config(text: &str) -> std::path::PathBuf {
     path
 }
 
+/// Starts statuslens with the `[proxy]` lines `settings` and one route, `default`, to
+/// `upstream`.
+pub fn start_with_proxy_settings(settings: &str, upstream: SocketAddr) -> Proc {
+    let cfg = write_config(&format!(
+        "[proxy]\n{settings}\n\n[[routes]]\nname = \"default\"\nupstream = \"http://{upstream}\"\n"
+    ));
+    Proc::start(&["--config", cfg.to_str().unwrap()])
+}
+
 /// Reads a raw socket until the server closes it; panics (naming `what`) if it is still
 /// open after the deadline.
 pub async fn read_until_closed(s: &mut tokio::net::TcpStream, what: &str) -> Vec<u8> {
