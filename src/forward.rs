@@ -472,12 +472,6 @@ impl Proxy {
         };
 
         // Phase 4: respond.
-        // Both framings: hyper's client read the body by its chunks (RFC 9112 §6.3), so
-        // the length must not reach the client beside that body (it would read short and
-        // find the rest in front of its next response). The fast path does the same.
-        if resp.headers().contains_key(header::TRANSFER_ENCODING) {
-            resp.headers_mut().remove(header::CONTENT_LENGTH);
-        }
         self.note_response(route, &mut ex, resp.status(), resp.headers());
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
@@ -840,6 +834,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> bool {
             headers.remove(name);
         }
     }
+    // A message framed by Transfer-Encoding and carrying a Content-Length too was read by
+    // its codings (RFC 9112 §6.3): the length describes nothing that is forwarded, and
+    // sent on beside the re-framed body it would make the next hop read short.
+    if has(TRANSFER_ENCODING_BIT) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     } else if has(UPGRADE_BIT) {
@@ -866,6 +866,7 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 const CONNECTION_BIT: u8 = 1;
 const UPGRADE_BIT: u8 = 1 << 1;
 const TE_BIT: u8 = 1 << 6;
+const TRANSFER_ENCODING_BIT: u8 = 1 << 7;
 
 /// Whether a `TE` value lists `trailers` (RFC 9110 §10.1.4).
 pub fn lists_trailers(value: &[u8]) -> bool {
@@ -1065,6 +1066,25 @@ mod tests {
         assert_eq!(at(CONNECTION_BIT), header::CONNECTION);
         assert_eq!(at(UPGRADE_BIT), header::UPGRADE);
         assert_eq!(at(TE_BIT), header::TE);
+        assert_eq!(at(TRANSFER_ENCODING_BIT), header::TRANSFER_ENCODING);
+    }
+
+    #[test]
+    fn a_length_beside_transfer_encoding_goes_with_it() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("4"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        // Alone, a length is the message's framing and stays.
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("4"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h[header::CONTENT_LENGTH], "4");
     }
 
     #[test]
