@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -295,6 +295,15 @@ impl Proxy {
         }
         if let Some(why) = host_fault(&req) {
             return Respond::ready(local(ex, StatusCode::BAD_REQUEST, why));
+        }
+        if req.method() == Method::CONNECT {
+            // A reverse proxy opens no tunnels (nginx answers the same). No `Allow`: which
+            // methods a resource takes is the upstream's to say.
+            return Respond::ready(local(
+                ex,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "CONNECT is not supported: statuslens is a reverse proxy and opens no tunnels\n",
+            ));
         }
         if self.draining.load(Ordering::Relaxed) {
             return Respond::ready(local(

@@ -535,6 +535,46 @@ async fn an_h2c_upgrade_offer_is_not_forwarded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_is_refused_not_tunnelled() {
+    // A reverse proxy opens no tunnels (nginx answers 405 too). Forwarded, CONNECT would
+    // hand the upstream a request it cannot serve, and a 2xx would leave the client's
+    // connection expecting a tunnel nobody opens.
+    let up = upstream().await;
+    let p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
+    let mut s = TcpStream::connect(p.proxy).await.unwrap();
+    s.write_all(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+        .await
+        .unwrap();
+    let line = read_status_line(&mut s).await;
+    assert!(line.starts_with("HTTP/1.1 405 "), "{line}");
+    let c = client();
+    assert_eq!(get(&c, &p.url("/status/200")).await.0.status, 200);
+    let m = wait_metrics(&p, "two requests", |m| {
+        sum(m, "statuslens_responses_total", &[]) >= 2.0
+    })
+    .await;
+    let n = |code: &str, source: &str| {
+        sum(
+            &m,
+            "statuslens_responses_total",
+            &[("code", code), ("source", source)],
+        )
+    };
+    assert_eq!(n("405", "proxy"), 1.0);
+    assert_eq!(n("200", "upstream"), 1.0);
+    assert_eq!(sum(&m, "statuslens_responses_total", &[]), 2.0);
+    let seen: Vec<String> = up
+        .seen
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.method.to_string())
+        .collect();
+    assert_eq!(seen, ["GET"], "the upstream saw only the GET");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expect_100_continue_works() {
     let up = upstream().await;
     let p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
