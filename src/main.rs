@@ -2,7 +2,7 @@
 
 /// jemalloc, not the system allocator: cheaper allocation per request and per HTTP/2
 /// stream, memory handed back after a burst (README, "Performance").
-#[cfg(not(target_env = "msvc"))]
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
