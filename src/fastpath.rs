@@ -1056,6 +1056,9 @@ struct Scan<'b> {
     /// Fields `Connection` names: hop-by-hop.
     named: Named<'b>,
     fields: [Field; MAX_RESPONSE_HEADERS],
+    /// The length to send as one plain field in place of the upstream's, which repeated
+    /// it (a list, or several fields); None when its own field passes as it is.
+    relength: Option<u64>,
 }
 
 impl Scan<'_> {
@@ -1070,7 +1073,7 @@ impl Scan<'_> {
     /// (RFC 9110 §7.6.1), nor what `Connection` names.
     fn passes(&self, i: usize, name: &[u8]) -> bool {
         match self.fields[i] {
-            Field::Framing => !self.reframed() && name.len() == 14,
+            Field::Framing => !self.reframed() && name.len() == 14 && self.relength.is_none(),
             Field::Connection | Field::HopByHop | Field::Te | Field::Upgrade => false,
             _ => !self.named.contains(name),
         }
@@ -1084,6 +1087,7 @@ fn scan<'b>(
 ) -> Result<Scan<'b>, UpstreamErrorKind> {
     let mut keep_alive = resp.version == Some(1);
     let mut length: Option<u64> = None;
+    let mut repeated = false;
     let mut chunked = None;
     let mut quota = false;
     let mut dated = false;
@@ -1094,19 +1098,16 @@ fn scan<'b>(
         *field = Field::of(name);
         match field {
             Field::Framing if name.len() == 14 => {
-                // 1*DIGIT (RFC 9110 §8.6): `parse` alone would take "+5".
-                let digits = h.value.trim_ascii();
-                if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-                    return Err(UpstreamErrorKind::Protocol);
+                // A list of one repeated length stands for that length (RFC 9110 §8.6,
+                // as hyper's client reads it); the client gets it once.
+                for digits in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    let n = content_length(digits).ok_or(UpstreamErrorKind::Protocol)?;
+                    if length.is_some_and(|l| l != n) {
+                        return Err(UpstreamErrorKind::Protocol);
+                    }
+                    repeated |= length.is_some();
+                    length = Some(n);
                 }
-                let n = std::str::from_utf8(digits)
-                    .ok()
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .ok_or(UpstreamErrorKind::Protocol)?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(UpstreamErrorKind::Protocol);
-                }
-                length = Some(n);
             }
             Field::Framing => {
                 // Chunked must be the final coding for the length to be known
@@ -1152,6 +1153,7 @@ fn scan<'b>(
         quota,
         named,
         fields,
+        relength: length.filter(|_| repeated && chunked.is_none()),
     })
 }
 
@@ -1173,6 +1175,14 @@ fn header_map(
         }
     }
     map
+}
+
+/// A `Content-Length` value: 1*DIGIT (RFC 9110 §8.6; `parse` alone would take "+5").
+fn content_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// Parses a response head at the front of `buf`; for a final one, writes the client's
@@ -1212,6 +1222,11 @@ fn client_head_of(f: Final<'_, '_>, close: bool, out: &mut Vec<u8>) -> Head {
     if scan.reframed() {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
+    if let Some(n) = scan.relength {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
@@ -1248,7 +1263,10 @@ pub(crate) fn parse_parts(
     head_only: bool,
 ) -> Result<Parsed<ResponseHead>, UpstreamErrorKind> {
     parse_response(buf, head_only, |f| {
-        let headers = header_map(f.resp.headers, |i, name| f.scan.passes(i, name));
+        let mut headers = header_map(f.resp.headers, |i, name| f.scan.passes(i, name));
+        if let Some(n) = f.scan.relength {
+            headers.insert(http::header::CONTENT_LENGTH, n.into());
+        }
         Ok(ResponseHead {
             len: f.len,
             status: StatusCode::from_u16(f.status).map_err(|_| UpstreamErrorKind::Protocol)?,
@@ -1719,15 +1737,35 @@ mod tests {
             ),
             Ok(Parsed::Interim(25))
         ));
-        assert!(matches!(
-            parse_head(
-                b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
-                false,
-                false,
-                &mut Vec::new()
-            ),
-            Err(UpstreamErrorKind::Protocol)
-        ));
+        for conflicting in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1, 2\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1,\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: +1\r\n\r\n",
+        ] {
+            assert!(
+                matches!(
+                    parse_head(conflicting, false, false, &mut Vec::new()),
+                    Err(UpstreamErrorKind::Protocol)
+                ),
+                "{:?}",
+                String::from_utf8_lossy(conflicting)
+            );
+        }
+        // One length, repeated in a list or in fields: that length, sent once.
+        for repeated in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 2, 2\r\n\r\nok"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 2,2\r\n\r\nok",
+        ] {
+            let mut out = Vec::new();
+            match parse_head(repeated, false, false, &mut out) {
+                Ok(Parsed::Final(h)) => assert_eq!(h.body, Body::Length(2)),
+                _ => panic!("{:?}", String::from_utf8_lossy(repeated)),
+            }
+            let out = String::from_utf8(out).unwrap();
+            assert_eq!(out.matches("content-length").count(), 1, "{out}");
+            assert!(out.contains("content-length: 2\r\n"), "{out}");
+        }
     }
 
     #[test]

@@ -493,6 +493,7 @@ impl Proxy {
                 );
             }
         }
+        plain_content_length(resp.headers_mut());
         let (parts, body) = resp.into_parts();
         to_client(parts, ResponseInner::Upstream(body), ex, client_version)
     }
@@ -641,6 +642,30 @@ fn to_client(
     // an HTTP/1.1 client's keep-alive connection into a one-shot one.
     parts.version = client_version;
     Response::from_parts(parts, ObservedBody::new(body, ex))
+}
+
+/// Makes a repeated `Content-Length` ("5, 5", or the field twice) one plain number, as
+/// the fast path does: hyper's client accepts the repetition when the numbers agree
+/// (RFC 9110 §8.6), but its server would send the first field's text on as it is.
+fn plain_content_length(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let Some(first) = values.next() else {
+        return;
+    };
+    if values.next().is_none() && !first.as_bytes().contains(&b',') {
+        return;
+    }
+    let first = first
+        .as_bytes()
+        .split(|&b| b == b',')
+        .next()
+        .unwrap_or_default();
+    let n = std::str::from_utf8(first.trim_ascii())
+        .ok()
+        .and_then(|d| d.parse::<u64>().ok());
+    if let Some(n) = n {
+        headers.insert(header::CONTENT_LENGTH, n.into());
+    }
 }
 
 /// The answer to a failed upstream exchange (502/504), counted and logged.

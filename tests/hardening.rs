@@ -868,6 +868,11 @@ async fn an_upstream_response_with_two_framings_reaches_the_client_by_its_chunks
     )
     .await;
     let plus = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello").await;
+    // One length given twice (RFC 9110 §8.6 lets a recipient take it): the client gets it
+    // once, as a plain number.
+    let twice =
+        raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\nContent-Length: 5\r\n\r\nhello")
+            .await;
     // HTTP/1.0 has no Transfer-Encoding (RFC 9112 §6.1: faulty framing); hyper's client
     // refuses it, and so must the fast path.
     let old = raw_upstream(
@@ -876,7 +881,7 @@ async fn an_upstream_response_with_two_framings_reaches_the_client_by_its_chunks
     .await;
     for fast in [true, false] {
         let cfg = write_config(&format!(
-            "[proxy]\nfast_path = {fast}\n\n[[routes]]\nname = \"both\"\nmatch = {{ path_prefix = \"/both/\" }}\nupstream = \"http://{both}\"\n\n[[routes]]\nname = \"old\"\nmatch = {{ path_prefix = \"/old/\" }}\nupstream = \"http://{old}\"\n\n[[routes]]\nname = \"plus\"\nupstream = \"http://{plus}\"\n"
+            "[proxy]\nfast_path = {fast}\n\n[[routes]]\nname = \"both\"\nmatch = {{ path_prefix = \"/both/\" }}\nupstream = \"http://{both}\"\n\n[[routes]]\nname = \"old\"\nmatch = {{ path_prefix = \"/old/\" }}\nupstream = \"http://{old}\"\n\n[[routes]]\nname = \"twice\"\nmatch = {{ path_prefix = \"/twice/\" }}\nupstream = \"http://{twice}\"\n\n[[routes]]\nname = \"plus\"\nupstream = \"http://{plus}\"\n"
         ));
         let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
         for h2 in [false, true] {
@@ -911,12 +916,42 @@ async fn an_upstream_response_with_two_framings_reaches_the_client_by_its_chunks
                 String::from_utf8_lossy(&rest)
             );
         }
+        let mut s = TcpStream::connect(p.proxy).await.unwrap();
+        s.write_all(b"GET /twice/x HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        read_until(&mut s, &mut got, |got| got.ends_with(b"hello")).await;
+        let got = String::from_utf8_lossy(&got).to_ascii_lowercase();
+        assert!(
+            got.starts_with("http/1.1 200 ok\r\n"),
+            "fast_path = {fast}: {got}"
+        );
+        assert_eq!(
+            got.matches("content-length").collect::<Vec<_>>().len(),
+            1,
+            "fast_path = {fast}: {got}"
+        );
+        assert!(
+            got.contains("\r\ncontent-length: 5\r\n"),
+            "fast_path = {fast}: {got}"
+        );
+        let (parts, body) = get(&h2_client(), &p.url("/twice/x")).await;
+        assert_eq!(
+            (parts.status.as_u16(), &body[..]),
+            (200, &b"hello"[..]),
+            "fast_path = {fast}, h2c"
+        );
+        assert_eq!(
+            parts.headers["content-length"], "5",
+            "fast_path = {fast}, h2c"
+        );
         for path in ["/plus", "/old/x"] {
             let (parts, _) = get(&client(), &p.url(path)).await;
             assert_eq!(parts.status, 502, "fast_path = {fast}, {path}");
         }
-        let m = wait_metrics(&p, "six", |m| {
-            sum(m, "statuslens_responses_total", &[]) >= 6.0
+        let m = wait_metrics(&p, "eight", |m| {
+            sum(m, "statuslens_responses_total", &[]) >= 8.0
         })
         .await;
         assert_eq!(

@@ -63,4 +63,15 @@ fuzz_target!(|data: &[u8]| {
         "two framings: {head:?}"
     );
     assert!(named("transfer-encoding") <= 1);
+    // A length the upstream repeated reaches the client once, as a plain number.
+    let lengths: Vec<&[u8]> = resp
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .map(|h| h.value)
+        .collect();
+    assert!(lengths.len() <= 1, "two Content-Length fields: {head:?}");
+    for v in lengths {
+        assert!(!v.is_empty() && v.iter().all(u8::is_ascii_digit), "length {v:?}: {head:?}");
+    }
 });
