@@ -4,8 +4,15 @@
 //! and among those the longest matching path prefix wins. The table is built once at
 //! start-up. A lookup is a host hash probe, then a hash probe on the path's first
 //! segment, then a longest-first scan of only the prefixes under that segment — so a
-//! thousand routes cost about what one does — and it allocates nothing.
+//! thousand routes cost about what one does — and, unless the path has dot segments,
+//! `//` or escapes to resolve, it allocates nothing.
+//!
+//! Paths are matched as the upstream will read them ([`routing_path`]): `/api/../admin/`
+//! is routed by `/admin/`, not `/api/`, as nginx matches locations — else a client could
+//! pick a route (its upstream, limits and counters) for a path another route serves.
+//! The upstream still gets the target exactly as the client sent it.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use crate::config::RouteConfig;
@@ -90,6 +97,7 @@ impl Router {
 
     /// The route for a request with this host (any case, port allowed) and path.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<RouteId> {
+        let path = &*routing_path(path);
         if let Some(host) = host {
             if !self.by_host.is_empty() {
                 let host = strip_port(host);
@@ -105,6 +113,81 @@ impl Router {
         }
         self.any_host.find(path)
     }
+}
+
+/// The path as routing compares it (RFC 3986 §6.2.2): percent-escapes of unreserved
+/// characters decoded (`%61` is `a`, `%2E` is `.`), then `.` and `..` segments resolved
+/// (§5.2.4) and empty segments (`//`) dropped. Other escapes stay as they are (`%2F` is
+/// not a `/`). Borrowed, and found out with one scan, when there is nothing to do.
+pub fn routing_path(path: &str) -> Cow<'_, str> {
+    // Three substring searches (the standard library's, vectorised) cost less than one
+    // loop branching on every byte: +12 ns per lookup against +24 (`cargo bench --bench
+    // route`, 35-byte targets).
+    let plain = !path.starts_with('/')
+        || !(path.contains('%') || path.contains("/.") || path.contains("//"));
+    if plain {
+        return Cow::Borrowed(path);
+    }
+    let decoded = decode_unreserved(path);
+    let mut segments: Vec<&str> = Vec::new();
+    // Whether the last segment seen leaves a directory (`/a/`, `/a/.`, `/a/b/..`).
+    let mut directory = false;
+    for segment in decoded[1..].split('/') {
+        directory = true;
+        match segment {
+            "" | "." => {}
+            ".." => _ = segments.pop(),
+            s => {
+                segments.push(s);
+                directory = false;
+            }
+        }
+    }
+    let mut out = String::with_capacity(decoded.len());
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    if directory || segments.is_empty() {
+        out.push('/');
+    }
+    Cow::Owned(out)
+}
+
+/// `path` with `%XX` escapes of unreserved characters (ALPHA, DIGIT, `-._~`) decoded.
+fn decode_unreserved(path: &str) -> Cow<'_, str> {
+    if !path.contains('%') {
+        return Cow::Borrowed(path);
+    }
+    let b = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    // `i` stays on a char boundary: it moves by ASCII bytes or to the next `%`.
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'%' {
+            let next = path[i..].find('%').map_or(b.len(), |n| i + n);
+            out.push_str(&path[i..next]);
+            i = next;
+            continue;
+        }
+        let unreserved = (|| Some(hex(*b.get(i + 1)?)? << 4 | hex(*b.get(i + 2)?)?))()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~'));
+        match unreserved {
+            Some(c) => {
+                out.push(char::from(c));
+                i += 3;
+            }
+            None => {
+                out.push('%');
+                i += 1;
+            }
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn hex(c: u8) -> Option<u8> {
+    (c as char).to_digit(16).map(|d| d as u8)
 }
 
 fn scan(list: &[(String, RouteId)], path: &str) -> Option<RouteId> {
@@ -230,8 +313,46 @@ upstream = "http://e"
             "",
         ];
         for path in paths {
-            assert_eq!(router.find(None, path), naive(path), "path {path:?}");
+            assert_eq!(
+                router.find(None, path),
+                naive(&routing_path(path)),
+                "path {path:?}"
+            );
         }
+    }
+
+    #[test]
+    fn paths_are_matched_as_the_upstream_reads_them() {
+        for (path, seen) in [
+            ("/api/x", "/api/x"),
+            ("/", "/"),
+            ("", ""),
+            ("*", "*"),
+            ("/api/../admin/x", "/admin/x"),
+            ("/api/%2e%2E/admin/", "/admin/"),
+            ("/%61dmin/x", "/admin/x"),
+            ("//admin//x", "/admin/x"),
+            ("/admin/./x/.", "/admin/x/"),
+            ("/a/b/..", "/a/"),
+            ("/..", "/"),
+            ("/../../a", "/a"),
+            ("/a.b/.c/..d", "/a.b/.c/..d"),
+            ("/api%2F..%2Fadmin/", "/api%2F..%2Fadmin/"),
+            ("/caf%C3%A9/%zz/%4", "/caf%C3%A9/%zz/%4"),
+            ("/é/%7e", "/é/~"),
+            ("/%41é%é", "/Aé%é"),
+        ] {
+            assert_eq!(routing_path(path), seen, "{path:?}");
+        }
+        assert!(matches!(routing_path("/api/v1.2/x"), Cow::Borrowed(_)));
+        let r = router(
+            "[[routes]]\nname='api'\nmatch={path_prefix='/api/'}\nupstream='http://a'\n\
+             [[routes]]\nname='admin'\nmatch={path_prefix='/admin/'}\nupstream='http://b'\n",
+        );
+        assert_eq!(r.find(None, "/api/../admin/users"), Some(1));
+        assert_eq!(r.find(None, "/%61pi/users"), Some(0));
+        assert_eq!(r.find(None, "/admin/..%2Fapi/x"), Some(1));
+        assert_eq!(r.find(None, "/api/.."), None);
     }
 
     #[test]

@@ -535,6 +535,74 @@ async fn an_h2c_upgrade_offer_is_not_forwarded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_match_the_path_the_upstream_reads() {
+    // `/api/../admin/x` is /admin/x to an upstream that resolves dot segments: routed by
+    // `/api/` it would reach the api upstream (with the api route's limits and
+    // counters) for a path the admin route serves. Routing resolves it as nginx does;
+    // the upstream still gets the target as sent.
+    let api = upstream().await;
+    let admin = upstream().await;
+    for fast in [true, false] {
+        let cfg = write_config(&format!(
+            r#"
+[proxy]
+fast_path = {fast}
+[[routes]]
+name = "api"
+match = {{ path_prefix = "/api/" }}
+upstream = "http://{api}"
+[[routes]]
+name = "admin"
+match = {{ path_prefix = "/admin/" }}
+upstream = "http://{admin}"
+"#,
+            api = api.addr,
+            admin = admin.addr
+        ));
+        let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+        let to_admin = [
+            "/api/../admin/status/200",
+            "/api/%2e%2E/admin/status/200",
+            "//admin//status/200",
+        ];
+        let admin_before = admin.seen.0.lock().unwrap().len();
+        let api_before = api.seen.0.lock().unwrap().len();
+        // A raw client: HTTP client libraries resolve dot segments before sending.
+        let mut s = TcpStream::connect(p.proxy).await.unwrap();
+        for target in to_admin.iter().chain(&["/%61pi/status/200"]) {
+            s.write_all(format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut got = Vec::new();
+            read_until(&mut s, &mut got, |got| got.ends_with(b"status 200")).await;
+            assert!(
+                got.starts_with(b"HTTP/1.1 200 OK\r\n"),
+                "fast_path = {fast}, {target}: {}",
+                String::from_utf8_lossy(&got)
+            );
+        }
+        let seen = |up: &Upstream, from: usize| -> Vec<String> {
+            up.seen.0.lock().unwrap()[from..]
+                .iter()
+                .map(|r| r.uri.to_string())
+                .collect()
+        };
+        assert_eq!(seen(&admin, admin_before), to_admin, "fast_path = {fast}");
+        assert_eq!(
+            seen(&api, api_before),
+            ["/%61pi/status/200"],
+            "fast_path = {fast}"
+        );
+        let m = wait_metrics(&p, "four requests", |m| {
+            sum(m, "statuslens_responses_total", &[]) >= 4.0
+        })
+        .await;
+        let n = |route: &str| sum(&m, "statuslens_responses_total", &[("route", route)]);
+        assert_eq!((n("admin"), n("api")), (3.0, 1.0), "fast_path = {fast}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_is_refused_not_tunnelled() {
     // A reverse proxy opens no tunnels (nginx answers 405 too). Forwarded, CONNECT would
     // hand the upstream a request it cannot serve, and a 2xx would leave the client's

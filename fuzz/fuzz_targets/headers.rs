@@ -1,11 +1,13 @@
 //! Forwarding decisions on arbitrary headers and request targets: hop-by-hop removal
-//! leaves none behind, and log redaction never shows a secret-looking value.
+//! leaves none behind, log redaction never shows a secret-looking value, and the path
+//! routing compares is fully resolved.
 #![no_main]
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 use statuslens::access_log::{is_secret_param, Redacted};
 use statuslens::forward::strip_hop_by_hop;
+use statuslens::route::routing_path;
 
 fuzz_target!(|data: &[u8]| {
     let (head, target) = match data.iter().position(|&b| b == 0) {
@@ -46,6 +48,17 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let Ok(text) = std::str::from_utf8(target) else { return };
+    // Any text: resolving twice changes nothing, and a resolved path has no dot segment,
+    // `//` or unreserved escape left.
+    let resolved = routing_path(text);
+    assert_eq!(routing_path(&resolved), resolved, "{text:?}");
+    if text.starts_with('/') {
+        assert!(resolved.starts_with('/'), "{text:?}");
+        for seg in resolved[1..].split('/') {
+            assert!(seg != "." && seg != "..", "{text:?} -> {resolved:?}");
+        }
+        assert!(!resolved.contains("//"), "{text:?} -> {resolved:?}");
+    }
     let Ok(uri) = text.parse::<http::Uri>() else { return };
     let shown = Redacted(&uri).to_string();
     assert!(shown.starts_with(uri.path()));
