@@ -251,13 +251,7 @@ async fn h2c_heads_meet_the_same_header_limits_as_http1() {
         sum(m, "statuslens_responses_total", &[]) >= 4.0
     })
     .await;
-    let n = |code: &str, source: &str| {
-        sum(
-            &m,
-            "statuslens_responses_total",
-            &[("code", code), ("source", source)],
-        )
-    };
+    let n = |code: &str, source: &str| responses(&m, code, source);
     assert_eq!((n("200", "upstream"), n("431", "proxy")), (2.0, 2.0));
     assert_eq!(sum(&m, "statuslens_responses_total", &[]), 4.0);
 }

@@ -621,13 +621,7 @@ async fn connect_is_refused_not_tunnelled() {
         sum(m, "statuslens_responses_total", &[]) >= 2.0
     })
     .await;
-    let n = |code: &str, source: &str| {
-        sum(
-            &m,
-            "statuslens_responses_total",
-            &[("code", code), ("source", source)],
-        )
-    };
+    let n = |code: &str, source: &str| responses(&m, code, source);
     assert_eq!(n("405", "proxy"), 1.0);
     assert_eq!(n("200", "upstream"), 1.0);
     assert_eq!(sum(&m, "statuslens_responses_total", &[]), 2.0);

@@ -514,6 +514,15 @@ pub fn sum(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// `statuslens_responses_total` for one code from one source (`upstream`, `proxy`, …).
+pub fn responses(samples: &[Sample], code: &str, source: &str) -> f64 {
+    sum(
+        samples,
+        "statuslens_responses_total",
+        &[("code", code), ("source", source)],
+    )
+}
+
 /// Polls the metrics until `check` holds or the deadline passes.
 pub async fn wait_metrics(p: &Proc, what: &str, check: impl Fn(&[Sample]) -> bool) -> Vec<Sample> {
     let start = Instant::now();
