@@ -1178,7 +1178,7 @@ fn header_map(
 }
 
 /// A `Content-Length` value: 1*DIGIT (RFC 9110 §8.6; `parse` alone would take "+5").
-fn content_length(digits: &[u8]) -> Option<u64> {
+pub(crate) fn content_length(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }

@@ -655,15 +655,9 @@ fn plain_content_length(headers: &mut HeaderMap) {
     if values.next().is_none() && !first.as_bytes().contains(&b',') {
         return;
     }
-    let first = first
-        .as_bytes()
-        .split(|&b| b == b',')
-        .next()
-        .unwrap_or_default();
-    let n = std::str::from_utf8(first.trim_ascii())
-        .ok()
-        .and_then(|d| d.parse::<u64>().ok());
-    if let Some(n) = n {
+    // hyper's client has checked that every value is this one.
+    let first = first.as_bytes().split(|&b| b == b',').next();
+    if let Some(n) = first.and_then(|d| crate::fastpath::content_length(d.trim_ascii())) {
         headers.insert(header::CONTENT_LENGTH, n.into());
     }
 }
