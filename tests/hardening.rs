@@ -928,7 +928,7 @@ async fn an_upstream_response_with_two_framings_reaches_the_client_by_its_chunks
             "fast_path = {fast}: {got}"
         );
         assert_eq!(
-            got.matches("content-length").collect::<Vec<_>>().len(),
+            got.matches("content-length").count(),
             1,
             "fast_path = {fast}: {got}"
         );
