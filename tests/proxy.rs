@@ -615,16 +615,29 @@ async fn connect_is_refused_not_tunnelled() {
         .unwrap();
     let line = read_status_line(&mut s).await;
     assert!(line.starts_with("HTTP/1.1 405 "), "{line}");
+    // HTTP/2's CONNECT (RFC 9113 §8.5: :authority, no :path), through the h2 crate hyper
+    // itself uses.
+    let tcp = TcpStream::connect(p.proxy).await.unwrap();
+    let (mut h2c, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let connect = Request::builder()
+        .method("CONNECT")
+        .uri("example.com:443")
+        .body(())
+        .unwrap();
+    let (resp, _) = h2c.send_request(connect, false).unwrap();
+    let resp = tokio::time::timeout(DEADLINE, resp).await.unwrap().unwrap();
+    assert_eq!(resp.status(), 405);
     let c = client();
     assert_eq!(get(&c, &p.url("/status/200")).await.0.status, 200);
-    let m = wait_metrics(&p, "two requests", |m| {
-        sum(m, "statuslens_responses_total", &[]) >= 2.0
+    let m = wait_metrics(&p, "three requests", |m| {
+        sum(m, "statuslens_responses_total", &[]) >= 3.0
     })
     .await;
     let n = |code: &str, source: &str| responses(&m, code, source);
-    assert_eq!(n("405", "proxy"), 1.0);
+    assert_eq!(n("405", "proxy"), 2.0);
     assert_eq!(n("200", "upstream"), 1.0);
-    assert_eq!(sum(&m, "statuslens_responses_total", &[]), 2.0);
+    assert_eq!(sum(&m, "statuslens_responses_total", &[]), 3.0);
     let seen: Vec<String> = up
         .seen
         .0
