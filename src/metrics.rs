@@ -91,6 +91,31 @@ impl UpstreamErrorKind {
     }
 }
 
+/// Why a client connection ended before any request on it existed (`kind` label of
+/// `statuslens_client_errors_total`): nothing of it reaches `statuslens_responses_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientErrorKind {
+    /// A head hyper's parser refused (it answered 400, 414 or 431 itself and closed).
+    MalformedHead,
+    /// The TLS handshake failed or did not finish within `proxy.header_read_timeout`.
+    TlsHandshake,
+}
+
+impl ClientErrorKind {
+    /// All kinds, in label order.
+    pub const ALL: [ClientErrorKind; 2] = [
+        ClientErrorKind::MalformedHead,
+        ClientErrorKind::TlsHandshake,
+    ];
+    /// The `kind` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            ClientErrorKind::MalformedHead => "malformed_head",
+            ClientErrorKind::TlsHandshake => "tls_handshake",
+        }
+    }
+}
+
 /// Codes statuslens itself produces.
 const PROXY_CODES: [u16; 9] = [400, 404, 408, 413, 414, 431, 502, 503, 504];
 
@@ -159,6 +184,8 @@ pub struct Families {
     request_bytes: IntCounterVec,
     response_bytes: IntCounterVec,
     quota: [GaugeVec; 3],
+    /// One per [`ClientErrorKind`], created at start so each series reads 0 until used.
+    client_errors: [IntCounter; 2],
 }
 
 /// The handles of one route (or of `unmatched`).
@@ -284,6 +311,14 @@ impl Families {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let client_errors = IntCounterVec::new(
+            Opts::new(
+                "statuslens_client_errors_total",
+                "Client connections that ended before a request existed, by kind (malformed_head, tls_handshake).",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
         let quota_gauge = |name: &str, help: &str| {
             GaugeVec::new(Opts::new(name, help), &["route"]).expect("valid metric")
         };
@@ -313,6 +348,7 @@ impl Families {
             Box::new(quota_vecs[0].clone()),
             Box::new(quota_vecs[1].clone()),
             Box::new(quota_vecs[2].clone()),
+            Box::new(client_errors.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -326,12 +362,19 @@ impl Families {
             request_bytes: req_bytes,
             response_bytes: resp_bytes,
             quota: quota_vecs,
+            client_errors: ClientErrorKind::ALL
+                .map(|k| client_errors.with_label_values(&[k.label()])),
         })
     }
 
     /// The registry, for collectors defined elsewhere (spike metrics).
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Counts a client connection that ended before a request existed.
+    pub fn client_error(&self, kind: ClientErrorKind) {
+        self.client_errors[kind as usize].inc();
     }
 
     /// The Prometheus text exposition of everything registered.

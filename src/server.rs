@@ -24,7 +24,7 @@ use crate::framing::{Framing, Watched};
 use crate::generation::Live;
 use crate::idle::{Activity, Tracked};
 use crate::isolate::CatchPanic;
-use crate::metrics::method_index;
+use crate::metrics::{method_index, ClientErrorKind};
 
 /// Errors that stop `statuslens run` after the config was accepted.
 #[derive(Debug, thiserror::Error)]
@@ -264,6 +264,10 @@ struct Accepting {
 }
 
 impl Accepting {
+    fn client_error(&self, kind: ClientErrorKind) {
+        self.live.families().client_error(kind);
+    }
+
     /// One worker: accepts on `listener` until `stop`, then drains; returns whether every
     /// connection finished within the drain timeout.
     async fn serve(
@@ -345,9 +349,17 @@ impl Accepting {
                         Ok(Ok(s)) => Replay::new(Vec::new(), ClientStream::Tls { inner: s }),
                         Ok(Err(e)) => {
                             tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                            // A client that closes before saying anything (a TCP health
+                            // check) did not fail a handshake.
+                            if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                                self.client_error(ClientErrorKind::TlsHandshake);
+                            }
                             return;
                         }
-                        Err(_) => return,
+                        Err(_) => {
+                            self.client_error(ClientErrorKind::TlsHandshake);
+                            return;
+                        }
                     }
                 }
             };
@@ -420,6 +432,13 @@ impl Accepting {
             };
             if let Err(e) = ended {
                 tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+                // hyper's parser answered the head itself (400, 414, 431): no request
+                // existed to count, so the connection is.
+                if e.downcast_ref::<hyper::Error>()
+                    .is_some_and(hyper::Error::is_parse)
+                {
+                    self.client_error(ClientErrorKind::MalformedHead);
+                }
             }
             drop(watcher);
             drop(guard);

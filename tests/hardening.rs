@@ -90,10 +90,18 @@ async fn smuggling_attempts_get_400_and_a_closed_connection() {
             "{text}"
         );
     }
-    // Those statuslens refuses itself (bare LF, CL+TE) are counted; hyper's parser
-    // refuses the rest before a request exists.
+    // Those statuslens refuses itself (bare LF, CL+TE) are counted as responses; hyper's
+    // parser refuses the other nine before a request exists: each connection is counted
+    // as a malformed head instead.
+    let malformed = |m: &[Sample]| {
+        sum(
+            m,
+            "statuslens_client_errors_total",
+            &[("kind", "malformed_head")],
+        )
+    };
     let m = wait_metrics(&p, "bare LF and CL+TE counted", |m| {
-        sum(m, "statuslens_responses_total", &[("code", "400")]) >= 5.0
+        sum(m, "statuslens_responses_total", &[("code", "400")]) >= 5.0 && malformed(m) >= 9.0
     })
     .await;
     assert_eq!(
@@ -103,6 +111,15 @@ async fn smuggling_attempts_get_400_and_a_closed_connection() {
             &[("code", "400"), ("source", "proxy")]
         ),
         5.0
+    );
+    assert_eq!(malformed(&m), 9.0);
+    assert_eq!(
+        sum(
+            &m,
+            "statuslens_client_errors_total",
+            &[("kind", "tls_handshake")]
+        ),
+        0.0
     );
     let seen = up.seen.0.lock().unwrap().clone();
     assert_eq!(

@@ -305,3 +305,36 @@ async fn a_tls_client_that_sends_nothing_is_closed_after_the_header_timeout() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_tls_handshakes_are_counted_a_plain_disconnect_is_not() {
+    // No request exists on such a connection, so nothing reaches the response counts:
+    // statuslens_client_errors_total{kind="tls_handshake"} is how a wave of them shows.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = pki();
+    let p = tls_proxy(&pki, "header_read_timeout = \"1s\"", closed_port());
+    // A client that connects and leaves without a byte (a TCP health check): not counted.
+    drop(tokio::net::TcpStream::connect(p.proxy).await.unwrap());
+    // Plain HTTP to the TLS listener: counted.
+    let mut plain = tokio::net::TcpStream::connect(p.proxy).await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // A client that never starts its handshake: counted when the header timeout cuts it.
+    let mut silent = tokio::net::TcpStream::connect(p.proxy).await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(DEADLINE, silent.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "still open");
+    let handshakes = |m: &[Sample]| {
+        sum(
+            m,
+            "statuslens_client_errors_total",
+            &[("kind", "tls_handshake")],
+        )
+    };
+    let m = wait_metrics(&p, "two failed handshakes", |m| handshakes(m) >= 2.0).await;
+    assert_eq!(handshakes(&m), 2.0);
+    assert_eq!(sum(&m, "statuslens_responses_total", &[]), 0.0);
+    drop(plain);
+}
