@@ -587,14 +587,7 @@ async fn pipelined_requests_and_a_handoff_to_hyper_midway_are_all_answered_in_or
         sum(m, "statuslens_responses_total", &[]) == 7.0
     })
     .await;
-    assert_eq!(
-        sum(
-            &m,
-            "statuslens_responses_total",
-            &[("code", "400"), ("source", "proxy")]
-        ),
-        1.0
-    );
+    assert_eq!(responses(&m, "400", "proxy"), 1.0);
 }
 
 /// A keep-alive upstream answering every request `200 ok` and never closing a

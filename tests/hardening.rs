@@ -104,14 +104,7 @@ async fn smuggling_attempts_get_400_and_a_closed_connection() {
         sum(m, "statuslens_responses_total", &[("code", "400")]) >= 5.0 && malformed(m) >= 9.0
     })
     .await;
-    assert_eq!(
-        sum(
-            &m,
-            "statuslens_responses_total",
-            &[("code", "400"), ("source", "proxy")]
-        ),
-        5.0
-    );
+    assert_eq!(responses(&m, "400", "proxy"), 5.0);
     assert_eq!(malformed(&m), 9.0);
     assert_eq!(
         sum(
@@ -263,14 +256,7 @@ async fn connections_over_the_limit_get_503_and_close() {
         sum(m, "statuslens_responses_total", &[]) >= 3.0
     })
     .await;
-    assert_eq!(
-        sum(
-            &m,
-            "statuslens_responses_total",
-            &[("code", "503"), ("source", "proxy")]
-        ),
-        1.0
-    );
+    assert_eq!(responses(&m, "503", "proxy"), 1.0);
     // Freeing a connection makes room again.
     drop(held.pop());
     let start = Instant::now();
@@ -353,14 +339,7 @@ async fn upstream_reset_mid_headers_is_502_reset() {
     })
     .await;
     assert_eq!(sum(&m, "statuslens_upstream_errors_total", &[]), 1.0);
-    assert_eq!(
-        sum(
-            &m,
-            "statuslens_responses_total",
-            &[("code", "502"), ("source", "proxy")]
-        ),
-        1.0
-    );
+    assert_eq!(responses(&m, "502", "proxy"), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -421,14 +400,7 @@ async fn a_stalled_request_body_gets_408_and_idle_keep_alive_is_closed() {
         sum(m, "statuslens_responses_total", &[]) >= 1.0
     })
     .await;
-    assert_eq!(
-        sum(
-            &m,
-            "statuslens_responses_total",
-            &[("code", "408"), ("source", "proxy")]
-        ),
-        1.0
-    );
+    assert_eq!(responses(&m, "408", "proxy"), 1.0);
     // An idle keep-alive connection is closed after the header timeout.
     let mut s = TcpStream::connect(p.proxy).await.unwrap();
     s.write_all(b"GET /status/200 HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -527,11 +499,7 @@ async fn a_request_followed_at_once_by_fin_is_counted_once() {
         sum(m, "statuslens_responses_total", &[]) >= 10.0
     })
     .await;
-    let gone = sum(
-        &m,
-        "statuslens_responses_total",
-        &[("code", "499"), ("source", "client")],
-    );
+    let gone = responses(&m, "499", "client");
     let answered = sum(&m, "statuslens_responses_total", &[("code", "200")]);
     assert_eq!(
         (gone + answered, sum(&m, "statuslens_responses_total", &[])),
@@ -704,14 +672,7 @@ async fn only_requests_that_never_reached_the_upstream_are_retried() {
         sum(m, "statuslens_responses_total", &[]) == 4.0
     })
     .await;
-    assert_eq!(
-        sum(
-            &m,
-            "statuslens_responses_total",
-            &[("code", "502"), ("source", "proxy")]
-        ),
-        2.0
-    );
+    assert_eq!(responses(&m, "502", "proxy"), 2.0);
     assert_eq!(
         sum(&m, "statuslens_upstream_errors_total", &[]),
         2.0,
@@ -856,15 +817,7 @@ async fn http11_requests_need_exactly_one_valid_host() {
             sum(m, "statuslens_responses_total", &[]) >= 9.0
         })
         .await;
-        assert_eq!(
-            sum(
-                &m,
-                "statuslens_responses_total",
-                &[("code", "400"), ("source", "proxy")]
-            ),
-            5.0,
-            "fast_path = {fast}"
-        );
+        assert_eq!(responses(&m, "400", "proxy"), 5.0, "fast_path = {fast}");
         assert_eq!(
             up.seen.0.lock().unwrap().len() - before,
             accepted.len(),
