@@ -297,8 +297,9 @@ impl Proxy {
             return Respond::ready(local(ex, StatusCode::BAD_REQUEST, why));
         }
         if req.method() == Method::CONNECT {
-            // A reverse proxy opens no tunnels (nginx answers the same). No `Allow`: which
-            // methods a resource takes is the upstream's to say.
+            // A reverse proxy opens no tunnels (nginx 1.22 refuses CONNECT too, with a
+            // 400; the method is the fault here, so 405). No `Allow`: which methods a
+            // resource takes is the upstream's to say.
             return Respond::ready(local(
                 ex,
                 StatusCode::METHOD_NOT_ALLOWED,

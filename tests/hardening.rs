@@ -220,10 +220,7 @@ async fn route_in_flight_limit_gets_503_with_retry_after() {
     for h in slow {
         assert_eq!(h.await.unwrap(), 200);
     }
-    let m = wait_metrics(&p, "all counted", |m| {
-        sum(m, "statuslens_responses_total", &[]) >= 4.0
-    })
-    .await;
+    let m = wait_responses(&p, 4.0).await;
     assert_eq!(
         sum(
             &m,
@@ -252,10 +249,7 @@ async fn connections_over_the_limit_get_503_and_close() {
     let (line, closed) = raw(p.proxy, b"GET /status/200 HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(line.starts_with("HTTP/1.1 503"), "{line}");
     assert!(closed);
-    let m = wait_metrics(&p, "counted", |m| {
-        sum(m, "statuslens_responses_total", &[]) >= 3.0
-    })
-    .await;
+    let m = wait_responses(&p, 3.0).await;
     assert_eq!(responses(&m, "503", "proxy"), 1.0);
     // Freeing a connection makes room again.
     drop(held.pop());
@@ -396,10 +390,7 @@ async fn a_stalled_request_body_gets_408_and_idle_keep_alive_is_closed() {
     .await;
     assert!(line.starts_with("HTTP/1.1 408"), "{line}");
     assert!(closed);
-    let m = wait_metrics(&p, "408 counted", |m| {
-        sum(m, "statuslens_responses_total", &[]) >= 1.0
-    })
-    .await;
+    let m = wait_responses(&p, 1.0).await;
     assert_eq!(responses(&m, "408", "proxy"), 1.0);
     // An idle keep-alive connection is closed after the header timeout.
     let mut s = TcpStream::connect(p.proxy).await.unwrap();
@@ -463,10 +454,7 @@ async fn a_half_closed_client_is_a_client_gone_499_counted_once() {
     // A FIN while the upstream thinks: like nginx, statuslens reads it as the client leaving.
     s.shutdown().await.unwrap();
     read_until_closed(&mut s, "half-closed client").await;
-    let m = wait_metrics(&p, "499", |m| {
-        sum(m, "statuslens_responses_total", &[]) >= 1.0
-    })
-    .await;
+    let m = wait_responses(&p, 1.0).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     let m2 = metrics(&p).await;
     assert_eq!(sum(&m2, "statuslens_responses_total", &[]), 1.0, "{m:#?}");
@@ -495,10 +483,7 @@ async fn a_request_followed_at_once_by_fin_is_counted_once() {
         s.shutdown().await.unwrap();
         read_until_closed(&mut s, "request + FIN").await;
     }
-    let m = wait_metrics(&p, "ten", |m| {
-        sum(m, "statuslens_responses_total", &[]) >= 10.0
-    })
-    .await;
+    let m = wait_responses(&p, 10.0).await;
     let gone = responses(&m, "499", "client");
     let answered = sum(&m, "statuslens_responses_total", &[("code", "200")]);
     assert_eq!(
@@ -758,10 +743,7 @@ async fn idle_h2c_connections_are_closed_after_the_header_timeout() {
         // Not before the timeout: the response came at once, the close after ≥ 1 s idle.
         assert!(started.elapsed() >= Duration::from_secs(1));
     }
-    let m = wait_metrics(&p, "two requests", |m| {
-        sum(m, "statuslens_responses_total", &[]) >= 2.0
-    })
-    .await;
+    let m = wait_responses(&p, 2.0).await;
     assert_eq!(
         sum(&m, "statuslens_responses_total", &[("code", "200")]),
         2.0
@@ -813,10 +795,7 @@ async fn http11_requests_need_exactly_one_valid_host() {
                 "fast_path = {fast}: {head:?} got {line}"
             );
         }
-        let m = wait_metrics(&p, "nine requests", |m| {
-            sum(m, "statuslens_responses_total", &[]) >= 9.0
-        })
-        .await;
+        let m = wait_responses(&p, 9.0).await;
         assert_eq!(responses(&m, "400", "proxy"), 5.0, "fast_path = {fast}");
         assert_eq!(
             up.seen.0.lock().unwrap().len() - before,
@@ -920,10 +899,7 @@ async fn an_upstream_response_with_two_framings_reaches_the_client_by_its_chunks
             let (parts, _) = get(&client(), &p.url(path)).await;
             assert_eq!(parts.status, 502, "fast_path = {fast}, {path}");
         }
-        let m = wait_metrics(&p, "eight", |m| {
-            sum(m, "statuslens_responses_total", &[]) >= 8.0
-        })
-        .await;
+        let m = wait_responses(&p, 8.0).await;
         assert_eq!(
             sum(
                 &m,

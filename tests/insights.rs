@@ -44,10 +44,7 @@ async fn quota_headers_of_every_dialect_become_gauges() {
             "{name}"
         );
     }
-    let m = wait_metrics(&p, "six responses", |m| {
-        sum(m, "statuslens_responses_total", &[]) >= 6.0
-    })
-    .await;
+    let m = wait_responses(&p, 6.0).await;
     let ratio = |route: &str| {
         m.iter()
             .find(|s| {

@@ -99,10 +99,7 @@ async fn limits_answer_413_414_431_and_count_them() {
         431
     );
 
-    let m = wait_metrics(&p, "seven requests", |m| {
-        sum(m, "statuslens_responses_total", &[]) >= 7.0
-    })
-    .await;
+    let m = wait_responses(&p, 7.0).await;
     let n = |route: &str, code: &str| {
         sum(
             &m,
@@ -203,10 +200,7 @@ async fn a_proxy_answer_the_client_left_names_no_upstream_status() {
             tokio::io::AsyncWriteExt::shutdown(&mut s).await.unwrap();
             read_until_closed(&mut s, "request + FIN").await;
         }
-        wait_metrics(&p, "twenty", |m| {
-            sum(m, "statuslens_responses_total", &[]) >= 20.0
-        })
-        .await;
+        wait_responses(&p, 20.0).await;
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let lines = loop {
             let lines = p.access_lines();
@@ -247,10 +241,7 @@ async fn h2c_heads_meet_the_same_header_limits_as_http1() {
             assert_eq!(parts.status, want, "{:?}, {size} bytes", parts.version);
         }
     }
-    let m = wait_metrics(&p, "four requests", |m| {
-        sum(m, "statuslens_responses_total", &[]) >= 4.0
-    })
-    .await;
+    let m = wait_responses(&p, 4.0).await;
     let n = |code: &str, source: &str| responses(&m, code, source);
     assert_eq!((n("200", "upstream"), n("431", "proxy")), (2.0, 2.0));
     assert_eq!(sum(&m, "statuslens_responses_total", &[]), 4.0);

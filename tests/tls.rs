@@ -121,10 +121,7 @@ async fn https_upstream_with_a_custom_ca() {
     // Without the CA the certificate is not trusted: 502, counted as a connect error.
     let (parts, _) = get(&c, &p.url("/other")).await;
     assert_eq!(parts.status, 502);
-    let m = wait_metrics(&p, "two responses", |m| {
-        sum(m, "statuslens_responses_total", &[]) >= 2.0
-    })
-    .await;
+    let m = wait_responses(&p, 2.0).await;
     assert_eq!(
         sum(
             &m,

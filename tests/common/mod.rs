@@ -514,6 +514,14 @@ pub fn sum(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// Metrics once at least `n` responses are counted (all series together).
+pub async fn wait_responses(p: &Proc, n: f64) -> Vec<Sample> {
+    wait_metrics(p, &format!("{n} responses counted"), |m| {
+        sum(m, "statuslens_responses_total", &[]) >= n
+    })
+    .await
+}
+
 /// `statuslens_responses_total` for one code from one source (`upstream`, `proxy`, …).
 pub fn responses(samples: &[Sample], code: &str, source: &str) -> f64 {
     sum(
