@@ -14,7 +14,7 @@
 //! not follow it stops watching, and hyper's own (RFC-conformant) handling applies.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -53,6 +53,8 @@ pub struct Framing {
     defect: AtomicU8,
     /// Requests handed to the service so far.
     requests: AtomicU64,
+    /// Bytes of a request head that has not ended yet have been read.
+    mid_head: AtomicBool,
 }
 
 impl Default for Framing {
@@ -61,6 +63,7 @@ impl Default for Framing {
             defect_at: AtomicU64::new(NONE),
             defect: AtomicU8::new(0),
             requests: AtomicU64::new(0),
+            mid_head: AtomicBool::new(false),
         }
     }
 }
@@ -79,6 +82,14 @@ impl Framing {
             2 => Some(Defect::BareLf),
             _ => None,
         }
+    }
+
+    /// Whether the connection stopped inside a request head: some of its bytes were read,
+    /// not its end. hyper's header timeout also fires on a keep-alive connection that is
+    /// merely idle; only this tells a client that stalled mid-head (slowloris) from it.
+    /// False once the watcher stopped following the connection.
+    pub fn mid_head(&self) -> bool {
+        self.mid_head.load(Ordering::Relaxed)
     }
 
     fn record(&self, index: u64, defect: Defect) {
@@ -145,6 +156,14 @@ impl Scanner {
 
     fn off(&self) -> bool {
         self.state == State::Off
+    }
+
+    /// Inside a head: past its first byte (stray CRLFs before it aside), before its end.
+    fn mid_head(&self) -> bool {
+        match self.state {
+            State::Head { first } => !first || self.line_len > 0 || self.line_long,
+            _ => false,
+        }
     }
 
     /// Follows `bytes`; returns the index and defect of a defective head.
@@ -351,6 +370,9 @@ impl<S: AsyncRead> AsyncRead for Watched<S> {
             if let Some((index, defect)) = this.scanner.feed(&buf.filled()[before..]) {
                 this.framing.record(index, defect);
             }
+            this.framing
+                .mid_head
+                .store(this.scanner.mid_head(), Ordering::Relaxed);
         }
         polled
     }
@@ -393,6 +415,29 @@ mod tests {
         ] {
             let found = Some((0, Defect::LengthAndChunked));
             assert_eq!(every_split(head), (found, State::Off));
+        }
+    }
+
+    #[test]
+    fn knows_when_it_stopped_inside_a_head() {
+        let after = |stream: &[u8]| {
+            let mut s = Scanner::new();
+            s.feed(stream);
+            s.mid_head()
+        };
+        for (stream, inside) in [
+            (&b""[..], false),
+            (b"\r\n\r\n", false),
+            (b"G", true),
+            (b"GET / HTTP/1.1\r\n", true),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r", true),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", false),
+            (b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nab", false),
+            (b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nabGET /", true),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n", false),
+        ] {
+            let text = String::from_utf8_lossy(stream);
+            assert_eq!(after(stream), inside, "{text:?}");
         }
     }
 

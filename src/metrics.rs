@@ -99,19 +99,24 @@ pub enum ClientErrorKind {
     MalformedHead,
     /// The TLS handshake failed or did not finish within `proxy.header_read_timeout`.
     TlsHandshake,
+    /// A request head was begun but not finished within `proxy.header_read_timeout`
+    /// (a stalled or slowloris client); the connection was closed.
+    HeadTimeout,
 }
 
 impl ClientErrorKind {
     /// All kinds, in label order.
-    pub const ALL: [ClientErrorKind; 2] = [
+    pub const ALL: [ClientErrorKind; 3] = [
         ClientErrorKind::MalformedHead,
         ClientErrorKind::TlsHandshake,
+        ClientErrorKind::HeadTimeout,
     ];
     /// The `kind` label value.
     pub fn label(self) -> &'static str {
         match self {
             ClientErrorKind::MalformedHead => "malformed_head",
             ClientErrorKind::TlsHandshake => "tls_handshake",
+            ClientErrorKind::HeadTimeout => "head_timeout",
         }
     }
 }
@@ -185,7 +190,7 @@ pub struct Families {
     response_bytes: IntCounterVec,
     quota: [GaugeVec; 3],
     /// One per [`ClientErrorKind`], created at start so each series reads 0 until used.
-    client_errors: [IntCounter; 2],
+    client_errors: [IntCounter; ClientErrorKind::ALL.len()],
 }
 
 /// The handles of one route (or of `unmatched`).
@@ -314,7 +319,7 @@ impl Families {
         let client_errors = IntCounterVec::new(
             Opts::new(
                 "statuslens_client_errors_total",
-                "Client connections that ended before a request existed, by kind (malformed_head, tls_handshake).",
+                "Client connections that ended before a request existed, by kind (malformed_head, tls_handshake, head_timeout).",
             ),
             &["kind"],
         )

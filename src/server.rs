@@ -367,6 +367,7 @@ impl Accepting {
             let is_tls = self.tls.is_some();
             let framing = Arc::new(Framing::default());
             let watched = framing.clone();
+            let stalled = framing.clone();
             let live = self.live.clone();
             let activity = Activity::new();
             let requests = activity.clone();
@@ -417,6 +418,9 @@ impl Accepting {
                     _ = &mut idle => {
                         let now = tokio::time::Instant::now();
                         match activity.idle_for() {
+                            // Inside an HTTP/1 head, hyper's header timeout owns the
+                            // connection: it ends it as the head timeout it is.
+                            Some(_) if stalled.mid_head() => idle.as_mut().reset(now + timeout),
                             Some(quiet) if quiet >= timeout => {
                                 if closing {
                                     break Ok(());
@@ -432,12 +436,16 @@ impl Accepting {
             };
             if let Err(e) = ended {
                 tracing::debug!(client = %peer, error = %e, "connection ended with an error");
-                // hyper's parser answered the head itself (400, 414, 431): no request
-                // existed to count, so the connection is.
-                if e.downcast_ref::<hyper::Error>()
-                    .is_some_and(hyper::Error::is_parse)
-                {
-                    self.client_error(ClientErrorKind::MalformedHead);
+                // hyper's parser answered the head itself (400, 414, 431), or its header
+                // timeout closed a connection inside a head: no request existed to count,
+                // so the connection is. (The same timeout on an idle keep-alive connection
+                // is no error.)
+                match e.downcast_ref::<hyper::Error>() {
+                    Some(e) if e.is_parse() => self.client_error(ClientErrorKind::MalformedHead),
+                    Some(e) if e.is_timeout() && stalled.mid_head() => {
+                        self.client_error(ClientErrorKind::HeadTimeout)
+                    }
+                    _ => {}
                 }
             }
             drop(watcher);

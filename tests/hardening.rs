@@ -911,3 +911,60 @@ async fn an_upstream_response_with_two_framings_reaches_the_client_by_its_chunks
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_cut_off_by_the_header_timeout_are_counted_idle_connections_are_not() {
+    // A client that starts a head and stalls (slowloris) is closed by the header timeout
+    // with no request to count: statuslens_client_errors_total{kind="head_timeout"} is
+    // how a wave of them shows. An idle keep-alive connection that the same clock closes
+    // is no error.
+    let up = upstream().await;
+    for fast in [true, false] {
+        let p = start_with_proxy_settings(
+            &format!("fast_path = {fast}\nheader_read_timeout = \"1s\""),
+            up.addr,
+        );
+        let what = |s: &str| format!("fast_path = {fast}: {s}");
+        let connect = || TcpStream::connect(p.proxy);
+        let mut stalled = Vec::new();
+        for part in ["GET /x HT", "GET /x HTTP/1.1\r\nHost: a\r\n"] {
+            let mut s = connect().await.unwrap();
+            s.write_all(part.as_bytes()).await.unwrap();
+            stalled.push(s);
+        }
+        // One whole request, then a second head that stalls.
+        let mut second = connect().await.unwrap();
+        second
+            .write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\nGET /y HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        // Never a byte; and idle after a whole request.
+        let mut silent = connect().await.unwrap();
+        let mut kept = connect().await.unwrap();
+        kept.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        for s in &mut stalled {
+            assert!(read_until_closed(s, &what("stalled")).await.is_empty());
+        }
+        let got = read_until_closed(&mut second, &what("second head")).await;
+        assert!(got.starts_with(b"HTTP/1.1 200 "), "{}", what("second head"));
+        assert!(read_until_closed(&mut silent, &what("silent"))
+            .await
+            .is_empty());
+        let got = read_until_closed(&mut kept, &what("kept")).await;
+        assert!(got.starts_with(b"HTTP/1.1 200 "), "{}", what("kept"));
+
+        let timeouts = |m: &[Sample]| {
+            sum(
+                m,
+                "statuslens_client_errors_total",
+                &[("kind", "head_timeout")],
+            )
+        };
+        let m = wait_metrics(&p, &what("three head timeouts"), |m| timeouts(m) >= 3.0).await;
+        assert_eq!(timeouts(&m), 3.0, "{}", what("head timeouts"));
+        assert_eq!(responses(&m, "200", "upstream"), 2.0, "{}", what("200s"));
+        assert_eq!(sum(&m, "statuslens_responses_total", &[]), 2.0);
+    }
+}
