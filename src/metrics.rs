@@ -99,8 +99,8 @@ pub enum ClientErrorKind {
     MalformedHead,
     /// The TLS handshake failed or did not finish within `proxy.header_read_timeout`.
     TlsHandshake,
-    /// A request head was begun but not finished within `proxy.header_read_timeout`
-    /// (a stalled or slowloris client); the connection was closed.
+    /// A request head (or HTTP/2 preface) was begun but not finished within
+    /// `proxy.header_read_timeout` (a stalled or slowloris client); the connection was closed.
     HeadTimeout,
 }
 

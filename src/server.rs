@@ -406,6 +406,8 @@ impl Accepting {
             tokio::pin!(idle);
             let mut stop = stop;
             let mut closing = false;
+            // This clock closed the connection inside a request head: a head timeout too.
+            let mut cut_mid_head = false;
             let ended = loop {
                 tokio::select! {
                     // The connection first: it is what wakes this task nearly every time.
@@ -418,13 +420,11 @@ impl Accepting {
                     _ = &mut idle => {
                         let now = tokio::time::Instant::now();
                         match activity.idle_for() {
-                            // Inside an HTTP/1 head, hyper's header timeout owns the
-                            // connection: it ends it as the head timeout it is.
-                            Some(_) if stalled.mid_head() => idle.as_mut().reset(now + timeout),
                             Some(quiet) if quiet >= timeout => {
                                 if closing {
                                     break Ok(());
                                 }
+                                cut_mid_head = stalled.mid_head();
                                 conn.as_mut().graceful_shutdown();
                                 closing = true;
                                 idle.as_mut().reset(now + timeout);
@@ -434,19 +434,21 @@ impl Accepting {
                     }
                 }
             };
-            if let Err(e) = ended {
+            // hyper's parser answered the head itself (400, 414, 431), or a clock closed
+            // the connection inside a head — hyper's header timeout, or the idle one above
+            // (whichever fires first; it alone ends a stalled HTTP/2 preface): no request
+            // existed to count, so the connection is. The same clocks closing a
+            // keep-alive connection idle between requests is no error.
+            let hyper_error = ended.as_ref().err().and_then(|e| {
                 tracing::debug!(client = %peer, error = %e, "connection ended with an error");
-                // hyper's parser answered the head itself (400, 414, 431), or its header
-                // timeout closed a connection inside a head: no request existed to count,
-                // so the connection is. (The same timeout on an idle keep-alive connection
-                // is no error.)
-                match e.downcast_ref::<hyper::Error>() {
-                    Some(e) if e.is_parse() => self.client_error(ClientErrorKind::MalformedHead),
-                    Some(e) if e.is_timeout() && stalled.mid_head() => {
-                        self.client_error(ClientErrorKind::HeadTimeout)
-                    }
-                    _ => {}
-                }
+                e.downcast_ref::<hyper::Error>()
+            });
+            if hyper_error.is_some_and(hyper::Error::is_parse) {
+                self.client_error(ClientErrorKind::MalformedHead);
+            } else if cut_mid_head
+                || hyper_error.is_some_and(|e| e.is_timeout() && stalled.mid_head())
+            {
+                self.client_error(ClientErrorKind::HeadTimeout);
             }
             drop(watcher);
             drop(guard);
