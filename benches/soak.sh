@@ -139,6 +139,7 @@ fi
 metrics=$(curl -s "http://127.0.0.1:$P_ADMIN/metrics")
 counted=$(echo "$metrics" | awk '/^statuslens_responses_total/ {s += $2} END {printf "%d", s}')
 aborted=$(echo "$metrics" | awk '/^statuslens_responses_total.*code="499"/ {s += $2} END {printf "%d", s}')
+refused=$(echo "$metrics" | awk '/^statuslens_client_errors_total/ {s += $2} END {printf "%d", s}')
 echo
 cat "$WORK/wrk.txt"
 echo
@@ -160,4 +161,8 @@ echo "counted beyond the clients' tally: $extra (responses in flight when they s
 [ "$extra" -le "$inflight" ] || die "statuslens counted $extra more than the clients completed: double counting"
 [ "$aborted" -ge "$aborts" ] || die "only $aborted of $aborts client aborts counted as 499"
 [ "$aborted" -le $((aborts + inflight)) ] || die "$aborted 499s for $aborts aborts: double counting"
+# Every client here sends whole, valid heads: a connection counted as refused before a
+# request (malformed head, head timeout) would be statuslens misreading one.
+echo "connections refused before a request: $refused"
+[ "$refused" -eq 0 ] || die "$refused client connections counted as refused: $(echo "$metrics" | grep '^statuslens_client_errors_total')"
 echo "requests lost: 0"
