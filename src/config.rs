@@ -25,6 +25,8 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:9464";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most worker threads `proxy.workers` accepts.
 pub const MAX_WORKERS: usize = 1024;
+/// Most ended spikes `detection.history` may keep for `/api/spikes`.
+pub const MAX_HISTORY: usize = 10_000;
 
 /// A configuration error: where it is and what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -146,8 +148,9 @@ struct FileThresholds {
 }
 
 impl FileThresholds {
-    /// Fields set here win over `base`.
-    fn apply(&self, base: &mut DetectorConfig) {
+    /// Fields set here win over `base`; Err names a field (key, message) that cannot be
+    /// taken as written.
+    fn apply(&self, base: &mut DetectorConfig) -> Result<(), (&'static str, String)> {
         if let Some(v) = self.min_events {
             base.min_events = v;
         }
@@ -170,8 +173,16 @@ impl FileThresholds {
             base.prior_weight = v;
         }
         if let Some(v) = self.clear_after {
-            base.clear_after_secs = v.as_secs().max(1);
+            // The detector ticks once a second: anything else would be silently rounded.
+            if v.is_zero() || v.subsec_nanos() != 0 {
+                return Err((
+                    "clear_after",
+                    format!("{v:?} is not a whole number of seconds of at least 1 (the detector ticks once a second)"),
+                ));
+            }
+            base.clear_after_secs = v.as_secs();
         }
+        Ok(())
     }
 }
 
@@ -592,7 +603,11 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
     };
 
     let mut base = DetectorConfig::default();
-    file.detection.thresholds.apply(&mut base);
+    let thresholds = |at: &str, t: &FileThresholds, d: &mut DetectorConfig| {
+        t.apply(d)
+            .map_err(|(key, m)| field_err(origin, format!("{at}.{key}"), m))
+    };
+    thresholds("detection", &file.detection.thresholds, &mut base)?;
     check_detector(origin, "detection", &base)?;
     let signals_with_overrides = match file.signals {
         None => default_signals()
@@ -604,7 +619,7 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
     let mut signals = Vec::with_capacity(signals_with_overrides.len());
     for (i, (mut s, own)) in signals_with_overrides.into_iter().enumerate() {
         s.detector = base.clone();
-        own.apply(&mut s.detector);
+        thresholds(&format!("signals[{i}]"), &own, &mut s.detector)?;
         check_detector(origin, &format!("signals[{i}]"), &s.detector)?;
         signals.push(s);
     }
@@ -632,7 +647,17 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
             .instance
             .clone()
             .unwrap_or_else(|| listen.to_string()),
-        history: file.detection.history.unwrap_or(100).clamp(1, 10_000),
+        history: match file.detection.history {
+            None => 100,
+            Some(n @ 1..=MAX_HISTORY) => n,
+            Some(n) => {
+                return Err(field_err(
+                    origin,
+                    "detection.history",
+                    format!("{n} is out of range: 1 to {MAX_HISTORY}"),
+                ))
+            }
+        },
     };
 
     let default_timeout = match &ov.upstream_timeout {
@@ -790,8 +815,9 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
         for s in &signals {
             let mut d = s.detector.clone();
             if let Some(t) = r.detect.get(&s.name) {
-                t.apply(&mut d);
-                check_detector(origin, &at(&format!("detect.{}", s.name)), &d)?;
+                let at = at(&format!("detect.{}", s.name));
+                thresholds(&at, t, &mut d)?;
+                check_detector(origin, &at, &d)?;
             }
             detectors.push(d);
         }
@@ -1069,6 +1095,17 @@ upstream = "http://127.0.0.1:3001"
                 "signals[0].codes[0]",
             ),
             ("", "routes"),
+            ("[detection]\nhistory=0\n[[routes]]\nname='a'\nupstream='http://x'\n", "detection.history"),
+            ("[detection]\nhistory=10001\n[[routes]]\nname='a'\nupstream='http://x'\n", "detection.history"),
+            ("[detection]\nclear_after='500ms'\n[[routes]]\nname='a'\nupstream='http://x'\n", "detection.clear_after"),
+            (
+                "[[signals]]\nname='s'\ncodes=['500']\nclear_after='1500ms'\n[[routes]]\nname='a'\nupstream='http://x'\n",
+                "signals[0].clear_after",
+            ),
+            (
+                "[[routes]]\nname='a'\nupstream='http://x'\n[routes.detect.server_error]\nclear_after='0s'\n",
+                "routes[0].detect.server_error.clear_after",
+            ),
         ];
         for (text, field) in cases {
             let err = parse(text).unwrap_err().to_string();
