@@ -5,7 +5,9 @@
 //! upstream that dies mid-body, a client that disconnects while the upstream thinks —
 //! it is counted once, in one series. Before the response is complete it travels with
 //! the request future; afterwards inside the response body ([`ObservedBody`]), whose
-//! end (or early drop) decides between the status that was sent and `499`.
+//! end (or early drop) decides between the status that was sent and `499` — or, when
+//! statuslens itself ended it early, `500` (a panic, see `isolate`) or `503` (cut at the
+//! drain timeout, [`cut_in_flight`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,6 +26,26 @@ use crate::access_log;
 use crate::consumer::ConsumerId;
 use crate::metrics::{method_index, Metrics, Source, UpstreamErrorKind};
 use crate::quota::Quota;
+
+thread_local! {
+    /// Set while a worker drops what is still in flight at its drain timeout.
+    static CUTTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` — a worker dropping its runtime, with whatever requests the drain timeout
+/// did not let finish — so that each exchange it ends counts as statuslens' `503`
+/// (shutting down), `source="proxy"`: the client did not go away, the proxy stopped.
+pub fn cut_in_flight<T>(f: impl FnOnce() -> T) -> T {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            CUTTING.with(|c| c.set(false));
+        }
+    }
+    CUTTING.with(|c| c.set(true));
+    let _reset = Reset;
+    f()
+}
 
 /// Hooks that want every finished request (spike detection).
 pub trait Sink: Send + Sync {
@@ -215,6 +237,8 @@ impl Drop for Exchange {
             (self.status, self.source)
         } else if crate::isolate::exchange_failed() {
             (500, Source::Proxy)
+        } else if CUTTING.with(std::cell::Cell::get) {
+            (503, Source::Proxy)
         } else {
             (499, Source::Client)
         };

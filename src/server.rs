@@ -164,7 +164,12 @@ pub async fn serve(
                     .enable_all()
                     .build();
                 let drained = match runtime {
-                    Ok(rt) => rt.block_on(accepting.serve(listener, stop)),
+                    Ok(rt) => {
+                        let drained = rt.block_on(accepting.serve(listener, stop));
+                        // Past the drain timeout, what is still in flight ends here.
+                        crate::observe::cut_in_flight(|| drop(rt));
+                        drained
+                    }
                     Err(e) => {
                         tracing::error!(worker = index, error = %e, "cannot start a worker runtime");
                         false

@@ -826,6 +826,59 @@ async fn sigterm_drains_in_flight_requests() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_cut_at_the_drain_timeout_count_as_the_proxys_503() {
+    // The clients did not go away: statuslens stopped them. They were counted and logged
+    // as 499, source "client" (DESIGN: "the client went away"), which blames the client
+    // for a shutdown; now 503 (DESIGN: proxy-made "503 ... draining"), source "proxy".
+    let up = upstream().await;
+    for fast in [true, false] {
+        let settings = format!("drain_timeout = \"1s\"\nfast_path = {fast}");
+        let mut p = start_with_proxy_settings(&settings, up.addr);
+        // Waiting for a head (HTTP/1.1 and h2c), and in the middle of a body.
+        let mut cut = Vec::new();
+        for (c, path) in [
+            (client(), "/stall/20000"),
+            (h2_client(), "/stall/20000"),
+            (client(), "/slowbody/1000"),
+        ] {
+            let req = Request::get(p.url(path)).body(full(Bytes::new())).unwrap();
+            cut.push(tokio::spawn(async move {
+                let resp = c.request(req).await.ok()?;
+                let body = http_body_util::BodyExt::collect(resp.into_body()).await;
+                body.ok().map(|b| b.to_bytes())
+            }));
+        }
+        wait_metrics(&p, "three requests in flight", |m| {
+            sum(m, "statuslens_requests_in_flight", &[]) == 3.0
+        })
+        .await;
+        p.sigterm();
+        assert_eq!(p.wait_exit(), Some(0), "{}", p.all_output());
+        for c in cut {
+            assert_eq!(
+                c.await.unwrap(),
+                None,
+                "fast_path = {fast}: a cut request completed"
+            );
+        }
+        let lines = p.access_lines();
+        assert_eq!(lines.len(), 3, "fast_path = {fast}: {lines:#?}");
+        for l in &lines {
+            assert_eq!(
+                (&l["status"], &l["source"]),
+                (&serde_json::json!(503), &serde_json::json!("proxy")),
+                "fast_path = {fast}: {l}"
+            );
+        }
+        let slow = lines
+            .iter()
+            .find(|l| l["path"] == "/slowbody/1000")
+            .unwrap();
+        assert_eq!(slow["upstream_status"], 200, "fast_path = {fast}: {slow}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool_check() {
     let up = upstream().await;
     let p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
