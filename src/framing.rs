@@ -315,11 +315,18 @@ impl Scanner {
     }
 }
 
-/// Follows a byte stream delivered in `pieces`, as [`Watched`] does without the I/O;
-/// returns the index and defect of the first defective request head.
-pub fn first_defect<'a>(pieces: impl IntoIterator<Item = &'a [u8]>) -> Option<(u64, Defect)> {
+/// Follows a byte stream delivered in `pieces`, as [`Watched`] does without the I/O:
+/// the index and defect of the first defective request head, and whether the stream
+/// stops inside a head ([`Framing::mid_head`]).
+pub fn follow<'a>(pieces: impl IntoIterator<Item = &'a [u8]>) -> (Option<(u64, Defect)>, bool) {
     let mut scanner = Scanner::new();
-    pieces.into_iter().find_map(|piece| scanner.feed(piece))
+    let mut first = None;
+    for piece in pieces {
+        if let Some(found) = scanner.feed(piece) {
+            first.get_or_insert(found);
+        }
+    }
+    (first, scanner.mid_head())
 }
 
 fn parse_decimal(v: &[u8]) -> Option<u64> {
