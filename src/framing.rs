@@ -24,6 +24,8 @@ use tokio::io::{AsyncRead, ReadBuf};
 /// `Content-Length` or chunk-size lines, and those fit.
 const LINE_CAP: usize = 80;
 const NONE: u64 = u64::MAX;
+/// What follows an HTTP/2 connection preface's first line.
+const PREFACE_REST: &[u8] = b"\r\nSM\r\n\r\n";
 
 /// What is wrong with a request head that hyper would accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +118,9 @@ enum State {
     ChunkEnd,
     /// Reading trailer lines after the last chunk.
     Trailers,
+    /// The rest of an HTTP/2 connection preface (`\r\nSM\r\n\r\n` after its
+    /// request-like line): still a head being read, then not ours to follow.
+    Preface(u64),
     /// Not watching any more.
     Off,
 }
@@ -162,6 +167,7 @@ impl Scanner {
     fn mid_head(&self) -> bool {
         match self.state {
             State::Head { first } => !first || self.line_len > 0 || self.line_long,
+            State::Preface(_) => true,
             _ => false,
         }
     }
@@ -171,6 +177,14 @@ impl Scanner {
         while !bytes.is_empty() {
             match self.state {
                 State::Off => return None,
+                State::Preface(n) => {
+                    let take = (n as usize).min(bytes.len());
+                    bytes = &bytes[take..];
+                    self.state = match n - take as u64 {
+                        0 => State::Off,
+                        left => State::Preface(left),
+                    };
+                }
                 State::Body(n) | State::ChunkData(n) => {
                     let take = (n as usize).min(bytes.len()) as u64;
                     bytes = &bytes[take as usize..];
@@ -230,8 +244,11 @@ impl Scanner {
                     return None;
                 }
                 self.bare_lf = !crlf;
-                // An HTTP/2 preface ("PRI * HTTP/2.0") or a tunnel: not ours to follow.
-                if line.starts_with(b"PRI ") || line.ends_with(b"HTTP/2.0") {
+                // An HTTP/2 preface ("PRI * HTTP/2.0") or a tunnel: not ours to follow,
+                // though a preface is a head until its last byte (RFC 9113 §3.4).
+                if line == b"PRI * HTTP/2.0" && crlf {
+                    self.state = State::Preface(PREFACE_REST.len() as u64);
+                } else if line.starts_with(b"PRI ") || line.ends_with(b"HTTP/2.0") {
                     self.state = State::Off;
                 } else {
                     self.stop_after_head = line.starts_with(b"CONNECT ");
@@ -278,7 +295,7 @@ impl Scanner {
             State::ChunkEnd => self.state = State::Off,
             State::Trailers if empty => self.state = State::Head { first: true },
             State::Trailers => {}
-            State::Body(_) | State::ChunkData(_) | State::Off => {}
+            State::Body(_) | State::ChunkData(_) | State::Preface(_) | State::Off => {}
         }
         None
     }
@@ -441,7 +458,9 @@ mod tests {
             (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", false),
             (b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nab", false),
             (b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nabGET /", true),
-            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n", false),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n", true),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", false),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\x12\x04", false),
         ] {
             let text = String::from_utf8_lossy(stream);
             assert_eq!(after(stream), inside, "{text:?}");

@@ -411,8 +411,8 @@ impl Accepting {
             tokio::pin!(idle);
             let mut stop = stop;
             let mut closing = false;
-            // This clock closed the connection inside a request head: a head timeout too.
-            let mut cut_mid_head = false;
+            // This clock ran out and closed (or began to close) the connection.
+            let mut idle_cut = false;
             let ended = loop {
                 tokio::select! {
                     // The connection first: it is what wakes this task nearly every time.
@@ -426,10 +426,10 @@ impl Accepting {
                         let now = tokio::time::Instant::now();
                         match activity.idle_for() {
                             Some(quiet) if quiet >= timeout => {
+                                idle_cut = true;
                                 if closing {
                                     break Ok(());
                                 }
-                                cut_mid_head = stalled.mid_head();
                                 conn.as_mut().graceful_shutdown();
                                 closing = true;
                                 idle.as_mut().reset(now + timeout);
@@ -439,19 +439,21 @@ impl Accepting {
                     }
                 }
             };
-            // hyper's parser answered the head itself (400, 414, 431), or a clock closed
+            // hyper's parser answered the head itself (400, 414, 431), or a clock ended
             // the connection inside a head — hyper's header timeout, or the idle one above
             // (whichever fires first; it alone ends a stalled HTTP/2 preface): no request
-            // existed to count, so the connection is. The same clocks closing a
-            // keep-alive connection idle between requests is no error.
+            // existed to count, so the connection is. Inside a head *when it ends*: the
+            // idle clock's shutdown does not stop hyper reading a first head, which may
+            // still arrive whole and be served (and counted as its response). The same
+            // clocks closing a keep-alive connection idle between requests is no error.
             let hyper_error = ended.as_ref().err().and_then(|e| {
                 tracing::debug!(client = %peer, error = %e, "connection ended with an error");
                 e.downcast_ref::<hyper::Error>()
             });
             if hyper_error.is_some_and(hyper::Error::is_parse) {
                 self.client_error(ClientErrorKind::MalformedHead);
-            } else if cut_mid_head
-                || hyper_error.is_some_and(|e| e.is_timeout() && stalled.mid_head())
+            } else if stalled.mid_head()
+                && (idle_cut || hyper_error.is_some_and(hyper::Error::is_timeout))
             {
                 self.client_error(ClientErrorKind::HeadTimeout);
             }

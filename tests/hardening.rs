@@ -932,6 +932,7 @@ async fn heads_cut_off_by_the_header_timeout_are_counted_idle_connections_are_no
             "GET /x HT",
             "GET /x HTTP/1.1\r\nHost: a\r\n",
             "PRI * HTTP/2",
+            "PRI * HTTP/2.0\r\n\r\nSM",
         ] {
             let mut s = connect().await.unwrap();
             s.write_all(part.as_bytes()).await.unwrap();
@@ -967,9 +968,46 @@ async fn heads_cut_off_by_the_header_timeout_are_counted_idle_connections_are_no
                 &[("kind", "head_timeout")],
             )
         };
-        let m = wait_metrics(&p, &what("four head timeouts"), |m| timeouts(m) >= 4.0).await;
-        assert_eq!(timeouts(&m), 4.0, "{}", what("head timeouts"));
+        let m = wait_metrics(&p, &what("five head timeouts"), |m| timeouts(m) >= 5.0).await;
+        assert_eq!(timeouts(&m), 5.0, "{}", what("head timeouts"));
         assert_eq!(responses(&m, "200", "upstream"), 2.0, "{}", what("200s"));
         assert_eq!(sum(&m, "statuslens_responses_total", &[]), 2.0);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_head_that_is_served_is_no_head_timeout() {
+    // The connection's idle clock starts at accept, hyper's header timer at the first
+    // byte. A first head begun before the idle clock runs out and finished after it, but
+    // within the header timeout, is served: shutting down does not stop hyper reading a
+    // first head. Counted as its 200 and also as a head timeout, it was counted twice.
+    // Whatever the box's timing makes of it, a request is either served (and no head
+    // timeout) or cut (one head timeout, no response), never both.
+    let up = upstream().await;
+    let p = start_with_proxy_settings("fast_path = false\nheader_read_timeout = \"4s\"", up.addr);
+    let mut s = TcpStream::connect(p.proxy).await.unwrap();
+    // The idle clock runs out at 4 s; hyper's header timer, from 2.5 s, at 6.5 s.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    s.write_all(b"GET /x HT").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let _ = s.write_all(b"TP/1.1\r\nHost: a\r\n\r\n").await;
+    let got = read_until_closed(&mut s, "late head").await;
+    let served = got.starts_with(b"HTTP/1.1 200 ");
+    let timeouts = |m: &[Sample]| {
+        sum(
+            m,
+            "statuslens_client_errors_total",
+            &[("kind", "head_timeout")],
+        )
+    };
+    let m = wait_metrics(&p, "the late head counted once", |m| {
+        sum(m, "statuslens_responses_total", &[]) + timeouts(m) >= 1.0
+    })
+    .await;
+    let counted = (responses(&m, "200", "upstream"), timeouts(&m));
+    assert_eq!(
+        counted,
+        if served { (1.0, 0.0) } else { (0.0, 1.0) },
+        "served: {served}"
+    );
 }
