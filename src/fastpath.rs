@@ -521,7 +521,9 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
     let (cfg, fast) = proxy
         .fast_route(route)
         .expect("planned requests have a fast route");
-    let deadline = tokio::time::Instant::now() + cfg.timeout;
+    // The upstream's clock: time spent waiting for the client's body is added back
+    // below (a slow upload is no upstream timeout; a stalled one is the client's 408).
+    let mut deadline = tokio::time::Instant::now() + cfg.timeout;
 
     // The body bytes already read go with the head, in its write.
     let mut body_left = body;
@@ -581,7 +583,10 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
     // read below, and the client's connection closes after it.
     while body_left > 0 {
         let idle = proxy.limits().body_read_timeout;
-        let n = match tokio::time::timeout(idle, c.io.read_buf(&mut c.buf)).await {
+        let waiting = tokio::time::Instant::now();
+        let read = tokio::time::timeout(idle, c.io.read_buf(&mut c.buf)).await;
+        deadline += waiting.elapsed();
+        let n = match read {
             Err(_) => {
                 return answer(
                     c,

@@ -431,7 +431,7 @@ impl Proxy {
             // slot of the future.
             let up = &self.upstreams[sent.route];
             let send = fastclient::send(self.clone(), sent.route, &sent.parts, body);
-            let resp = match tokio::time::timeout(up.cfg.timeout, send).await {
+            let resp = match upstream_deadline(up.cfg.timeout, sent.state.as_deref(), send).await {
                 Ok(Ok(resp)) => resp,
                 Ok(Err((kind, detail))) => {
                     let fault = sent.state.as_deref().and_then(client_body_fault);
@@ -466,7 +466,8 @@ impl Proxy {
     ) -> Response<ObservedBody> {
         let up = &self.upstreams[route];
         let client = &up.clients[WORKER.with(Cell::get) % up.clients.len()];
-        let result = tokio::time::timeout(up.cfg.timeout, client.request(upstream_req)).await;
+        let result =
+            upstream_deadline(up.cfg.timeout, Some(&state), client.request(upstream_req)).await;
         let mut resp = match result {
             Ok(Ok(resp)) => resp,
             Ok(Err(err)) => {
@@ -930,6 +931,37 @@ fn rewrite_request_headers(
     }
     headers.insert(X_REQUEST_ID, request_id.clone());
 }
+
+/// Runs `fut` (an exchange with the upstream) for at most `timeout` of the upstream's
+/// time: time its request body spent waiting for the client (`body`) does not count. A
+/// slow but steady upload is no upstream timeout, and a client that stalls mid-body
+/// meets `body_read_timeout` (408) first, not this clock (504 blamed on the upstream).
+pub(crate) async fn upstream_deadline<F: Future>(
+    timeout: Duration,
+    body: Option<&RequestBodyState>,
+    fut: F,
+) -> Result<F::Output, Elapsed> {
+    let start = tokio::time::Instant::now();
+    let sleep = tokio::time::sleep_until(start + timeout);
+    tokio::pin!(fut, sleep);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut fut => return Ok(out),
+            () = &mut sleep => {
+                let due = start + timeout + body.map_or(Duration::ZERO, RequestBodyState::client_waited);
+                if due <= tokio::time::Instant::now() {
+                    return Err(Elapsed);
+                }
+                sleep.as_mut().reset(due);
+            }
+        }
+    }
+}
+
+/// The upstream used up its time ([`upstream_deadline`]).
+#[derive(Debug)]
+pub(crate) struct Elapsed;
 
 /// Appends `value` to a comma-separated list header, as proxies in a chain do; when
 /// the header is absent the value goes in as it is, without a copy.

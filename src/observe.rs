@@ -294,6 +294,47 @@ pub struct RequestBodyState {
     pub too_large: AtomicBool,
     /// Set when the client stopped sending its body for longer than the idle timeout.
     pub idle: AtomicBool,
+    /// Time the body spent waiting for the client to send more (finished waits), ns.
+    client_wait_ns: AtomicU64,
+    /// When the current wait for the client began ([`mono_ns`]), or 0.
+    waiting_since_ns: AtomicU64,
+}
+
+/// Nanoseconds on a process-wide monotonic clock, never 0.
+fn mono_ns() -> u64 {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64 + 1
+}
+
+impl RequestBodyState {
+    /// How long the body has waited for the client so far, the current wait included:
+    /// time the upstream's clock must not count (see `forward::upstream_deadline`).
+    pub fn client_waited(&self) -> std::time::Duration {
+        let since = self.waiting_since_ns.load(Ordering::Relaxed);
+        let current = if since == 0 {
+            0
+        } else {
+            mono_ns().saturating_sub(since)
+        };
+        std::time::Duration::from_nanos(self.client_wait_ns.load(Ordering::Relaxed) + current)
+    }
+
+    fn client_wait_began(&self) {
+        let _ = self.waiting_since_ns.compare_exchange(
+            0,
+            mono_ns(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    fn client_wait_ended(&self) {
+        let since = self.waiting_since_ns.swap(0, Ordering::Relaxed);
+        if since != 0 {
+            self.client_wait_ns
+                .fetch_add(mono_ns().saturating_sub(since), Ordering::Relaxed);
+        }
+    }
 }
 
 /// The error a request body yields when the client stalls mid-body.
@@ -316,6 +357,8 @@ pub struct RequestBody {
     /// Armed only once the body has to wait for the client, so a body that streams
     /// without pause never allocates a timer.
     idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The last poll found no data from the client: a wait is being timed in `state`.
+    waiting: bool,
 }
 
 impl RequestBody {
@@ -334,6 +377,7 @@ impl RequestBody {
             limit,
             idle,
             idle_timer: None,
+            waiting: false,
         }
     }
 }
@@ -349,6 +393,10 @@ impl Body for RequestBody {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if polled.is_pending() {
+            if !this.waiting {
+                this.waiting = true;
+                this.state.client_wait_began();
+            }
             let idle = this.idle;
             let timer = this
                 .idle_timer
@@ -358,6 +406,9 @@ impl Body for RequestBody {
                 return Poll::Ready(Some(Err(Box::new(BodyIdle(idle)))));
             }
             return Poll::Pending;
+        }
+        if std::mem::take(&mut this.waiting) {
+            this.state.client_wait_ended();
         }
         if let Some(timer) = this.idle_timer.as_mut() {
             timer

@@ -1011,3 +1011,79 @@ async fn a_late_head_that_is_served_is_no_head_timeout() {
         "served: {served}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upload_is_no_upstream_timeout_and_a_stalled_one_is_the_clients_408() {
+    // A route's `timeout` is the upstream's clock, but it ran while the client uploaded:
+    // a steady upload longer than it got a 504 blamed on the upstream, and with equal
+    // clocks (the defaults are 30 s each) a client stalling mid-body got that 504, not
+    // its 408. Time spent waiting for the client's body no longer counts. Three paths:
+    // HTTP/1.1 with a length (the fast path when on), chunked (hyper's client), h2c
+    // with a length (the fast pools when on).
+    let up = upstream().await;
+    let cfg = |fast: bool, body_timeout: &str| {
+        write_config(&format!(
+            "[proxy]\nfast_path = {fast}\nbody_read_timeout = \"{body_timeout}\"\n\n[[routes]]\nname = \"default\"\nupstream = \"http://{}\"\ntimeout = \"1s\"\n",
+            up.addr
+        ))
+    };
+    let ways = || {
+        [
+            (client(), Some(60)),
+            (client(), None),
+            (h2_client(), Some(60)),
+        ]
+    };
+    let request = |p: &Proc, len: Option<usize>, body: TestBody| {
+        let mut b = Request::post(p.url("/drain"));
+        if let Some(n) = len {
+            b = b.header("content-length", n);
+        }
+        b.body(body).unwrap()
+    };
+    for fast in [true, false] {
+        // Slow but steady: six 10-byte chunks 400 ms apart, twice the route's timeout.
+        let p = Proc::start(&["--config", cfg(fast, "5s").to_str().unwrap()]);
+        let mut sent = Vec::new();
+        for (c, len) in ways() {
+            let body = chunked(
+                vec![bytes::Bytes::from_static(b"0123456789"); 6],
+                Duration::from_millis(400),
+                false,
+            );
+            let req = request(&p, len, body);
+            sent.push(tokio::spawn(async move { (len, send(&c, req).await) }));
+        }
+        for s in sent {
+            let (len, (parts, body)) = s.await.unwrap();
+            assert_eq!(
+                (parts.status.as_u16(), &body[..]),
+                (200, &b"60"[..]),
+                "fast_path = {fast}, length {len:?}"
+            );
+        }
+        let m = wait_responses(&p, 3.0).await;
+        assert_eq!(responses(&m, "200", "upstream"), 3.0, "fast_path = {fast}");
+        assert_eq!(sum(&m, "statuslens_upstream_errors_total", &[]), 0.0);
+
+        // Stalled, with equal clocks: 20 of 60 bytes, then silence.
+        let p = Proc::start(&["--config", cfg(fast, "1s").to_str().unwrap()]);
+        let mut sent = Vec::new();
+        for (c, len) in ways() {
+            let body = chunked(
+                vec![bytes::Bytes::from_static(b"01234567890123456789")],
+                DEADLINE,
+                false,
+            );
+            let req = request(&p, len, body);
+            sent.push(tokio::spawn(async move { (len, send(&c, req).await) }));
+        }
+        for s in sent {
+            let (len, (parts, _)) = s.await.unwrap();
+            assert_eq!(parts.status, 408, "fast_path = {fast}, length {len:?}");
+        }
+        let m = wait_responses(&p, 3.0).await;
+        assert_eq!(responses(&m, "408", "proxy"), 3.0, "fast_path = {fast}");
+        assert_eq!(sum(&m, "statuslens_upstream_errors_total", &[]), 0.0);
+    }
+}
