@@ -337,9 +337,6 @@ fn plan(proxy: &Arc<Proxy>, c: &mut Client) -> Option<Planned> {
     }
 
     let mut host = None;
-    let mut forwarded_for = None;
-    let mut forwarded_proto = None;
-    let mut forwarded_host = None;
     let mut request_id = None;
     let mut te_trailers = false;
     let mut client_close = false;
@@ -375,9 +372,8 @@ fn plan(proxy: &Arc<Proxy>, c: &mut Client) -> Option<Planned> {
                     return None;
                 }
             }
-            Field::ForwardedFor => _ = forwarded_for.get_or_insert(h.value),
-            Field::ForwardedProto => _ = forwarded_proto.get_or_insert(h.value),
-            Field::ForwardedHost => _ = forwarded_host.get_or_insert(h.value),
+            // Appended to below, every line of them.
+            Field::ForwardedFor | Field::ForwardedProto | Field::ForwardedHost => {}
             Field::RequestId => _ = request_id.get_or_insert(h.value),
             Field::Te => te_trailers |= forward::lists_trailers(h.value),
         }
@@ -476,11 +472,29 @@ fn plan(proxy: &Arc<Proxy>, c: &mut Client) -> Option<Planned> {
     if te_trailers {
         put_header(out, b"te", b"trailers");
     }
+    // A list field may come as several lines (RFC 9110 §5.3): all of them, in order.
+    let prior = |want: Field| {
+        req.headers
+            .iter()
+            .zip(fields.iter())
+            .filter(move |(_, f)| **f == want)
+            .map(|(h, _)| h.value)
+    };
     let ip = IpText::ip(c.peer.ip());
-    put_appended(out, b"x-forwarded-for", forwarded_for, ip.as_bytes());
-    put_appended(out, b"x-forwarded-proto", forwarded_proto, b"http");
+    put_appended(
+        out,
+        b"x-forwarded-for",
+        prior(Field::ForwardedFor),
+        ip.as_bytes(),
+    );
+    put_appended(
+        out,
+        b"x-forwarded-proto",
+        prior(Field::ForwardedProto),
+        b"http",
+    );
     if let Some(h) = host {
-        put_appended(out, b"x-forwarded-host", forwarded_host, h);
+        put_appended(out, b"x-forwarded-host", prior(Field::ForwardedHost), h);
     }
     put_header(out, b"x-request-id", request_id.as_bytes());
     if let Some(n) = body {
@@ -1537,10 +1551,15 @@ fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// `name: prev, value` as proxies in a chain append, or `name: value`.
-fn put_appended(out: &mut Vec<u8>, name: &[u8], prev: Option<&[u8]>, value: &[u8]) {
+fn put_appended<'a>(
+    out: &mut Vec<u8>,
+    name: &[u8],
+    prev: impl Iterator<Item = &'a [u8]>,
+    value: &[u8],
+) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
-    if let Some(prev) = prev.filter(|p| !p.is_empty()) {
+    for prev in prev.filter(|p| !p.is_empty()) {
         out.extend_from_slice(prev);
         out.extend_from_slice(b", ");
     }

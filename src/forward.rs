@@ -963,21 +963,29 @@ pub(crate) async fn upstream_deadline<F: Future>(
 #[derive(Debug)]
 pub(crate) struct Elapsed;
 
-/// Appends `value` to a comma-separated list header, as proxies in a chain do; when
-/// the header is absent the value goes in as it is, without a copy.
+/// Appends `value` to a comma-separated list header, as proxies in a chain do: one
+/// line holding every earlier line's values in order (a list may arrive as several
+/// lines, RFC 9110 §5.3), then `value`; when the header is absent the value goes in as
+/// it is, without a copy.
 fn append(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
-    let joined = match headers.get(&name) {
-        Some(prev) if !prev.is_empty() => {
-            let mut bytes = Vec::with_capacity(prev.len() + 2 + value.len());
-            bytes.extend_from_slice(prev.as_bytes());
+    let mut prev = headers
+        .get_all(&name)
+        .iter()
+        .filter(|v| !v.is_empty())
+        .peekable();
+    let joined = if prev.peek().is_none() {
+        value
+    } else {
+        let mut bytes = Vec::with_capacity(64);
+        for v in prev {
+            bytes.extend_from_slice(v.as_bytes());
             bytes.extend_from_slice(b", ");
-            bytes.extend_from_slice(value.as_bytes());
-            match HeaderValue::from_bytes(&bytes) {
-                Ok(v) => v,
-                Err(_) => return,
-            }
         }
-        _ => value,
+        bytes.extend_from_slice(value.as_bytes());
+        match HeaderValue::from_bytes(&bytes) {
+            Ok(v) => v,
+            Err(_) => return,
+        }
     };
     headers.insert(name, joined);
 }

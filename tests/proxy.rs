@@ -903,3 +903,45 @@ async fn metrics_pass_promtool_check() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarding_list_sent_as_several_lines_is_appended_to_whole() {
+    // X-Forwarded-For may arrive as several lines, one list (RFC 9110 §5.3). Only the
+    // first line was appended to and the others were dropped: the upstream lost hops.
+    let up = upstream().await;
+    for fast in [true, false] {
+        let p = start_with_proxy_settings(&format!("fast_path = {fast}"), up.addr);
+        let mut s = TcpStream::connect(p.proxy).await.unwrap();
+        s.write_all(
+            b"GET /status/200 HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 1.1.1.1\r\n\
+              X-Forwarded-Proto: https\r\nX-Forwarded-For: 2.2.2.2, 3.3.3.3\r\n\
+              X-Forwarded-Proto: http\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let got = read_until_closed(&mut s, "HTTP/1.1").await;
+        assert!(got.starts_with(b"HTTP/1.1 200 "), "fast_path = {fast}");
+        let req = Request::get(p.url("/status/200"))
+            .header("x-forwarded-for", "1.1.1.1")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-for", "2.2.2.2, 3.3.3.3")
+            .header("x-forwarded-proto", "http")
+            .body(full(Bytes::new()))
+            .unwrap();
+        assert_eq!(send(&h2_client(), req).await.0.status, 200);
+        let seen = up.seen.0.lock().unwrap();
+        for (parts, via) in seen[seen.len() - 2..].iter().zip(["HTTP/1.1", "h2c"]) {
+            let all = |name: &str| -> Vec<String> {
+                let values = parts.headers.get_all(name).iter();
+                values.map(|v| v.to_str().unwrap().to_string()).collect()
+            };
+            let what = format!("fast_path = {fast}, {via}");
+            assert_eq!(
+                all("x-forwarded-for"),
+                ["1.1.1.1, 2.2.2.2, 3.3.3.3, 127.0.0.1"],
+                "{what}"
+            );
+            assert_eq!(all("x-forwarded-proto"), ["https, http, http"], "{what}");
+        }
+    }
+}
