@@ -346,6 +346,11 @@ impl Proxy {
         let upgrade = is_upgrade(req.headers()) && client_version == Version::HTTP_11;
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
+        // The consumer by the client's own fields, as the fast path sees them: before
+        // X-Forwarded-For gains the client's address or hop-by-hop fields go.
+        if let Some(id) = &up.identifier {
+            ex.set_consumer(id.identify(&parts.headers, client.ip()));
+        }
         rewrite_request_headers(
             &mut parts.headers,
             upgrade,
@@ -371,9 +376,6 @@ impl Proxy {
         }
         // The upstream speaks HTTP/1.1 whatever the client spoke (h2c included).
         parts.version = Version::HTTP_11;
-        if let Some(id) = &up.identifier {
-            ex.set_consumer(id.identify(&parts.headers, client.ip()));
-        }
         if up.fast.is_some() && fastclient::takes(&parts.method, &parts.headers, &body, upgrade) {
             let (body, state) = if http_body::Body::is_end_stream(&body) {
                 (None, None)

@@ -215,3 +215,45 @@ async fn a_spike_from_one_consumer_is_attributed_to_it() {
     // The spike log line carries the attribution too.
     p.wait_line(|l| l.contains("statuslens::spike") && l.contains(text));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_is_the_same_whichever_path_its_request_takes() {
+    // `header:NAME` was read after hyper's path had rewritten the fields (its own
+    // address appended to X-Forwarded-For, a missing X-Request-Id made up), and before
+    // that on the fast path: one client was two consumers.
+    let up = upstream().await;
+    for name in ["X-Forwarded-For", "X-Request-Id"] {
+        let cfg = write_config(&format!(
+            "[[routes]]\nname = \"api\"\nupstream = \"http://{}\"\nconsumer = \"header:{name}\"\n",
+            up.addr
+        ));
+        let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+        let c = client();
+        // A bodiless GET (the fast path) and a chunked POST (hyper's path).
+        let get = Request::get(p.url("/status/200")).header("x-forwarded-for", "10.1.2.3");
+        let post = Request::post(p.url("/drain")).header("x-forwarded-for", "10.1.2.3");
+        let body = chunked(vec![Bytes::from_static(b"abc")], Duration::ZERO, false);
+        assert_eq!(
+            send(&c, get.body(full(Bytes::new())).unwrap())
+                .await
+                .0
+                .status,
+            200
+        );
+        assert_eq!(send(&c, post.body(body).unwrap()).await.0.status, 200);
+        let start = Instant::now();
+        let lines = loop {
+            let lines = p.access_lines();
+            if lines.len() >= 2 {
+                break lines;
+            }
+            assert!(start.elapsed() < DEADLINE, "{name}: two access lines");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(lines.len(), 2, "{name}");
+        assert_eq!(
+            lines[0]["consumer"], lines[1]["consumer"],
+            "{name}: {lines:#?}"
+        );
+    }
+}
