@@ -472,12 +472,14 @@ fn plan(proxy: &Arc<Proxy>, c: &mut Client) -> Option<Planned> {
     if te_trailers {
         put_header(out, b"te", b"trailers");
     }
-    // A list field may come as several lines (RFC 9110 §5.3): all of them, in order.
+    // A list field may come as several lines (RFC 9110 §5.3): all of them, in order;
+    // none when `Connection` names it (hop-by-hop, dropped as on hyper's path).
+    let named = &named;
     let prior = |want: Field| {
         req.headers
             .iter()
             .zip(fields.iter())
-            .filter(move |(_, f)| **f == want)
+            .filter(move |(h, f)| **f == want && !named.contains(h.name.as_bytes()))
             .map(|(h, _)| h.value)
     };
     let ip = IpText::ip(c.peer.ip());

@@ -346,6 +346,15 @@ impl Proxy {
         let upgrade = is_upgrade(req.headers()) && client_version == Version::HTTP_11;
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
+        // The host the request was routed by (and X-Forwarded-Host names): a target in
+        // absolute form, or HTTP/2's :authority, wins over a Host field (RFC 9112
+        // §3.2.2, RFC 9113 §8.3.1); the HTTP/1.1 upstream, and a consumer identified by
+        // its Host, see it as Host.
+        if parts.uri.authority().is_some() || !parts.headers.contains_key(header::HOST) {
+            if let Some(h) = &host {
+                parts.headers.insert(header::HOST, h.clone());
+            }
+        }
         // The consumer by the client's own fields, as the fast path sees them: before
         // X-Forwarded-For gains the client's address or hop-by-hop fields go.
         if let Some(id) = &up.identifier {
@@ -359,20 +368,8 @@ impl Proxy {
             ex.request_id(),
             if tls { "https" } else { "http" },
         );
-        match up.cfg.host_header {
-            HostHeader::Upstream => {
-                parts.headers.remove(header::HOST);
-            }
-            HostHeader::Preserve => {
-                // The host the request was routed by (and X-Forwarded-Host names): a target
-                // in absolute form, or HTTP/2's :authority, wins over a Host field (RFC 9112
-                // §3.2.2, RFC 9113 §8.3.1); the HTTP/1.1 upstream needs it as Host.
-                if parts.uri.authority().is_some() || !parts.headers.contains_key(header::HOST) {
-                    if let Some(h) = host {
-                        parts.headers.insert(header::HOST, h);
-                    }
-                }
-            }
+        if matches!(up.cfg.host_header, HostHeader::Upstream) {
+            parts.headers.remove(header::HOST);
         }
         // The upstream speaks HTTP/1.1 whatever the client spoke (h2c included).
         parts.version = Version::HTTP_11;
@@ -951,11 +948,15 @@ pub(crate) async fn upstream_deadline<F: Future>(
             biased;
             out = &mut fut => return Ok(out),
             () = &mut sleep => {
+                let now = tokio::time::Instant::now();
                 let due = start + timeout + body.map_or(Duration::ZERO, RequestBodyState::client_waited);
-                if due <= tokio::time::Instant::now() {
+                if due <= now {
                     return Err(Elapsed);
                 }
-                sleep.as_mut().reset(due);
+                // During a wait for the client `due` moves with the clock: a wait that began
+                // with little of the upstream's time left would wake this every millisecond.
+                // At most 20 wake-ups a second, and at most 50 ms past the upstream's time.
+                sleep.as_mut().reset(due.max(now + timeout.min(Duration::from_millis(50))));
             }
         }
     }

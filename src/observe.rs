@@ -310,13 +310,17 @@ impl RequestBodyState {
     /// How long the body has waited for the client so far, the current wait included:
     /// time the upstream's clock must not count (see `forward::upstream_deadline`).
     pub fn client_waited(&self) -> std::time::Duration {
-        let since = self.waiting_since_ns.load(Ordering::Relaxed);
+        // A wait's end adds it to the total before it clears `since` (Release): seeing
+        // `since` cleared (Acquire) means the total has it. The other way round, a wait
+        // that ends between the two loads counts twice for a moment: later, never early.
+        let since = self.waiting_since_ns.load(Ordering::Acquire);
+        let total = self.client_wait_ns.load(Ordering::Acquire);
         let current = if since == 0 {
             0
         } else {
             mono_ns().saturating_sub(since)
         };
-        std::time::Duration::from_nanos(self.client_wait_ns.load(Ordering::Relaxed) + current)
+        std::time::Duration::from_nanos(total + current)
     }
 
     fn client_wait_began(&self) {
@@ -329,10 +333,12 @@ impl RequestBodyState {
     }
 
     fn client_wait_ended(&self) {
-        let since = self.waiting_since_ns.swap(0, Ordering::Relaxed);
+        // One body, polled by one task at a time: the only writer.
+        let since = self.waiting_since_ns.load(Ordering::Relaxed);
         if since != 0 {
             self.client_wait_ns
-                .fetch_add(mono_ns().saturating_sub(since), Ordering::Relaxed);
+                .fetch_add(mono_ns().saturating_sub(since), Ordering::Release);
+            self.waiting_since_ns.store(0, Ordering::Release);
         }
     }
 }
@@ -382,6 +388,21 @@ impl RequestBody {
     }
 }
 
+impl RequestBody {
+    /// Ends the wait for the client being timed, if one is.
+    fn end_wait(&mut self) {
+        if std::mem::take(&mut self.waiting) {
+            self.state.client_wait_ended();
+        }
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        self.end_wait();
+    }
+}
+
 impl Body for RequestBody {
     type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -402,14 +423,13 @@ impl Body for RequestBody {
                 .idle_timer
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
             if timer.as_mut().poll(cx).is_ready() {
+                this.end_wait();
                 this.state.idle.store(true, Ordering::Relaxed);
                 return Poll::Ready(Some(Err(Box::new(BodyIdle(idle)))));
             }
             return Poll::Pending;
         }
-        if std::mem::take(&mut this.waiting) {
-            this.state.client_wait_ended();
-        }
+        this.end_wait();
         if let Some(timer) = this.idle_timer.as_mut() {
             timer
                 .as_mut()

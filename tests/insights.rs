@@ -222,37 +222,43 @@ async fn a_consumer_is_the_same_whichever_path_its_request_takes() {
     // address appended to X-Forwarded-For, a missing X-Request-Id made up), and before
     // that on the fast path: one client was two consumers.
     let up = upstream().await;
-    for name in ["X-Forwarded-For", "X-Request-Id"] {
+    for name in ["X-Forwarded-For", "X-Request-Id", "Host"] {
         let cfg = write_config(&format!(
             "[[routes]]\nname = \"api\"\nupstream = \"http://{}\"\nconsumer = \"header:{name}\"\n",
             up.addr
         ));
         let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
         let c = client();
-        // A bodiless GET (the fast path) and a chunked POST (hyper's path).
-        let get = Request::get(p.url("/status/200")).header("x-forwarded-for", "10.1.2.3");
-        let post = Request::post(p.url("/drain")).header("x-forwarded-for", "10.1.2.3");
+        // A bodiless GET (the fast path), a chunked POST (hyper's path), and an h2c GET
+        // (no Host field: its :authority is the host).
+        let req = |method: &str, path: &str| {
+            Request::builder()
+                .method(method)
+                .uri(p.url(path))
+                .header("x-forwarded-for", "10.1.2.3")
+                .header("x-request-id", "client-7")
+        };
         let body = chunked(vec![Bytes::from_static(b"abc")], Duration::ZERO, false);
-        assert_eq!(
-            send(&c, get.body(full(Bytes::new())).unwrap())
-                .await
-                .0
-                .status,
-            200
-        );
-        assert_eq!(send(&c, post.body(body).unwrap()).await.0.status, 200);
+        let get = req("GET", "/status/200").body(full(Bytes::new())).unwrap();
+        assert_eq!(send(&c, get).await.0.status, 200);
+        let post = req("POST", "/drain").body(body).unwrap();
+        assert_eq!(send(&c, post).await.0.status, 200);
+        let h2 = req("GET", "/status/200").body(full(Bytes::new())).unwrap();
+        assert_eq!(send(&h2_client(), h2).await.0.status, 200);
         let start = Instant::now();
         let lines = loop {
             let lines = p.access_lines();
-            if lines.len() >= 2 {
+            if lines.len() >= 3 {
                 break lines;
             }
-            assert!(start.elapsed() < DEADLINE, "{name}: two access lines");
+            assert!(start.elapsed() < DEADLINE, "{name}: three access lines");
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        assert_eq!(lines.len(), 2, "{name}");
-        assert_eq!(
-            lines[0]["consumer"], lines[1]["consumer"],
+        assert_eq!(lines.len(), 3, "{name}");
+        let consumers: Vec<_> = lines.iter().map(|l| &l["consumer"]).collect();
+        assert!(consumers[0].is_string(), "{name}: {lines:#?}");
+        assert!(
+            consumers.iter().all(|c| *c == consumers[0]),
             "{name}: {lines:#?}"
         );
     }

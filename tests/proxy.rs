@@ -929,8 +929,26 @@ async fn a_forwarding_list_sent_as_several_lines_is_appended_to_whole() {
             .body(full(Bytes::new()))
             .unwrap();
         assert_eq!(send(&h2_client(), req).await.0.status, 200);
+        // A forwarding field `Connection` names is hop-by-hop: dropped, then statuslens'
+        // own value alone.
+        let mut s = TcpStream::connect(p.proxy).await.unwrap();
+        s.write_all(
+            b"GET /status/200 HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 9.9.9.9\r\n\
+              Connection: close, X-Forwarded-For\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let got = read_until_closed(&mut s, "named").await;
+        assert!(got.starts_with(b"HTTP/1.1 200 "), "fast_path = {fast}");
         let seen = up.seen.0.lock().unwrap();
-        for (parts, via) in seen[seen.len() - 2..].iter().zip(["HTTP/1.1", "h2c"]) {
+        let named = seen.last().unwrap().headers.get_all("x-forwarded-for");
+        let named: Vec<_> = named.iter().collect();
+        assert_eq!(
+            named,
+            ["127.0.0.1"],
+            "fast_path = {fast}: named by Connection"
+        );
+        for (parts, via) in seen[seen.len() - 3..].iter().zip(["HTTP/1.1", "h2c"]) {
             let all = |name: &str| -> Vec<String> {
                 let values = parts.headers.get_all(name).iter();
                 values.map(|v| v.to_str().unwrap().to_string()).collect()
