@@ -415,7 +415,7 @@ fn plan(proxy: &Arc<Proxy>, c: &mut Client) -> Option<Planned> {
     let uri = Uri::from_maybe_shared(Bytes::copy_from_slice(target.as_bytes())).ok()?;
     let method = Method::from_bytes(method.as_bytes()).ok()?;
     let request_id = match request_id {
-        Some(v) if !v.is_empty() && v.len() <= 200 => HeaderValue::from_bytes(v).ok()?,
+        Some(v) if forward::keeps_request_id(v) => HeaderValue::from_bytes(v).ok()?,
         _ => forward::next_request_id(),
     };
     let consumer = match proxy.identifier(route) {

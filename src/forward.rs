@@ -257,7 +257,7 @@ impl Proxy {
             req.uri().path(),
         );
         let request_id = match req.headers().get(X_REQUEST_ID) {
-            Some(v) if !v.is_empty() && v.len() <= 200 => v.clone(),
+            Some(v) if keeps_request_id(v.as_bytes()) => v.clone(),
             _ => next_request_id(),
         };
         let ex = Exchange::start(
@@ -1060,6 +1060,12 @@ fn random_salt() -> [u64; 2] {
         *v = h.finish();
     }
     out
+}
+
+/// Whether a client's `X-Request-Id` is kept: 1 to 200 bytes (a huge one would ride
+/// along in every log line); otherwise statuslens makes one.
+pub(crate) fn keeps_request_id(id: &[u8]) -> bool {
+    (1..=200).contains(&id.len())
 }
 
 /// A process-unique request id: a per-process random prefix and a counter.

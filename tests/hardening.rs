@@ -93,27 +93,14 @@ async fn smuggling_attempts_get_400_and_a_closed_connection() {
     // Those statuslens refuses itself (bare LF, CL+TE) are counted as responses; hyper's
     // parser refuses the other nine before a request exists: each connection is counted
     // as a malformed head instead.
-    let malformed = |m: &[Sample]| {
-        sum(
-            m,
-            "statuslens_client_errors_total",
-            &[("kind", "malformed_head")],
-        )
-    };
+    let malformed = |m: &[Sample]| client_errors(m, "malformed_head");
     let m = wait_metrics(&p, "bare LF and CL+TE counted", |m| {
         sum(m, "statuslens_responses_total", &[("code", "400")]) >= 5.0 && malformed(m) >= 9.0
     })
     .await;
     assert_eq!(responses(&m, "400", "proxy"), 5.0);
     assert_eq!(malformed(&m), 9.0);
-    assert_eq!(
-        sum(
-            &m,
-            "statuslens_client_errors_total",
-            &[("kind", "tls_handshake")]
-        ),
-        0.0
-    );
+    assert_eq!(client_errors(&m, "tls_handshake"), 0.0);
     let seen = up.seen.0.lock().unwrap().clone();
     assert_eq!(
         seen.len(),
@@ -961,13 +948,7 @@ async fn heads_cut_off_by_the_header_timeout_are_counted_idle_connections_are_no
         let got = read_until_closed(&mut kept, &what("kept")).await;
         assert!(got.starts_with(b"HTTP/1.1 200 "), "{}", what("kept"));
 
-        let timeouts = |m: &[Sample]| {
-            sum(
-                m,
-                "statuslens_client_errors_total",
-                &[("kind", "head_timeout")],
-            )
-        };
+        let timeouts = |m: &[Sample]| client_errors(m, "head_timeout");
         let m = wait_metrics(&p, &what("five head timeouts"), |m| timeouts(m) >= 5.0).await;
         assert_eq!(timeouts(&m), 5.0, "{}", what("head timeouts"));
         assert_eq!(responses(&m, "200", "upstream"), 2.0, "{}", what("200s"));
@@ -993,13 +974,7 @@ async fn a_late_head_that_is_served_is_no_head_timeout() {
     let _ = s.write_all(b"TP/1.1\r\nHost: a\r\n\r\n").await;
     let got = read_until_closed(&mut s, "late head").await;
     let served = got.starts_with(b"HTTP/1.1 200 ");
-    let timeouts = |m: &[Sample]| {
-        sum(
-            m,
-            "statuslens_client_errors_total",
-            &[("kind", "head_timeout")],
-        )
-    };
+    let timeouts = |m: &[Sample]| client_errors(m, "head_timeout");
     let m = wait_metrics(&p, "the late head counted once", |m| {
         sum(m, "statuslens_responses_total", &[]) + timeouts(m) >= 1.0
     })

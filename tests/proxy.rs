@@ -963,3 +963,36 @@ async fn a_forwarding_list_sent_as_several_lines_is_appended_to_whole() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_of_1_to_200_bytes_is_kept_others_are_replaced() {
+    // README: an incoming X-Request-Id of 1 to 200 bytes is kept, else one is made (a
+    // huge id would ride along in every log line). Same on both paths.
+    let up = upstream().await;
+    for fast in [true, false] {
+        let p = start_with_proxy_settings(&format!("fast_path = {fast}"), up.addr);
+        let longest = "a".repeat(200);
+        let too_long = "b".repeat(201);
+        for (id, kept) in [
+            (longest.as_str(), true),
+            (too_long.as_str(), false),
+            ("", false),
+        ] {
+            let req = Request::get(p.url("/status/200"))
+                .header("x-request-id", id)
+                .body(full(Bytes::new()))
+                .unwrap();
+            assert_eq!(send(&client(), req).await.0.status, 200);
+            let seen = up.seen.0.lock().unwrap().last().unwrap().headers.clone();
+            let sent: Vec<_> = seen.get_all("x-request-id").iter().collect();
+            assert_eq!(sent.len(), 1, "fast_path = {fast}, {} bytes", id.len());
+            assert_eq!(
+                sent[0] == id,
+                kept,
+                "fast_path = {fast}, {} bytes",
+                id.len()
+            );
+            assert!(!sent[0].is_empty(), "fast_path = {fast}");
+        }
+    }
+}

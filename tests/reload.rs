@@ -186,3 +186,18 @@ async fn post_api_reload_when_enabled() {
     // GET is not a reload.
     assert_eq!(get(&c, &p.admin_url("/api/reload")).await.0.status, 405);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_without_a_config_file_changes_nothing() {
+    // Zero-config (`--upstream`): nothing to re-read. The signal is logged as a rejected
+    // reload and the proxy keeps serving as before.
+    let up = upstream().await;
+    let p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
+    p.signal("HUP");
+    p.wait_output("nothing to reload");
+    let (parts, body) = get(&client(), &p.url("/status/200")).await;
+    assert_eq!(
+        (parts.status.as_u16(), &body[..]),
+        (200, &b"status 200"[..])
+    );
+}

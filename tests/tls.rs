@@ -323,13 +323,7 @@ async fn failed_tls_handshakes_are_counted_a_plain_disconnect_is_not() {
     let mut buf = [0u8; 64];
     let read = tokio::time::timeout(DEADLINE, silent.read(&mut buf)).await;
     assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "still open");
-    let handshakes = |m: &[Sample]| {
-        sum(
-            m,
-            "statuslens_client_errors_total",
-            &[("kind", "tls_handshake")],
-        )
-    };
+    let handshakes = |m: &[Sample]| client_errors(m, "tls_handshake");
     let m = wait_metrics(&p, "two failed handshakes", |m| handshakes(m) >= 2.0).await;
     assert_eq!(handshakes(&m), 2.0);
     assert_eq!(sum(&m, "statuslens_responses_total", &[]), 0.0);

@@ -531,6 +531,11 @@ pub fn responses(samples: &[Sample], code: &str, source: &str) -> f64 {
     )
 }
 
+/// The count of client connections refused before a request, of `kind`.
+pub fn client_errors(samples: &[Sample], kind: &str) -> f64 {
+    sum(samples, "statuslens_client_errors_total", &[("kind", kind)])
+}
+
 /// Polls the metrics until `check` holds or the deadline passes.
 pub async fn wait_metrics(p: &Proc, what: &str, check: impl Fn(&[Sample]) -> bool) -> Vec<Sample> {
     let start = Instant::now();
