@@ -27,7 +27,7 @@ fn scripted(path: &str, head_only: bool) -> &'static [u8] {
         ("/chunked", _) => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nx-kept: 2\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n",
         ("/interim", _) => b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok",
         ("/nocontent", _) => b"HTTP/1.1 204 No Content\r\nx-kept: 3\r\n\r\n",
-        ("/limited", _) => b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 7\r\nx-ratelimit-limit: 100\r\nx-ratelimit-remaining: 0\r\ncontent-length: 4\r\n\r\nslow",
+        ("/limited", _) => b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 7\r\nx-ratelimit-limit: 100\r\nx-ratelimit-remaining: 3\r\ncontent-length: 4\r\n\r\nslow",
         ("/close", _) => b"HTTP/1.0 200 OK\r\nx-kept: 4\r\n\r\nuntil the upstream closes",
         ("/split", _) => b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nlater!",
         ("/big", _) => big_response(),
@@ -495,18 +495,13 @@ async fn the_fast_path_forwards_and_answers_as_hypers_path_does() {
                 "code {code}"
             );
         }
-        assert_eq!(
-            sum(
-                &m,
-                "statuslens_upstream_quota_remaining",
-                &[("route", "api")]
-            ),
-            0.0
-        );
-        assert_eq!(
-            sum(&m, "statuslens_upstream_quota_limit", &[("route", "api")]),
-            100.0
-        );
+        for (name, want) in [
+            ("statuslens_upstream_quota_remaining", 3.0),
+            ("statuslens_upstream_quota_limit", 100.0),
+            ("statuslens_upstream_quota_remaining_ratio", 0.03),
+        ] {
+            assert_eq!(gauge(&m, name, "api"), Some(want), "{name}");
+        }
         let bytes = sum(&m, "statuslens_response_bytes_total", &[("route", "api")]);
         assert_eq!(bytes, (5 + 11 + 2 + 4 + 25 + 6 + 100_000 + 5) as f64);
         let line = p.wait_line(|l| l.contains("\"status\":429"));
@@ -656,6 +651,8 @@ async fn idle_pooled_upstream_connections_close_after_idle_timeout_without_traff
         "[[routes]]\nname = \"api\"\nupstream = \"http://{up}\"\nidle_timeout = \"300ms\"\n"
     ));
     let p = Proc::start(&["--config", cfg.to_str().unwrap(), "--workers", "1"]);
+    // Before the request: the connection's idle time cannot have begun earlier.
+    let start = std::time::Instant::now();
     let mut s = TcpStream::connect(p.proxy).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
         .await
@@ -663,8 +660,9 @@ async fn idle_pooled_upstream_connections_close_after_idle_timeout_without_traff
     assert!(read_until_closed(&mut s, "one request")
         .await
         .ends_with(b"\r\n\r\nok"));
-    // No more traffic: the pooled connection must still be closed, by the sweep.
-    let start = std::time::Instant::now();
+    // No more traffic: the pooled connection must still be closed, by the sweep, and
+    // not before it was idle for idle_timeout (a pool that closes after every use
+    // would pass the first half alone).
     while closed.load(SeqCst) == 0 {
         assert!(
             start.elapsed() < DEADLINE,
@@ -672,6 +670,11 @@ async fn idle_pooled_upstream_connections_close_after_idle_timeout_without_traff
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    assert!(
+        start.elapsed() >= std::time::Duration::from_millis(300),
+        "closed {:?} after the request, before idle_timeout",
+        start.elapsed()
+    );
 }
 
 /// What an h2c client gets: status, headers (`date` left out), body, trailers.
@@ -809,10 +812,13 @@ async fn h2c_requests_on_the_fast_pools_are_answered_as_by_hypers_client() {
             let got = sum(&m, "statuslens_responses_total", &[("code", code)]);
             assert_eq!(got, n, "code {code}");
         }
-        assert_eq!(
-            sum(&m, "statuslens_upstream_quota_limit", &[("route", "api")]),
-            100.0
-        );
+        for (name, want) in [
+            ("statuslens_upstream_quota_remaining", 3.0),
+            ("statuslens_upstream_quota_limit", 100.0),
+            ("statuslens_upstream_quota_remaining_ratio", 0.03),
+        ] {
+            assert_eq!(gauge(&m, name, "api"), Some(want), "{name}");
+        }
         let bytes = sum(&m, "statuslens_response_bytes_total", &[("route", "api")]);
         assert_eq!(bytes, (5 + 11 + 2 + 4 + 25 + 6 + 100_000 + 5 + 3) as f64);
         let line = p.wait_line(|l| l.contains("\"status\":429"));
@@ -868,8 +874,10 @@ async fn h2c_upstream_failures_are_answered_as_by_hypers_client() {
     });
     let mut answers = Vec::new();
     for fast in [true, false] {
+        // Only the silent upstream needs a short clock; the others answer at once.
         let route = |name: &str, up: SocketAddr| {
-            format!("[[routes]]\nname = \"{name}\"\nmatch = {{ path_prefix = \"/{name}/\" }}\nupstream = \"http://{up}\"\ntimeout = \"300ms\"\n")
+            let timeout = if name == "silent" { "2s" } else { "30s" };
+            format!("[[routes]]\nname = \"{name}\"\nmatch = {{ path_prefix = \"/{name}/\" }}\nupstream = \"http://{up}\"\ntimeout = \"{timeout}\"\n")
         };
         let cfg = write_config(&format!(
             "[proxy]\nfast_path = {fast}\n{}{}{}{}{}",

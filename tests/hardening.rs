@@ -9,26 +9,20 @@ use http::Request;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Sends raw bytes and returns (first response line, whether the server then closed).
+/// Sends raw bytes and returns (first response line, whether the server then closed
+/// within the deadline). Every caller expects a close (an error answer or
+/// `Connection: close`), so it reads until one, however late it comes.
 async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> (String, bool) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(bytes).await.unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     let deadline = tokio::time::Instant::now() + DEADLINE;
-    // Read until the server closes, or until a response is in and it stays quiet.
     let closed = loop {
         match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => break true,
             Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
             Err(_) => break false,
-        }
-        if !got.is_empty() {
-            match tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => break true,
-                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-                Err(_) => break false,
-            }
         }
     };
     let text = String::from_utf8_lossy(&got);
@@ -312,15 +306,23 @@ async fn slowloris_sockets_are_cut_and_never_starve_healthy_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_reset_mid_headers_is_502_reset() {
     let broken = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Le").await;
-    let p = Proc::start(&["--upstream", &format!("http://{broken}")]);
-    let (parts, _) = get(&client(), &p.url("/x")).await;
-    assert_eq!(parts.status, 502);
-    let m = wait_metrics(&p, "counted", |m| {
-        sum(m, "statuslens_responses_total", &[]) == 1.0
-    })
-    .await;
-    assert_eq!(sum(&m, "statuslens_upstream_errors_total", &[]), 1.0);
-    assert_eq!(responses(&m, "502", "proxy"), 1.0);
+    for fast in ["true", "false"] {
+        let p = start_with_proxy_settings(&format!("fast_path = {fast}"), broken);
+        let (parts, _) = get(&client(), &p.url("/x")).await;
+        assert_eq!(parts.status, 502, "fast_path = {fast}");
+        let m = wait_metrics(&p, "counted", |m| {
+            sum(m, "statuslens_responses_total", &[]) == 1.0
+        })
+        .await;
+        // The connection closed inside the head: a reset, not a malformed answer.
+        assert_eq!(sum(&m, "statuslens_upstream_errors_total", &[]), 1.0);
+        assert_eq!(
+            sum(&m, "statuslens_upstream_errors_total", &[("kind", "reset")]),
+            1.0,
+            "fast_path = {fast}"
+        );
+        assert_eq!(responses(&m, "502", "proxy"), 1.0);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -379,7 +381,8 @@ async fn a_stalled_request_body_gets_408_and_idle_keep_alive_is_closed() {
     assert!(closed);
     let m = wait_responses(&p, 1.0).await;
     assert_eq!(responses(&m, "408", "proxy"), 1.0);
-    // An idle keep-alive connection is closed after the header timeout.
+    // An idle keep-alive connection is closed after the header timeout, not before.
+    let idle_from = Instant::now();
     let mut s = TcpStream::connect(p.proxy).await.unwrap();
     s.write_all(b"GET /status/200 HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -398,6 +401,11 @@ async fn a_stalled_request_body_gets_408_and_idle_keep_alive_is_closed() {
     assert!(
         closed.is_ok(),
         "idle keep-alive connection was never closed"
+    );
+    assert!(
+        idle_from.elapsed() >= Duration::from_secs(1),
+        "closed {:?} after the request, before the 1 s timeout",
+        idle_from.elapsed()
     );
 }
 
@@ -489,12 +497,29 @@ async fn a_request_followed_at_once_by_fin_is_counted_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_closing_idle_pooled_connections_costs_no_request() {
     // Answers one keep-alive request per connection, then closes it 100 ms later, as
-    // upstreams with short idle timeouts do.
-    let up = raw_upstream_lingering(
-        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
-        Duration::from_millis(100),
-    )
-    .await;
+    // upstreams with short idle timeouts do (later, so the close is not read with the
+    // answer). It counts its closes: the next request waits for one, so a slow box
+    // cannot turn this into a request racing the close (a correct 502: no retry).
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let closed = std::sync::Arc::new(AtomicUsize::new(0));
+    let closes = closed.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let closes = closes.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let _ = s.shutdown().await;
+                closes.fetch_add(1, SeqCst);
+            });
+        }
+    });
     let p = Proc::start(&["--upstream", &format!("http://{up}")]);
     let c = client();
     for i in 0..5 {
@@ -504,8 +529,11 @@ async fn upstream_closing_idle_pooled_connections_costs_no_request() {
             (200, bytes::Bytes::from("ok")),
             "request {i}"
         );
-        // Long enough for the upstream to have closed the pooled connection.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let start = Instant::now();
+        while closed.load(SeqCst) <= i {
+            assert!(start.elapsed() < DEADLINE, "the upstream never closed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
     let m = wait_metrics(&p, "five", |m| {
         sum(m, "statuslens_responses_total", &[]) == 5.0
@@ -998,7 +1026,7 @@ async fn a_slow_upload_is_no_upstream_timeout_and_a_stalled_one_is_the_clients_4
     let up = upstream().await;
     let cfg = |fast: bool, body_timeout: &str| {
         write_config(&format!(
-            "[proxy]\nfast_path = {fast}\nbody_read_timeout = \"{body_timeout}\"\n\n[[routes]]\nname = \"default\"\nupstream = \"http://{}\"\ntimeout = \"1s\"\n",
+            "[proxy]\nfast_path = {fast}\nbody_read_timeout = \"{body_timeout}\"\n\n[[routes]]\nname = \"default\"\nupstream = \"http://{}\"\ntimeout = \"2s\"\n",
             up.addr
         ))
     };
@@ -1017,13 +1045,14 @@ async fn a_slow_upload_is_no_upstream_timeout_and_a_stalled_one_is_the_clients_4
         b.body(body).unwrap()
     };
     for fast in [true, false] {
-        // Slow but steady: six 10-byte chunks 400 ms apart, twice the route's timeout.
+        // Slow but steady: six 10-byte chunks 700 ms apart, twice the route's timeout
+        // (which leaves the upstream 2 s to answer once the body is in, on a busy box).
         let p = Proc::start(&["--config", cfg(fast, "5s").to_str().unwrap()]);
         let mut sent = Vec::new();
         for (c, len) in ways() {
             let body = chunked(
                 vec![bytes::Bytes::from_static(b"0123456789"); 6],
-                Duration::from_millis(400),
+                Duration::from_millis(700),
                 false,
             );
             let req = request(&p, len, body);
@@ -1042,7 +1071,7 @@ async fn a_slow_upload_is_no_upstream_timeout_and_a_stalled_one_is_the_clients_4
         assert_eq!(sum(&m, "statuslens_upstream_errors_total", &[]), 0.0);
 
         // Stalled, with equal clocks: 20 of 60 bytes, then silence.
-        let p = Proc::start(&["--config", cfg(fast, "1s").to_str().unwrap()]);
+        let p = Proc::start(&["--config", cfg(fast, "2s").to_str().unwrap()]);
         let mut sent = Vec::new();
         for (c, len) in ways() {
             let body = chunked(

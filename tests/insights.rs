@@ -187,17 +187,29 @@ async fn a_spike_from_one_consumer_is_attributed_to_it() {
     let text = spike["attribution"]
         .as_str()
         .unwrap_or_else(|| panic!("no attribution: {spike}"));
+    // Every 401 came from the one expired key: all of them, not the half of all
+    // traffic that key sends.
     assert!(
-        text.contains("% of the 401s in this spike came from consumer "),
+        text.starts_with("100% of the 401s in this spike came from consumer "),
         "{text}"
     );
     let id = text.rsplit(' ').next().unwrap();
     assert_eq!(id.len(), 8, "{text}");
     assert_eq!(spike["top_consumers"][0]["consumer"], id);
-    assert!(
-        spike["top_consumers"][0]["share"].as_f64().unwrap() >= 0.5,
+    assert_eq!(
+        spike["top_consumers"][0]["share"].as_f64(),
+        Some(1.0),
         "{spike}"
     );
+    // ...and it is the id the access log gives that key's requests.
+    let logged: Vec<_> = p
+        .access_lines()
+        .into_iter()
+        .filter(|l| l["status"] == 401)
+        .map(|l| l["consumer"].clone())
+        .collect();
+    assert!(!logged.is_empty());
+    assert!(logged.iter().all(|c| c == id), "{logged:?} vs {id}");
     // The raw key is never exposed: not in the API, the log or the metrics.
     let (_, metrics) = get(&c, &p.admin_url("/metrics")).await;
     let (_, status) = get(&c, &p.admin_url("/api/status")).await;

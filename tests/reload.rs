@@ -30,8 +30,8 @@ async fn sighup_swaps_routes_keeping_in_flight_requests_and_counters() {
     for _ in 0..3 {
         assert_eq!(get(&c, &p.url("/status/200")).await.0.status, 200);
     }
-    // A slow request in flight across the reload.
-    let url = p.url("/stall/2000");
+    // A request in flight across the reload: the upstream holds it until told to answer.
+    let url = p.url("/gate");
     let slow = tokio::spawn(async move { get(&client(), &url).await });
     wait_metrics(&p, "in flight", |m| {
         sum(m, "statuslens_requests_in_flight", &[("route", "api")]) == 1.0
@@ -62,8 +62,13 @@ async fn sighup_swaps_routes_keeping_in_flight_requests_and_counters() {
     );
     assert_eq!(get(&c, &p.url("/new/status/201")).await.0.status, 201);
     // ...the request in flight finishes on the old one...
+    assert!(
+        !slow.is_finished(),
+        "the gated request ended before the reload"
+    );
+    a.gate.add_permits(1);
     let (parts, body) = slow.await.unwrap();
-    assert_eq!((parts.status.as_u16(), body), (200, Bytes::from("stalled")));
+    assert_eq!((parts.status.as_u16(), body), (200, Bytes::from("gated")));
     assert_eq!(a.seen.0.lock().unwrap().len(), 4);
     // ...and counters carry on: nothing reset, everything counted once.
     let m = wait_responses(&p, 6.0).await;
@@ -102,6 +107,7 @@ async fn sighup_swaps_routes_keeping_in_flight_requests_and_counters() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_file_is_rejected_and_the_old_config_stays() {
     let a = upstream().await;
+    let b = upstream().await;
     let path = write_config(&config(
         "",
         &format!(
@@ -118,11 +124,12 @@ async fn a_bad_file_is_rejected_and_the_old_config_stays() {
     p.signal("HUP");
     p.wait_output("configuration reload rejected");
     assert!(p.all_output().contains("routes[0]"), "{}", p.all_output());
-    // Changing what is built once (listeners, TLS, the webhook) is refused, naming it.
+    // Changing what is built once (listeners, TLS, the webhook) is refused, naming it,
+    // and nothing else in that file is applied either: its route to `b` must not take.
     // (The test's --listen/--admin flags override the file, so the webhook shows it.)
     std::fs::write(
         &path,
-        format!("[detection]\nwebhook = \"http://127.0.0.1:9/\"\n[[routes]]\nname = \"api\"\nupstream = \"http://{}\"\n", a.addr),
+        format!("[detection]\nwebhook = \"http://127.0.0.1:9/\"\n[[routes]]\nname = \"api\"\nupstream = \"http://{}\"\n", b.addr),
     )
     .unwrap();
     p.signal("HUP");
@@ -137,6 +144,7 @@ async fn a_bad_file_is_rejected_and_the_old_config_stays() {
     // Still serving with the old config.
     assert_eq!(get(&client(), &p.url("/status/200")).await.0.status, 200);
     assert_eq!(a.seen.0.lock().unwrap().len(), 1);
+    assert_eq!(b.seen.0.lock().unwrap().len(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -77,6 +77,7 @@ pub struct Seen(pub Arc<Mutex<Vec<http::request::Parts>>>);
 /// - `/echo`: stream the request body back (same length)
 /// - `/drain`: read the whole request body, then answer its length
 /// - `/stall/MS`: wait MS milliseconds, then 200
+/// - `/gate`: wait for a permit on `Upstream::gate` (the test decides when), then 200
 /// - `/slowbody/MS`: 200 head at once, body chunks every MS ms for 10 chunks
 /// - `/die`: 200 with a body that dies after 3 chunks
 /// - `/big/N`: N bytes of a known pattern, chunked
@@ -85,6 +86,8 @@ pub struct Seen(pub Arc<Mutex<Vec<http::request::Parts>>>);
 pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Seen,
+    /// Each permit added lets one `/gate` request answer.
+    pub gate: Arc<tokio::sync::Semaphore>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -104,14 +107,17 @@ pub async fn upstream() -> Upstream {
     let addr = listener.local_addr().unwrap();
     let seen = Seen::default();
     let seen2 = seen.clone();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let gate2 = gate.clone();
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
             let seen = seen2.clone();
+            let gate = gate2.clone();
             tokio::spawn(async move {
-                let svc = service_fn(move |req| upstream_handle(req, seen.clone()));
+                let svc = service_fn(move |req| upstream_handle(req, seen.clone(), gate.clone()));
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
                     .with_upgrades()
@@ -119,18 +125,24 @@ pub async fn upstream() -> Upstream {
             });
         }
     });
-    Upstream { addr, seen, task }
+    Upstream {
+        addr,
+        seen,
+        gate,
+        task,
+    }
 }
 
 async fn upstream_handle(
     mut req: Request<Incoming>,
     seen: Seen,
+    gate: Arc<tokio::sync::Semaphore>,
 ) -> Result<Response<TestBody>, Infallible> {
     let path = req.uri().path().to_string();
     let mut parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     // Routes forward their prefix too (`/api/stall/5`): skip to the first command.
-    const COMMANDS: [&str; 8] = [
-        "status", "echo", "drain", "stall", "slowbody", "die", "big", "ws",
+    const COMMANDS: [&str; 9] = [
+        "status", "echo", "drain", "stall", "gate", "slowbody", "die", "big", "ws",
     ];
     while parts.len() > 1 && !COMMANDS.contains(&parts[0]) {
         parts.remove(0);
@@ -168,6 +180,10 @@ async fn upstream_handle(
         ["stall", ms] => {
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
             Response::new(full("stalled"))
+        }
+        ["gate"] => {
+            gate.acquire().await.unwrap().forget();
+            Response::new(full("gated"))
         }
         ["slowbody", ms] => Response::new(chunked(
             vec![Bytes::from_static(b"0123456789"); 10],
@@ -266,6 +282,8 @@ pub struct Proc {
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
     pub lines: Arc<Mutex<Vec<String>>>,
+    /// The threads copying stdout and stderr into `lines`; they end at the pipes' EOF.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 pub fn bin() -> &'static str {
@@ -296,7 +314,7 @@ impl Proc {
         let (tx, rx) = std::sync::mpsc::channel();
         let out = child.stdout.take().unwrap();
         let l2 = lines.clone();
-        std::thread::spawn(move || {
+        let stdout = std::thread::spawn(move || {
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { return };
                 if line.contains("\"listening\"") {
@@ -307,7 +325,7 @@ impl Proc {
         });
         let err = child.stderr.take().unwrap();
         let l3 = lines.clone();
-        std::thread::spawn(move || {
+        let stderr = std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
                 l3.lock().unwrap().push(format!("stderr: {line}"));
             }
@@ -325,6 +343,7 @@ impl Proc {
             admin: v["admin"].as_str().unwrap().parse().unwrap(),
             child,
             lines,
+            readers: vec![stdout, stderr],
         }
     }
 
@@ -391,11 +410,15 @@ impl Proc {
         }
     }
 
-    /// Waits for the process to exit, returning its exit code.
+    /// Waits for the process to exit, returning its exit code; by then `lines` holds
+    /// everything it wrote (its last lines may be written just before it exits).
     pub fn wait_exit(&mut self) -> Option<i32> {
         let start = Instant::now();
         while start.elapsed() < DEADLINE {
             if let Some(s) = self.child.try_wait().unwrap() {
+                for reader in self.readers.drain(..) {
+                    let _ = reader.join();
+                }
                 return s.code();
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -515,6 +538,14 @@ pub fn sum(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
 }
 
 /// Metrics once at least `n` responses are counted (all series together).
+/// A route's gauge, when the series exists (a gauge at 0 and no series differ here).
+pub fn gauge(samples: &[Sample], name: &str, route: &str) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| s.name == name && s.labels.get("route").map(String::as_str) == Some(route))
+        .map(|s| s.value)
+}
+
 pub async fn wait_responses(p: &Proc, n: f64) -> Vec<Sample> {
     wait_metrics(p, &format!("{n} responses counted"), |m| {
         sum(m, "statuslens_responses_total", &[]) >= n
