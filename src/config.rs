@@ -913,6 +913,17 @@ fn validate_signals(
     origin: &str,
     list: Vec<FileSignal>,
 ) -> Result<Vec<(Signal, FileThresholds)>, ConfigError> {
+    if list.len() > crate::detect::MAX_SIGNALS {
+        return Err(field_err(
+            origin,
+            format!("signals[{}]", crate::detect::MAX_SIGNALS),
+            format!(
+                "{} signals defined; at most {} are supported",
+                list.len(),
+                crate::detect::MAX_SIGNALS
+            ),
+        ));
+    }
     let mut out: Vec<(Signal, FileThresholds)> = Vec::new();
     for (i, s) in list.into_iter().enumerate() {
         let valid_name = !s.name.is_empty()
@@ -1107,6 +1118,15 @@ upstream = "http://127.0.0.1:3001"
                 "routes[0].detect.server_error.clear_after",
             ),
         ];
+        // One bit per signal in the hot path's mask: a 33rd would alias the first.
+        let many: String = (0..33)
+            .map(|i| format!("[[signals]]\nname='s{i}'\ncodes=['500']\n"))
+            .collect();
+        let many = format!("{many}[[routes]]\nname='a'\nupstream='http://x'\n");
+        let cases: Vec<(&str, &str)> = cases
+            .into_iter()
+            .chain([(many.as_str(), "signals[32]")])
+            .collect();
         for (text, field) in cases {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.starts_with("test.toml: "), "{err}");

@@ -378,6 +378,12 @@ impl TopK {
         self.total
     }
 
+    /// Counts matching responses with no consumer identity (no key, a malformed token):
+    /// they are part of the whole a share is taken of, though no one is named for them.
+    pub fn add_anonymous(&mut self, count: u64) {
+        self.total = self.total.saturating_add(count);
+    }
+
     /// Decay all counts by a factor (e.g. 0.5) so the sketch tracks recent traffic.
     /// A factor of 1 or more changes nothing; 0, a negative factor or NaN clears.
     pub fn decay(&mut self, factor: f64) {

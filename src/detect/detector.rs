@@ -573,7 +573,11 @@ impl Detector {
             }
             let baseline = &self.baselines[i];
             let p_ref = baseline.upper(&self.config);
-            let threshold = self.config.min_ratio.max(self.config.min_factor * p_ref);
+            // `min_factor` times a high baseline would ask for more than 100% (3 × 34%):
+            // such a signal could never fire, not even at a total outage. The factor's
+            // part stops halfway from the baseline to 100%.
+            let factor = (self.config.min_factor * p_ref).min(p_ref + (1.0 - p_ref) / 2.0);
+            let threshold = self.config.min_ratio.max(factor);
             let ratio = k as f64 / n as f64;
             if ratio < threshold || n as f64 * kl_bernoulli(ratio, p_ref) < self.ln_inv_p_value {
                 continue;
@@ -958,6 +962,11 @@ mod tests {
         let mut d = Detector::new(config);
         let trs = run(&mut d, &mut rng, T0, T0 + 1800, 100.0, 0.35);
         assert!(trs.is_empty(), "{trs:?}");
+        // ...and an outage still fires: 3 × 35% would ask for more than 100%, so the
+        // factor's part of the threshold stops halfway to 100%.
+        let trs = run(&mut d, &mut rng, T0 + 1800, T0 + 1830, 100.0, 1.0);
+        assert_eq!(starts(&trs).len(), 1, "{trs:?}");
+        assert!(starts(&trs)[0] <= T0 + 1810, "{trs:?}");
     }
 
     #[test]

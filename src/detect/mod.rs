@@ -33,8 +33,9 @@ pub const MAX_SIGNALS: usize = 32;
 /// The hot-path side: atomics per route, bumped once per finished request.
 pub struct Counters {
     masks: Box<[SignalMask; 1000]>,
-    /// Per signal, the position of each of its codes in that signal's per-code array.
-    code_slot: Vec<[u8; 1000]>,
+    /// Per signal, the position of each of its codes in that signal's per-code array
+    /// (a class is 100 codes, so a signal can hold up to 500).
+    code_slot: Vec<[u16; 1000]>,
     routes: Vec<RouteCounters>,
 }
 
@@ -44,9 +45,11 @@ struct RouteCounters {
     /// Per signal, per code of that signal: responses this second.
     by_code: Vec<Vec<AtomicU64>>,
     /// Per signal: who sent the matching requests lately (routes that identify
-    /// consumers only). Locked only for a matching response that carries a consumer,
-    /// i.e. for errors, never for the bulk of healthy traffic.
+    /// consumers only). Locked only for a matching response on such a route, i.e. for
+    /// errors, never for the bulk of healthy traffic.
     consumers: Vec<Mutex<TopK>>,
+    /// Whether the route identifies consumers (`routes[].consumer`).
+    identifies: bool,
 }
 
 /// Consumers tracked per route × signal: enough to name a dominant one.
@@ -57,17 +60,17 @@ impl Counters {
         let mut masks = Box::new([0 as SignalMask; 1000]);
         let mut code_slot = Vec::new();
         for (i, s) in config.signals.iter().enumerate() {
-            let mut slots = [u8::MAX; 1000];
+            let mut slots = [u16::MAX; 1000];
             for (j, &c) in s.codes.iter().enumerate() {
                 masks[c as usize] |= 1 << i;
-                slots[c as usize] = j as u8;
+                slots[c as usize] = u16::try_from(j).expect("at most 500 codes per signal");
             }
             code_slot.push(slots);
         }
         let routes = config
             .routes
             .iter()
-            .map(|_| RouteCounters {
+            .map(|route| RouteCounters {
                 total: AtomicU64::new(0),
                 matched: config.signals.iter().map(|_| AtomicU64::new(0)).collect(),
                 by_code: config
@@ -80,6 +83,7 @@ impl Counters {
                     .iter()
                     .map(|_| Mutex::new(TopK::new(TOP_CONSUMERS)))
                     .collect(),
+                identifies: route.consumer.is_some(),
             })
             .collect();
         Counters {
@@ -104,9 +108,13 @@ impl Sink for Counters {
             r.matched[s].fetch_add(1, Ordering::Relaxed);
             let slot = self.code_slot[s][code as usize] as usize;
             r.by_code[s][slot].fetch_add(1, Ordering::Relaxed);
-            if let Some(id) = consumer {
+            if r.identifies {
                 if let Ok(mut top) = r.consumers[s].lock() {
-                    top.add(id, 1);
+                    // Anonymous matches count in the whole, or a share would overstate.
+                    match consumer {
+                        Some(id) => top.add(id, 1),
+                        None => top.add_anonymous(1),
+                    }
                 }
             }
         }
@@ -164,6 +172,9 @@ struct Key {
     recent: Vec<f64>,
     gauge: IntGauge,
     total: IntCounter,
+    /// Matches counted in a second before their responses' totals were (a request
+    /// ending between the two swaps of a tick): kept for the next second, not lost.
+    carry: u64,
 }
 
 /// What `/api/spikes` reads: the active spikes and a bounded history.
@@ -272,6 +283,7 @@ impl Detection {
                     total: families
                         .total
                         .with_label_values(&[&route.name, &signal.name]),
+                    carry: carried.map_or(0, |k| k.carry),
                 });
             }
         }
@@ -339,7 +351,10 @@ impl Detection {
         }
         for key in keys.iter_mut() {
             let rc = &self.counters.routes[key.route];
-            let k = rc.matched[key.signal].swap(0, Ordering::Relaxed);
+            let n = totals[key.route];
+            let k = rc.matched[key.signal].swap(0, Ordering::Relaxed) + key.carry;
+            key.carry = k.saturating_sub(n);
+            let k = k - key.carry;
             for v in key.recent.iter_mut() {
                 *v *= 0.933; // 0.933^10 ≈ 0.5: a 10 s half-life
             }
@@ -355,7 +370,6 @@ impl Detection {
                     top.decay(0.5);
                 }
             }
-            let n = totals[key.route];
             if let Some(t) = key.detector.observe(now, n, k) {
                 self.report(key, t, now);
             }
@@ -505,4 +519,78 @@ pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Overrides;
+
+    fn config(text: &str) -> Config {
+        Config::parse(text, "test.toml", &Overrides::default()).expect("valid config")
+    }
+
+    #[test]
+    fn a_signal_of_several_classes_counts_each_code_in_its_own_slot() {
+        // 400 codes: past 256, a u8 slot wrapped (500 counted as code 144's slot).
+        let c = config(
+            "[[signals]]\nname='any'\ncodes=['1xx','3xx','4xx','5xx']\n[[routes]]\nname='a'\nupstream='http://x'\n",
+        );
+        let counters = Counters::new(&c);
+        counters.observe(0, 500, None);
+        counters.observe(0, 502, None);
+        counters.observe(0, 502, None);
+        let by_code = &counters.routes[0].by_code[0];
+        let at = |code: u16| c.signals[0].codes.iter().position(|&x| x == code).unwrap();
+        assert_eq!(by_code[at(500)].load(Ordering::Relaxed), 1);
+        assert_eq!(by_code[at(502)].load(Ordering::Relaxed), 2);
+        let all: u64 = by_code.iter().map(|a| a.load(Ordering::Relaxed)).sum();
+        assert_eq!(all, 3);
+    }
+
+    #[test]
+    fn anonymous_matches_count_in_the_share_of_a_named_consumer() {
+        let c = config("[[routes]]\nname='a'\nupstream='http://x'\nconsumer='header:X-Api-Key'\n");
+        let counters = Counters::new(&c);
+        let who = crate::consumer::ConsumerId(0x7f3a_09c1);
+        // 5 401s from one key, 15 with no key at all: that key is a quarter of them.
+        for _ in 0..5 {
+            counters.observe(0, 401, Some(who));
+        }
+        for _ in 0..15 {
+            counters.observe(0, 401, None);
+        }
+        let unauthorized = c
+            .signals
+            .iter()
+            .position(|s| s.name == "unauthorized")
+            .unwrap();
+        let top = counters.routes[0].consumers[unauthorized].lock().unwrap();
+        assert_eq!(top.total(), 20);
+        assert!(crate::consumer::attribution(&top, "401s", 0.5).is_none());
+        assert_eq!(top.top(1)[0].1, 5);
+    }
+
+    #[test]
+    fn a_match_ticked_before_its_total_is_carried_not_lost() {
+        let c = config("[[routes]]\nname='a'\nupstream='http://x'\n");
+        let registry = Registry::new();
+        let d = Detection::new(&c, &registry);
+        let server_error = c
+            .signals
+            .iter()
+            .position(|s| s.name == "server_error")
+            .unwrap();
+        // A request ending between the tick's two swaps: its match is in this second,
+        // its total in the next.
+        d.counters.routes[0].matched[server_error].fetch_add(1, Ordering::Relaxed);
+        d.tick(1_000);
+        d.counters.routes[0].total.fetch_add(1, Ordering::Relaxed);
+        d.tick(1_001);
+        let keys = d.keys.lock().unwrap();
+        let key = keys.0.iter().find(|k| k.signal == server_error).unwrap();
+        assert_eq!(key.carry, 0);
+        let snapshot = key.detector.snapshot();
+        assert_eq!((snapshot.n_1m, snapshot.k_1m), (1, 1), "{snapshot:?}");
+    }
 }
