@@ -646,7 +646,7 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
             .detection
             .instance
             .clone()
-            .unwrap_or_else(|| listen.to_string()),
+            .unwrap_or_else(|| default_instance(listen)),
         history: match file.detection.history {
             None => 100,
             Some(n @ 1..=MAX_HISTORY) => n,
@@ -1004,6 +1004,17 @@ fn parse_code_or_class(s: &str) -> Option<std::ops::RangeInclusive<u16>> {
         Ok(c) if (100..=599).contains(&c) && b.len() == 3 => Some(c..=c),
         _ => None,
     }
+}
+
+/// The webhook's default `instance` label: this host's name and the proxy port, so
+/// replicas listening on the same `0.0.0.0:8080` do not resolve each other's alerts.
+/// The listen address when the host has no readable name.
+fn default_instance(listen: SocketAddr) -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .map_or_else(|| listen.to_string(), |h| format!("{h}:{}", listen.port()))
 }
 
 fn strip_port(host: &str) -> &str {

@@ -52,6 +52,11 @@ impl Generation {
             shared.families.clone(),
             &route_names,
         ));
+        if !config.detection.enabled {
+            if let Some(old) = previous.and_then(|p| p.detection.as_deref()) {
+                old.end_all(&shared.spikes);
+            }
+        }
         let detection = config.detection.enabled.then(|| {
             Detection::build(
                 &config,
@@ -98,6 +103,10 @@ pub struct Live {
     shared: Shared,
     /// The file and flags the configuration came from, when there is a file.
     source: Option<(PathBuf, Overrides)>,
+    /// Held by a reload from copying the detectors to swapping the generation, and by
+    /// each detector tick: a tick in between would report a spike the new generation
+    /// never hears of (and then reports again).
+    detecting: std::sync::Mutex<()>,
 }
 
 impl Live {
@@ -120,6 +129,7 @@ impl Live {
             current: ArcSwap::from_pointee(first),
             shared,
             source,
+            detecting: std::sync::Mutex::new(()),
         })
     }
 
@@ -160,6 +170,10 @@ impl Live {
                 "detection.webhook",
                 config.detection.webhook != old.config.detection.webhook,
             ),
+            (
+                "detection.instance",
+                config.detection.instance != old.config.detection.instance,
+            ),
         ];
         if let Some((field, _)) = fixed.iter().find(|(_, changed)| *changed) {
             return Err(format!(
@@ -168,10 +182,25 @@ impl Live {
             ));
         }
         let routes = config.routes.len();
+        let _detecting = self.detecting.lock().unwrap_or_else(|e| e.into_inner());
+        // Reloads are serialised here: build on whatever is current now.
+        let old = self.load();
         let next = Generation::build(config, &self.shared, Some(&old))
             .map_err(|e| format!("{}: {e}", path.display()))?;
         self.current.store(Arc::new(next));
         Ok(routes)
+    }
+
+    /// Feeds the last second to the current detectors. Skipped while a reload is
+    /// swapping them (the counts wait in the counters for the next tick): the ticker
+    /// shares its thread with the admin API and must not block on a reload.
+    pub fn tick_detection(&self) {
+        let Ok(_detecting) = self.detecting.try_lock() else {
+            return;
+        };
+        if let Some(d) = &self.load().detection {
+            d.tick(d.now());
+        }
     }
 
     /// Reloads and logs the outcome; the HTTP and signal triggers share it.

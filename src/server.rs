@@ -537,9 +537,7 @@ async fn tick_detectors(live: Arc<Live>) {
     tick.tick().await;
     loop {
         tick.tick().await;
-        if let Some(d) = &live.load().detection {
-            d.tick(d.now());
-        }
+        live.tick_detection();
     }
 }
 

@@ -141,6 +141,14 @@ async fn a_bad_file_is_rejected_and_the_old_config_stays() {
         assert!(start.elapsed() < DEADLINE, "{}", p.all_output());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The webhook's instance label is built into its task too.
+    std::fs::write(
+        &path,
+        format!("[detection]\ninstance = \"elsewhere\"\n[[routes]]\nname = \"api\"\nupstream = \"http://{}\"\n", b.addr),
+    )
+    .unwrap();
+    p.signal("HUP");
+    p.wait_output("detection.instance cannot change on reload");
     // Still serving with the old config.
     assert_eq!(get(&client(), &p.url("/status/200")).await.0.status, 200);
     assert_eq!(a.seen.0.lock().unwrap().len(), 1);

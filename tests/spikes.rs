@@ -445,3 +445,47 @@ async fn a_real_alertmanager_shows_the_alert() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turning_detection_off_on_reload_ends_active_spikes() {
+    // Off by reload, nothing would ever end them: the gauge stayed at 1 (and the
+    // shipped StatuslensSpikeActive rule fired) and Alertmanager kept the alert.
+    let up = upstream().await;
+    let (rx, got) = receiver(false).await;
+    let cfg = spike_config(up.addr, &format!("http://{rx}/api/v2/alerts"));
+    let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+    drive(&p, 60, 20, |_| 503).await;
+    wait_metrics(&p, "server_error spike", |m| {
+        active(m, "server_error") == 1.0
+    })
+    .await;
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("[detection]\n", "[detection]\nenabled = false\n"),
+    )
+    .unwrap();
+    p.signal("HUP");
+    p.wait_output("configuration reloaded");
+    let m = metrics(&p).await;
+    assert_eq!(active(&m, "server_error"), 0.0);
+    p.wait_line(|l| l.contains("spike ended: detection was turned off"));
+    // The receiver hears the end: a server_error alert whose endsAt is not ahead.
+    let start = Instant::now();
+    loop {
+        let resolved = got
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|b| b.as_array().unwrap().clone())
+            .any(|a| {
+                a["labels"]["signal"] == "server_error"
+                    && a["endsAt"].as_str().unwrap() <= webhook_now().as_str()
+            });
+        if resolved {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "no resolved alert");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -37,6 +37,7 @@ pub struct Counters {
     /// (a class is 100 codes, so a signal can hold up to 500).
     code_slot: Vec<[u16; 1000]>,
     routes: Vec<RouteCounters>,
+    routes_and_signals: Box<Layout>,
 }
 
 struct RouteCounters {
@@ -90,8 +91,32 @@ impl Counters {
             masks,
             code_slot,
             routes,
+            routes_and_signals: Box::new(layout(config)),
         }
     }
+}
+
+impl Counters {
+    /// Whether `config` has the routes and signals (and consumer tracking) these
+    /// counters were laid out for.
+    fn same_layout(&self, config: &Config) -> bool {
+        *self.routes_and_signals == layout(config)
+    }
+}
+
+/// What a set of counters is laid out for: routes (name, identifies consumers) and
+/// signals (codes), by position.
+type Layout = (Vec<(String, bool)>, Vec<Vec<u16>>);
+
+fn layout(config: &Config) -> Layout {
+    (
+        config
+            .routes
+            .iter()
+            .map(|r| (r.name.clone(), r.consumer.is_some()))
+            .collect(),
+        config.signals.iter().map(|s| s.codes.clone()).collect(),
+    )
 }
 
 impl Sink for Counters {
@@ -268,18 +293,22 @@ impl Detection {
                             && k.detector.config() == &route.detectors[s]
                     })
                 });
+                let detector = carried
+                    .map(|k| k.detector.clone())
+                    .unwrap_or_else(|| Detector::new(route.detectors[s].clone()));
+                let gauge = families
+                    .active
+                    .with_label_values(&[&route.name, &signal.name]);
+                // The series outlives generations: it says what this detector says.
+                gauge.set(i64::from(detector.is_active()));
                 keys.push(Key {
                     route: r,
                     signal: s,
-                    detector: carried
-                        .map(|k| k.detector.clone())
-                        .unwrap_or_else(|| Detector::new(route.detectors[s].clone())),
+                    detector,
                     recent: carried
                         .map(|k| k.recent.clone())
                         .unwrap_or_else(|| vec![0.0; signal.codes.len()]),
-                    gauge: families
-                        .active
-                        .with_label_values(&[&route.name, &signal.name]),
+                    gauge,
                     total: families
                         .total
                         .with_label_values(&[&route.name, &signal.name]),
@@ -317,8 +346,15 @@ impl Detection {
             }
             book.ended.truncate(config.detection.history);
         }
+        // Requests in flight across a reload report to the generation they started in:
+        // with the same routes and signals, both share one set of counters, so the
+        // ticker (which reads only the newest) still sees them.
+        let counters = match previous {
+            Some(p) if p.counters.same_layout(config) => p.counters.clone(),
+            _ => Arc::new(Counters::new(config)),
+        };
         Arc::new(Detection {
-            counters: Arc::new(Counters::new(config)),
+            counters,
             keys: Mutex::new((keys, vec![0; config.routes.len()])),
             book: Mutex::new(book),
             history: config.detection.history,
@@ -329,6 +365,31 @@ impl Detection {
             origin: previous.map_or_else(Instant::now, |p| p.origin),
             origin_unix: previous.map_or_else(unix_now, |p| p.origin_unix),
         })
+    }
+
+    /// Ends every active spike: detection was turned off (a reload), so nothing would
+    /// ever end them — the gauge would stay at 1 and Alertmanager keep the alert.
+    pub fn end_all(&self, families: &SpikeFamilies) {
+        let now = unix_now();
+        let mut book = self.book.lock().expect("spike book lock");
+        for mut spike in std::mem::take(&mut book.active) {
+            families
+                .active
+                .with_label_values(&[&spike.route, &spike.signal])
+                .set(0);
+            spike.ended_at = Some(now);
+            tracing::warn!(
+                target: "statuslens::spike",
+                route = spike.route.as_str(),
+                signal = spike.signal.as_str(),
+                "spike ended: detection was turned off"
+            );
+            if let Some(w) = &self.webhook {
+                w.resolved(&spike);
+            }
+            book.ended.push_front(spike);
+        }
+        book.ended.truncate(self.history);
     }
 
     /// The hot-path side, for the observer.
@@ -371,12 +432,15 @@ impl Detection {
                 }
             }
             if let Some(t) = key.detector.observe(now, n, k) {
-                self.report(key, t, now);
+                self.report(key, t);
             }
         }
     }
 
-    fn report(&self, key: &mut Key, t: Transition, now: u64) {
+    fn report(&self, key: &mut Key, t: Transition) {
+        // The detector's `now` is monotonic (it must never go back); what people and
+        // Alertmanager read is the wall clock, one clock for every timestamp they see.
+        let now = unix_now();
         let signal = &self.signals[key.signal];
         let route = &self.route_names[key.route];
         let dominant = key

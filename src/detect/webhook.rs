@@ -1,12 +1,15 @@
 //! Spikes to Alertmanager: POSTs in the v2 `/api/v2/alerts` format.
 //!
-//! The ticker hands events over with `try_send` on a bounded queue, so a slow or dead
-//! receiver can never hold up detection, let alone the proxy; when the queue is full
-//! the event is dropped and logged. One task delivers them with retry and exponential
-//! backoff, and re-sends every firing alert each minute with `endsAt` a few minutes
-//! ahead, as Alertmanager expects of a client that keeps an alert alive.
+//! The ticker records each change in an outbox — the latest state per route × signal —
+//! and wakes one delivery task; it never waits on the receiver, so a slow or dead one
+//! can never hold up detection, let alone the proxy. The task sends every change since
+//! its last POST in one POST (with retry and backoff), re-sends every firing alert each
+//! minute with `endsAt` a few minutes ahead (as Alertmanager expects of a client that
+//! keeps an alert alive), and puts an undelivered resolution back for the next round:
+//! an outage of the receiver delays news, it never loses the latest state.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,7 +18,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use super::{unix_now, Spike};
 
@@ -24,79 +27,128 @@ const RESEND: Duration = Duration::from_secs(60);
 /// How far ahead a firing alert's `endsAt` is set: several re-send periods, so one
 /// lost POST does not resolve it.
 const ENDS_AHEAD_SECS: u64 = 300;
-/// Events waiting for delivery; beyond this they are dropped (and logged).
-const QUEUE: usize = 256;
 /// Delivery attempts per POST.
 const ATTEMPTS: u32 = 5;
 
-enum Event {
-    Firing(Spike),
-    Resolved(Spike),
+type Key = (String, String);
+
+fn key(s: &Spike) -> Key {
+    (s.route.clone(), s.signal.clone())
+}
+
+/// What the delivery task has to send.
+#[derive(Default)]
+struct Outbox {
+    /// The latest undelivered state per route × signal: a spike firing or ended. A
+    /// newer state replaces an older one, so the outbox never outgrows the routes ×
+    /// signals, however long the receiver is away.
+    pending: HashMap<Key, Spike>,
+    /// Alerts firing now, for the minutely re-send.
+    firing: HashMap<Key, Spike>,
+}
+
+impl Outbox {
+    fn fire(&mut self, s: &Spike) {
+        self.firing.insert(key(s), s.clone());
+        self.pending.insert(key(s), s.clone());
+    }
+
+    fn resolve(&mut self, s: &Spike) {
+        self.firing.remove(&key(s));
+        self.pending.insert(key(s), s.clone());
+    }
+
+    /// The changes to send, and with `resend` every firing alert too.
+    fn take(&mut self, resend: bool) -> Vec<Spike> {
+        let mut batch: Vec<Spike> = self.pending.drain().map(|(_, s)| s).collect();
+        if resend {
+            for s in self.firing.values() {
+                if !batch.iter().any(|b| key(b) == key(s)) {
+                    batch.push(s.clone());
+                }
+            }
+        }
+        batch
+    }
+
+    /// A batch that could not be delivered: its resolutions go back unless something
+    /// newer replaced them (firing alerts are re-sent each minute anyway).
+    fn put_back(&mut self, batch: Vec<Spike>) {
+        for s in batch.into_iter().filter(|s| s.ended_at.is_some()) {
+            self.pending.entry(key(&s)).or_insert(s);
+        }
+    }
 }
 
 /// Handle to the delivery task.
 pub struct Webhook {
-    tx: mpsc::Sender<Event>,
+    outbox: Arc<Mutex<Outbox>>,
+    wake: Arc<Notify>,
 }
 
 impl Webhook {
     /// Starts the delivery task for `url`; `instance` labels every alert.
     pub fn start(url: Uri, instance: String) -> Webhook {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(deliver(url, instance, rx));
-        Webhook { tx }
+        let outbox = Arc::new(Mutex::new(Outbox::default()));
+        let wake = Arc::new(Notify::new());
+        tokio::spawn(deliver(url, instance, outbox.clone(), wake.clone()));
+        Webhook { outbox, wake }
     }
 
     /// A spike started.
     pub fn firing(&self, spike: &Spike) {
-        self.enqueue(Event::Firing(spike.clone()));
+        self.change(|o| o.fire(spike));
     }
 
     /// A spike ended.
     pub fn resolved(&self, spike: &Spike) {
-        self.enqueue(Event::Resolved(spike.clone()));
+        self.change(|o| o.resolve(spike));
     }
 
-    fn enqueue(&self, e: Event) {
-        if self.tx.try_send(e).is_err() {
-            tracing::warn!("webhook queue full or closed; dropping a spike notification");
+    fn change(&self, f: impl FnOnce(&mut Outbox)) {
+        if let Ok(mut outbox) = self.outbox.lock() {
+            f(&mut outbox);
         }
+        // Stores a permit when the task is busy posting: no change is slept through.
+        self.wake.notify_one();
     }
 }
 
-async fn deliver(url: Uri, instance: String, mut rx: mpsc::Receiver<Event>) {
+async fn deliver(url: Uri, instance: String, outbox: Arc<Mutex<Outbox>>, wake: Arc<Notify>) {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build(connector);
-    let mut firing: HashMap<(String, String), Spike> = HashMap::new();
     let mut resend = tokio::time::interval(RESEND);
     resend.tick().await;
     loop {
-        let batch: Vec<Value> = tokio::select! {
-            e = rx.recv() => match e {
-                None => return,
-                Some(Event::Firing(s)) => {
-                    let a = alert(&s, &instance, None);
-                    firing.insert((s.route.clone(), s.signal.clone()), s);
-                    vec![a]
-                }
-                Some(Event::Resolved(s)) => {
-                    firing.remove(&(s.route.clone(), s.signal.clone()));
-                    vec![alert(&s, &instance, s.ended_at)]
-                }
-            },
-            _ = resend.tick() => firing.values().map(|s| alert(s, &instance, None)).collect(),
+        let all = tokio::select! {
+            _ = wake.notified() => false,
+            _ = resend.tick() => true,
         };
-        if !batch.is_empty() {
-            post(&client, &url, &Value::Array(batch)).await;
+        let batch = match outbox.lock() {
+            Ok(mut o) => o.take(all),
+            Err(_) => return,
+        };
+        if batch.is_empty() {
+            continue;
+        }
+        let body = Value::Array(batch.iter().map(|s| alert(s, &instance)).collect());
+        if !post(&client, &url, &body).await {
+            if let Ok(mut o) = outbox.lock() {
+                o.put_back(batch);
+            }
         }
     }
 }
 
-/// One Alertmanager v2 alert; `ended` set means resolved at that time.
-pub fn alert(s: &Spike, instance: &str, ended: Option<u64>) -> Value {
-    let ends = ended.unwrap_or_else(|| unix_now() + ENDS_AHEAD_SECS);
+/// One Alertmanager v2 alert: firing until `ended_at`, resolved from then on.
+pub fn alert(s: &Spike, instance: &str) -> Value {
+    // Never before startsAt, which Alertmanager rejects, even if the clock stepped back.
+    let ends = s
+        .ended_at
+        .unwrap_or_else(|| unix_now() + ENDS_AHEAD_SECS)
+        .max(s.started_at);
     json!({
         "labels": {
             "alertname": "StatuslensSpike",
@@ -118,7 +170,8 @@ pub fn alert(s: &Spike, instance: &str, ended: Option<u64>) -> Value {
     })
 }
 
-async fn post(client: &Client<HttpConnector, Full<Bytes>>, url: &Uri, body: &Value) {
+/// POSTs `body`, retrying; whether it was delivered.
+async fn post(client: &Client<HttpConnector, Full<Bytes>>, url: &Uri, body: &Value) -> bool {
     let bytes = Bytes::from(body.to_string());
     let mut backoff = Duration::from_millis(500);
     for attempt in 1..=ATTEMPTS {
@@ -130,7 +183,7 @@ async fn post(client: &Client<HttpConnector, Full<Bytes>>, url: &Uri, body: &Val
         let error = match outcome {
             Ok(Ok(resp)) if resp.status().is_success() => {
                 let _ = resp.into_body().collect().await;
-                return;
+                return true;
             }
             Ok(Ok(resp)) => format!("status {}", resp.status()),
             Ok(Err(e)) => e.to_string(),
@@ -142,7 +195,8 @@ async fn post(client: &Client<HttpConnector, Full<Bytes>>, url: &Uri, body: &Val
             backoff = (backoff * 2).min(Duration::from_secs(30));
         }
     }
-    tracing::warn!(url = %url, "webhook delivery gave up after {ATTEMPTS} attempts");
+    tracing::warn!(url = %url, "webhook delivery gave up after {ATTEMPTS} attempts; retrying with the next change or re-send");
+    false
 }
 
 /// Formats Unix seconds as RFC 3339 UTC (`2026-11-26T01:02:03Z`).
@@ -171,6 +225,64 @@ pub fn civil(secs: u64) -> (i64, i64, i64, u64, u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn spike(route: &str, ended_at: Option<u64>) -> Spike {
+        Spike {
+            route: route.into(),
+            signal: "server_error".into(),
+            started_at: 1_000,
+            ended_at,
+            observed_ratio: 1.0,
+            baseline_ratio: 0.01,
+            window_seconds: 10,
+            requests: 100,
+            matched: 100,
+            dominant_code: Some(503),
+            meaning: String::new(),
+            severity: "critical".into(),
+            attribution: None,
+            top_consumers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_outbox_keeps_the_latest_state_and_never_loses_a_resolution() {
+        let mut o = Outbox::default();
+        // 300 routes break at once: nothing is dropped (a 256-event queue dropped 44).
+        for r in 0..300 {
+            o.fire(&spike(&format!("r{r}"), None));
+        }
+        assert_eq!(o.take(false).len(), 300);
+        // A route fires and ends before the task runs: only the end is left to send.
+        o.fire(&spike("a", None));
+        o.resolve(&spike("a", Some(1_060)));
+        let batch = o.take(false);
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch[0].ended_at, Some(1_060));
+        // The receiver is down: the resolution is kept for the next round...
+        o.put_back(batch);
+        let batch = o.take(true);
+        assert!(batch
+            .iter()
+            .any(|s| s.route == "a" && s.ended_at == Some(1_060)));
+        // ...and the minutely re-send carries the 300 still firing, not "a".
+        assert_eq!(batch.len(), 301);
+        // A newer state wins over a put-back one.
+        o.fire(&spike("b", None));
+        o.put_back(vec![spike("b", Some(1_030))]);
+        assert_eq!(o.take(false)[0].ended_at, None);
+    }
+
+    #[test]
+    fn a_firing_alert_never_ends_before_it_starts() {
+        let mut s = spike("a", None);
+        s.started_at = unix_now() + 3_600;
+        let a = alert(&s, "i");
+        assert!(
+            a["endsAt"].as_str().unwrap() >= a["startsAt"].as_str().unwrap(),
+            "{a}"
+        );
+    }
 
     #[test]
     fn rfc3339_known_points() {
