@@ -359,12 +359,11 @@ fn plan(proxy: &Arc<Proxy>, c: &mut Client) -> Option<Planned> {
             }
             Field::Framing | Field::Upgrade | Field::Expect => return None,
             Field::Connection => {
+                if !named.add(h.value) {
+                    return None;
+                }
                 for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        client_close = true;
-                    } else if !token.is_empty() && !named.add(token) {
-                        return None;
-                    }
+                    client_close |= token.eq_ignore_ascii_case(b"close");
                 }
             }
             Field::Host => {
@@ -543,6 +542,7 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
 
     // The body bytes already read go with the head, in its write.
     let mut body_left = body;
+    let mut body_unsent = false;
     let tally = (body > 0).then(|| {
         let state = Arc::new(RequestBodyState::default());
         ex.track_request_body(state.clone());
@@ -626,6 +626,9 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
             Ok(Ok(())) => {}
             Ok(Err(_)) => {
                 client_close |= body_left > 0;
+                // Whatever the upstream answers, the rest of the body was never sent:
+                // the connection is not fit for another request (as fastclient has it).
+                body_unsent = true;
                 break;
             }
             Err(_) => return fail(c, ex, cfg, UpstreamErrorKind::Timeout, "", true).await,
@@ -667,7 +670,7 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
         forward::note_upstream_headers(proxy.observer(), route, &mut ex, head.status, map);
     }
     let body_start = head.len;
-    let mut reusable = head.keep_alive;
+    let mut reusable = head.keep_alive && !body_unsent;
     let sent = match head.body {
         Body::None => {
             reusable &= up.buf.len() == body_start;
@@ -680,10 +683,14 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
             let mut collected = Ok(());
             if whole <= up.buf.capacity() as u64 {
                 while (up.buf.len() as u64) < whole {
-                    match up.io.read_buf(&mut up.buf).await {
+                    match read_more(c, &mut up).await {
                         Ok(n) if n > 0 => {}
-                        _ => {
+                        Ok(_) => {
                             collected = Err(Broken::Upstream);
+                            break;
+                        }
+                        Err(e) => {
+                            collected = Err(e);
                             break;
                         }
                     }
@@ -693,7 +700,11 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
             reusable &= have <= n;
             let first = have.min(n) as usize;
             let body = &up.buf[body_start..body_start + first];
-            match write_with_body(c, &mut ex, body).await.and(collected) {
+            let written = match collected {
+                Err(Broken::Client) => Err(Broken::Client),
+                _ => write_with_body(c, &mut ex, body).await.and(collected),
+            };
+            match written {
                 Ok(()) => {
                     let left = n - first as u64;
                     stream_length(c, &mut ex, &mut up, left, &mut reusable).await
@@ -804,12 +815,35 @@ async fn write_with_body(c: &mut Client, ex: &mut Exchange, body: &[u8]) -> Resu
 }
 
 /// Reads from the upstream into its buffer (from the start); 0 at its end.
-async fn read_up(up: &mut UpConn) -> Result<usize, Broken> {
+async fn read_up(c: &mut Client, up: &mut UpConn) -> Result<usize, Broken> {
     up.buf.clear();
-    up.io
-        .read_buf(&mut up.buf)
-        .await
-        .map_err(|_| Broken::Upstream)
+    read_more(c, up).await
+}
+
+/// Reads more of the upstream's response into its buffer, watching the client as the
+/// head's wait does: a client that hangs up mid-body is a 499 now — not when the
+/// upstream next sends, which a stalled one never does (it held the connection and its
+/// in-flight slot for as long). Pipelined bytes are kept for the next request.
+async fn read_more(c: &mut Client, up: &mut UpConn) -> Result<usize, Broken> {
+    loop {
+        let client_room = c.buf.len() < CLIENT_BUF;
+        tokio::select! {
+            biased;
+            // Cancel-safe: when the client's branch wins, nothing was read.
+            read = up.io.read_buf(&mut up.buf) => return read.map_err(|_| Broken::Upstream),
+            ready = c.io.readable(), if client_room => {
+                if ready.is_err() {
+                    return Err(Broken::Client);
+                }
+                match c.io.try_read_buf(&mut c.buf) {
+                    Ok(0) => return Err(Broken::Client),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(_) => return Err(Broken::Client),
+                }
+            }
+        }
+    }
 }
 
 async fn stream_length(
@@ -825,7 +859,7 @@ async fn stream_length(
         up.buf.reserve(want);
     }
     while left > 0 {
-        let n = read_up(up).await?;
+        let n = read_up(c, up).await?;
         if n == 0 {
             return Err(Broken::Upstream);
         }
@@ -849,7 +883,7 @@ async fn stream_chunked(
     reusable: &mut bool,
 ) -> Result<(), Broken> {
     while !chunks.done() {
-        let n = read_up(up).await?;
+        let n = read_up(c, up).await?;
         if n == 0 {
             return Err(Broken::Upstream);
         }
@@ -875,7 +909,7 @@ async fn stream_until_close(
     up: &mut UpConn,
 ) -> Result<(), Broken> {
     loop {
-        let n = read_up(up).await?;
+        let n = read_up(c, up).await?;
         c.out.clear();
         if n == 0 {
             c.out.extend_from_slice(b"0\r\n\r\n");
@@ -1080,6 +1114,8 @@ struct Scan<'b> {
     /// The length to send as one plain field in place of the upstream's, which repeated
     /// it (a list, or several fields); None when its own field passes as it is.
     relength: Option<u64>,
+    /// A 204: it has no content, so no `Content-Length` either (RFC 9110 §8.6).
+    no_length: bool,
 }
 
 impl Scan<'_> {
@@ -1094,7 +1130,9 @@ impl Scan<'_> {
     /// (RFC 9110 §7.6.1), nor what `Connection` names.
     fn passes(&self, i: usize, name: &[u8]) -> bool {
         match self.fields[i] {
-            Field::Framing => !self.reframed() && name.len() == 14 && self.relength.is_none(),
+            Field::Framing => {
+                !self.reframed() && name.len() == 14 && self.relength.is_none() && !self.no_length
+            }
             Field::Connection | Field::HopByHop | Field::Te | Field::Upgrade => false,
             _ => !self.named.contains(name),
         }
@@ -1106,8 +1144,12 @@ fn scan<'b>(
     status: u16,
     head_only: bool,
 ) -> Result<Scan<'b>, UpstreamErrorKind> {
-    let mut keep_alive = resp.version == Some(1);
+    // `close` wins over any `keep-alive` beside it (RFC 9112 §9.6: after a close the
+    // client MUST NOT send on that connection), whichever comes last.
+    let mut close = false;
+    let mut keep_alive_token = false;
     let mut length: Option<u64> = None;
+    let mut bad_length = false;
     let mut repeated = false;
     let mut chunked = None;
     let mut quota = false;
@@ -1122,9 +1164,12 @@ fn scan<'b>(
                 // A list of one repeated length stands for that length (RFC 9110 §8.6,
                 // as hyper's client reads it); the client gets it once.
                 for digits in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                    let n = content_length(digits).ok_or(UpstreamErrorKind::Protocol)?;
+                    let Some(n) = content_length(digits) else {
+                        bad_length = true;
+                        continue;
+                    };
                     if length.is_some_and(|l| l != n) {
-                        return Err(UpstreamErrorKind::Protocol);
+                        bad_length = true;
                     }
                     repeated |= length.is_some();
                     length = Some(n);
@@ -1137,14 +1182,12 @@ fn scan<'b>(
                 chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
             }
             Field::Connection => {
+                if !named.add(h.value) {
+                    return Err(UpstreamErrorKind::Protocol);
+                }
                 for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        keep_alive = false;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                        keep_alive = true;
-                    } else {
-                        named.add(token);
-                    }
+                    close |= token.eq_ignore_ascii_case(b"close");
+                    keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
                 }
             }
             Field::Date => dated = true,
@@ -1156,6 +1199,15 @@ fn scan<'b>(
     if resp.version == Some(0) && chunked.is_some() {
         return Err(UpstreamErrorKind::Protocol);
     }
+    // Transfer-Encoding overrides Content-Length, which is then dropped unread (RFC
+    // 9112 §6.3 rule 3): only a length that frames the body must be valid.
+    if bad_length && chunked.is_none() {
+        return Err(UpstreamErrorKind::Protocol);
+    }
+    let length = length.filter(|_| !bad_length);
+    let keep_alive = !close && (resp.version == Some(1) || keep_alive_token);
+    // A `Date` that `Connection` names is dropped: the client gets ours instead.
+    let dated = dated && !named.contains(b"date");
     let body = if head_only || status == 204 || status == 304 {
         Body::None
     } else {
@@ -1174,7 +1226,8 @@ fn scan<'b>(
         quota,
         named,
         fields,
-        relength: length.filter(|_| repeated && chunked.is_none()),
+        relength: length.filter(|_| repeated && chunked.is_none() && status != 204),
+        no_length: status == 204,
     })
 }
 
@@ -1313,18 +1366,33 @@ enum ChunkState {
     /// In a chunk-size line: the size so far, whether digits are over (extensions).
     #[default]
     SizeStart,
+    /// In a chunk-size line (RFC 9112 §7.1: `chunk-size [ chunk-ext ] CRLF`): digits,
+    /// then whitespace before `;`, then extensions; then its CR.
     Size {
         size: u64,
-        ext: bool,
+        after: SizeAfter,
     },
+    SizeCr(u64),
     /// Chunk data left, then its CRLF.
     Data(u64),
     DataCr,
     DataLf,
-    /// Trailer section: at the start of a line, or inside one.
+    /// Trailer section: at the start of a line, inside one, after a line's CR, after
+    /// the final CR.
     TrailerLineStart,
     TrailerLine,
+    TrailerLineCr,
+    TrailerEndCr,
     Done,
+}
+
+/// Where a chunk-size line is past its digits.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+enum SizeAfter {
+    #[default]
+    Digits,
+    Space,
+    Extension,
 }
 
 /// Most trailer bytes kept for a decoded body; more is a protocol error.
@@ -1359,25 +1427,38 @@ impl Chunks {
         while i < data.len() {
             let b = data[i];
             self.state = match self.state {
+                // Lines end in CRLF; a bare LF, a CR before anything else and digits
+                // after whitespace are refused, as hyper refuses them: bytes a client
+                // and this proxy could split differently never pass through.
                 SizeStart => match hex(b) {
                     Some(d) => Size {
                         size: d,
-                        ext: false,
+                        after: SizeAfter::Digits,
                     },
                     None => return Err(()),
                 },
-                Size { size, ext } => match b {
-                    b'\n' if size == 0 => TrailerLineStart,
-                    b'\n' => Data(size),
-                    b'\r' => Size { size, ext: true },
-                    _ if ext => Size { size, ext },
-                    b';' | b' ' | b'\t' => Size { size, ext: true },
-                    _ => {
+                Size { size, after } => match (after, b) {
+                    (_, b'\r') => SizeCr(size),
+                    (_, b'\n') => return Err(()),
+                    (SizeAfter::Extension, _) => Size { size, after },
+                    (_, b';') => Size {
+                        size,
+                        after: SizeAfter::Extension,
+                    },
+                    (_, b' ' | b'\t') => Size {
+                        size,
+                        after: SizeAfter::Space,
+                    },
+                    (SizeAfter::Digits, _) => {
                         let d = hex(b).ok_or(())?;
                         let size = size.checked_mul(16).ok_or(())? + d;
-                        Size { size, ext }
+                        Size { size, after }
                     }
+                    (SizeAfter::Space, _) => return Err(()),
                 },
+                SizeCr(0) if b == b'\n' => TrailerLineStart,
+                SizeCr(size) if b == b'\n' => Data(size),
+                SizeCr(_) => return Err(()),
                 Data(left) => {
                     let take = (left as usize).min(data.len() - i);
                     on_data(i..i + take);
@@ -1388,25 +1469,24 @@ impl Chunks {
                     continue;
                 }
                 DataCr if b == b'\r' => DataLf,
-                DataCr | DataLf if b == b'\n' => SizeStart,
+                DataLf if b == b'\n' => SizeStart,
                 DataCr | DataLf => return Err(()),
-                TrailerLineStart | TrailerLine if self.trailers.is_some() => {
-                    let kept = self.trailers.as_mut().expect("checked");
-                    if kept.len() >= MAX_TRAILER_BYTES {
-                        return Err(());
+                TrailerLineStart | TrailerLine | TrailerLineCr | TrailerEndCr => {
+                    if let Some(kept) = self.trailers.as_mut() {
+                        if kept.len() >= MAX_TRAILER_BYTES {
+                            return Err(());
+                        }
+                        kept.push(b);
                     }
-                    kept.push(b);
                     match (self.state, b) {
-                        (TrailerLineStart, b'\n') => Done,
-                        (TrailerLineStart, b'\r') => TrailerLineStart,
-                        (_, b'\n') => TrailerLineStart,
+                        (TrailerLineStart, b'\r') => TrailerEndCr,
+                        (TrailerEndCr, b'\n') => Done,
+                        (TrailerLineCr, b'\n') => TrailerLineStart,
+                        (TrailerEndCr | TrailerLineCr, _) | (_, b'\n') => return Err(()),
+                        (_, b'\r') => TrailerLineCr,
                         _ => TrailerLine,
                     }
                 }
-                TrailerLineStart if b == b'\n' => Done,
-                TrailerLineStart if b == b'\r' => TrailerLineStart,
-                TrailerLineStart | TrailerLine if b == b'\n' => TrailerLineStart,
-                TrailerLineStart | TrailerLine => TrailerLine,
                 Done => return Ok(Some(i)),
             };
             i += 1;
@@ -1464,26 +1544,31 @@ fn hex(b: u8) -> Option<u64> {
     (b as char).to_digit(16).map(u64::from)
 }
 
-/// Header names listed in a `Connection` field (besides close/keep-alive): hop-by-hop
-/// too. Up to 8; a request naming more goes to hyper.
+/// Header names listed in `Connection` fields: hop-by-hop too. Up to 8 such fields (any
+/// number of names each); a request with more goes to hyper, a response is refused.
 #[derive(Default)]
 struct Named<'a> {
-    names: [&'a [u8]; 8],
+    /// Whole `Connection` values, as many names as each lists: a cap on names would
+    /// let the ninth through (RFC 9110 §7.6.1: every one is removed).
+    values: [&'a [u8]; 8],
     len: usize,
 }
 
 impl<'a> Named<'a> {
-    fn add(&mut self, name: &'a [u8]) -> bool {
-        if self.len == self.names.len() {
+    /// Adds one `Connection` field's value; false past eight such fields.
+    fn add(&mut self, value: &'a [u8]) -> bool {
+        if self.len == self.values.len() {
             return false;
         }
-        self.names[self.len] = name;
+        self.values[self.len] = value;
         self.len += 1;
         true
     }
 
     fn contains(&self, name: &[u8]) -> bool {
-        self.names[..self.len].iter().any(|n| eq(name, n))
+        self.values[..self.len]
+            .iter()
+            .any(|v| v.split(|&b| b == b',').any(|t| eq(name, t.trim_ascii())))
     }
 }
 
@@ -1688,7 +1773,8 @@ mod tests {
         let trailers = b"3;ext=1\r\nabc\r\n0\r\nx-sum: 1\r\n\r\n";
         assert_eq!(follow(trailers), Some(trailers.len()));
         assert_eq!(follow(b"a\r\n0123456789\r\n"), None);
-        assert_eq!(follow(b"A\r\n0123456789\r\n0\n\n"), Some(18));
+        assert_eq!(follow(b"A\r\n0123456789\r\n0\r\n\r\n"), Some(20));
+        assert_eq!(follow(b"2 ; a=b\r\nok\r\n0\r\n\r\n"), Some(18));
     }
 
     #[test]
@@ -1710,6 +1796,22 @@ mod tests {
         assert!(Chunks::default().feed(b"zz\r\n").is_err());
         assert!(Chunks::default().feed(b"1\r\nab\r\n").is_err());
         assert!(Chunks::default().feed(b"ffffffffffffffffff\r\n").is_err());
+        // What a client and this proxy could split differently (hyper refuses them):
+        // bare LFs, a CR before anything but LF, digits after whitespace.
+        for bad in [
+            &b"2\nok\n0\n\n"[..],
+            b"2\r\nok\n0\r\n\r\n",
+            b"2\rZZ\r\nok\r\n0\r\n\r\n",
+            b"2 0\r\nok\r\n0\r\n\r\n",
+            b"2\r\nok\r\n0\r\n\n",
+            b"2\r\nok\r\n0\r\nt: v\n\r\n",
+        ] {
+            assert!(
+                Chunks::default().feed(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]

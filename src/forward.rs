@@ -355,6 +355,9 @@ impl Proxy {
                 parts.headers.insert(header::HOST, h.clone());
             }
         }
+        if client_version == Version::HTTP_2 {
+            join_cookies(&mut parts.headers);
+        }
         // The consumer by the client's own fields, as the fast path sees them: before
         // X-Forwarded-For gains the client's address or hop-by-hop fields go.
         if let Some(id) = &up.identifier {
@@ -834,9 +837,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> bool {
             .any(|v| lists_trailers(v.as_bytes()));
     // `Connection: keep-alive` or `close` (nearly every upstream response says one) names
     // no field to remove beyond those dropped anyway: no need to look further.
+    // Host is never hop-by-hop: a request must carry one (RFC 9112 §3.2), and dropping
+    // it let hyper's client put the upstream's name in under `host_header = "preserve"`
+    // where the fast path keeps the client's.
     let names_fields = |t: &str| {
         !(t.eq_ignore_ascii_case("keep-alive")
             || t.eq_ignore_ascii_case("close")
+            || t.eq_ignore_ascii_case("host")
             || keep_upgrade && t.eq_ignore_ascii_case("upgrade"))
     };
     if has(CONNECTION_BIT) {
@@ -903,6 +910,24 @@ pub fn lists_trailers(value: &[u8]) -> bool {
         let coding = t.split(|&b| b == b';').next().unwrap_or(t);
         coding.trim_ascii().eq_ignore_ascii_case(b"trailers")
     })
+}
+
+/// HTTP/2 clients may send each cookie as a field of its own (RFC 9113 §8.2.3, for
+/// HPACK's sake); before HTTP/1.1 they MUST be one line joined with "; " — many
+/// servers read only the first `Cookie` line.
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut all = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (all.next(), all.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for v in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
 }
 
 fn rewrite_request_headers(

@@ -426,6 +426,25 @@ async fn h2c_client_reaches_http11_upstream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_cookies_reach_an_http11_upstream_as_one_line() {
+    // RFC 9113 §8.2.3: an HTTP/2 client may split its cookies into fields of their own;
+    // an HTTP/1.1 upstream must get one line, joined with "; " (many read the first).
+    let up = upstream().await;
+    for fast in ["true", "false"] {
+        let p = start_with_proxy_settings(&format!("fast_path = {fast}"), up.addr);
+        let req = Request::get(p.url("/plain"))
+            .header("cookie", "a=1")
+            .header("cookie", "b=2; c=3")
+            .body(full(Bytes::new()))
+            .unwrap();
+        assert_eq!(send(&h2_client(), req).await.0.status, 200);
+        let seen = up.seen.0.lock().unwrap().last().cloned().unwrap();
+        let cookies: Vec<_> = seen.headers.get_all("cookie").iter().collect();
+        assert_eq!(cookies, ["a=1; b=2; c=3"], "fast_path = {fast}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2load_drives_h2c_through_the_proxy() {
     let up = upstream().await;
     let p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);

@@ -1,0 +1,250 @@
+//! Upstream responses at the edges of HTTP/1.1 (RFC 9110/9112), through both of
+//! statuslens' paths — the fast path and hyper's (`proxy.fast_path = false`) — which
+//! must answer the client alike, and correctly: found by a review of the hand-rolled
+//! response handling (`src/fastpath.rs`), each case failed on one path before.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A keep-alive upstream that answers every request head with `reply` and keeps the
+/// connection open: it counts connections, the ends of connections (statuslens closing
+/// them) and keeps each request head.
+struct Scripted {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+async fn scripted(reply: &'static [u8]) -> Scripted {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let s = Scripted {
+        addr: listener.local_addr().unwrap(),
+        connections: Arc::default(),
+        closed: Arc::default(),
+        heads: Arc::default(),
+    };
+    let (connections, closed, heads) = (s.connections.clone(), s.closed.clone(), s.heads.clone());
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            connections.fetch_add(1, SeqCst);
+            let (closed, heads) = (closed.clone(), heads.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let mut b = [0u8; 4096];
+                    match conn.read(&mut b).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&b[..n]),
+                    }
+                    while let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head: Vec<u8> = buf.drain(..i + 4).collect();
+                        heads
+                            .lock()
+                            .unwrap()
+                            .push(String::from_utf8_lossy(&head).into());
+                        if conn.write_all(reply).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                closed.fetch_add(1, SeqCst);
+            });
+        }
+    });
+    s
+}
+
+fn start(fast: bool, upstream: SocketAddr) -> Proc {
+    start_with_proxy_settings(&format!("fast_path = {fast}\nworkers = 1"), upstream)
+}
+
+/// One request with `Connection: close`; everything the client gets until the close.
+async fn exchange(p: &Proc, head: &str) -> String {
+    let mut s = TcpStream::connect(p.proxy).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    String::from_utf8_lossy(&read_until_closed(&mut s, head).await).into_owned()
+}
+
+fn lower(text: &str) -> String {
+    text.to_ascii_lowercase()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_mid_body_is_a_499_while_the_upstream_stalls() {
+    // The fast path watched the client only until the response head: an upstream that
+    // then stalled held the client's connection, the upstream's and the in-flight slot
+    // for as long (forever, for a silent one), with nothing counted.
+    let big: &'static [u8] = Box::leak(
+        [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n"[..],
+            &[b'x'; 20_000],
+        ]
+        .concat()
+        .into_boxed_slice(),
+    );
+    for reply in [
+        &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n12345\r\n"[..],
+        big,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345",
+    ] {
+        for fast in [true, false] {
+            let up = scripted(reply).await;
+            let p = start(fast, up.addr);
+            let mut s = TcpStream::connect(p.proxy).await.unwrap();
+            s.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            // Streamed bodies: wait for the head. A small one is sent with its head once
+            // whole: wait for the upstream to have answered, and a moment more.
+            if reply.len() > 60 {
+                assert!(read_status_line(&mut s).await.starts_with("HTTP/1.1 200"));
+            } else {
+                let start = Instant::now();
+                while up.heads.lock().unwrap().is_empty() {
+                    assert!(start.elapsed() < DEADLINE);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            drop(s);
+            let m = wait_metrics(&p, "the 499", |m| responses(m, "499", "client") == 1.0).await;
+            assert_eq!(sum(&m, "statuslens_requests_in_flight", &[]), 0.0);
+            let start = Instant::now();
+            while up.closed.load(SeqCst) == 0 {
+                assert!(
+                    start.elapsed() < DEADLINE,
+                    "fast_path = {fast}: the upstream connection was kept"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_wins_over_a_keep_alive_beside_it() {
+    // RFC 9112 §9.6: after `close` no request may follow on that connection; the fast
+    // path let a later `keep-alive` token win and sent the next request on it.
+    let up = scripted(
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
+    )
+    .await;
+    for fast in [true, false] {
+        let before = up.connections.load(SeqCst);
+        let p = start(fast, up.addr);
+        for _ in 0..2 {
+            let got = exchange(
+                &p,
+                "GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+            .await;
+            assert!(got.ends_with("\r\n\r\nok"), "{got}");
+        }
+        assert_eq!(
+            up.connections.load(SeqCst) - before,
+            2,
+            "fast_path = {fast}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_fields_are_forwarded_as_the_rfcs_ask_on_both_paths() {
+    /// What the client got (lower-cased): fine, or what is wrong with it.
+    type Check = dyn Fn(&str) -> Result<(), String>;
+    let cases: [(&str, &'static [u8], &Check); 5] = [
+        (
+            // Every field `Connection` names is removed (RFC 9110 §7.6.1), the ninth too.
+            "nine names",
+            b"HTTP/1.1 200 OK\r\nConnection: a1, a2, a3, a4, a5, a6, a7, a8, x-secret\r\nX-Secret: internal\r\nX-Kept: 1\r\nContent-Length: 2\r\n\r\nok",
+            &|got| match (got.contains("x-secret"), got.contains("x-kept: 1")) {
+                (false, true) => Ok(()),
+                _ => Err("x-secret passed or x-kept lost".into()),
+            },
+        ),
+        (
+            // Transfer-Encoding overrides Content-Length, whatever it says (RFC 9112 §6.3).
+            "chunked beside a bad length",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: abc\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            &|got| match (got.starts_with("http/1.1 200"), got.contains("content-length")) {
+                (true, false) => Ok(()),
+                _ => Err("not a 200 without the length".into()),
+            },
+        ),
+        (
+            // A 204 has no content and no Content-Length (RFC 9110 §8.6).
+            "204 with a length",
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+            &|got| match (got.starts_with("http/1.1 204"), got.contains("content-length")) {
+                (true, false) => Ok(()),
+                _ => Err("content-length on a 204".into()),
+            },
+        ),
+        (
+            // A forwarded response carries a Date (RFC 9110 §6.6.1), even when the
+            // upstream's was named hop-by-hop and dropped.
+            "date named in Connection",
+            b"HTTP/1.1 200 OK\r\nConnection: date\r\nDate: Thu, 01 Jan 1970 00:00:00 GMT\r\nContent-Length: 2\r\n\r\nok",
+            &|got| match (got.contains("\r\ndate: "), got.contains("1970")) {
+                (true, false) => Ok(()),
+                _ => Err("no date of ours".into()),
+            },
+        ),
+        (
+            // Chunk framing a client could split otherwise (bare LF): never passed on
+            // as it came; the body is cut off, as hyper's client cuts it.
+            "bare LF chunks",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\nok\n0\n\n",
+            &|got| match got.contains("2\nok") || got.ends_with("0\r\n\r\n") {
+                false => Ok(()),
+                true => Err("malformed chunks passed, or the body completed".into()),
+            },
+        ),
+    ];
+    for (what, reply, check) in cases {
+        for fast in [true, false] {
+            let up = scripted(reply).await;
+            let p = start(fast, up.addr);
+            let got = lower(
+                &exchange(
+                    &p,
+                    "GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                )
+                .await,
+            );
+            if let Err(e) = check(&got) {
+                panic!("{what}, fast_path = {fast}: {e}:\n{got}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_is_never_hop_by_hop() {
+    // `Connection: host` made hyper's path drop the client's Host and send the
+    // upstream's name instead, under host_header = "preserve"; the fast path kept it.
+    let up = scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    for fast in [true, false] {
+        let p = start(fast, up.addr);
+        let got = exchange(
+            &p,
+            "GET /a HTTP/1.1\r\nHost: client.example\r\nConnection: host, close\r\n\r\n",
+        )
+        .await;
+        assert!(got.ends_with("\r\n\r\nok"), "{got}");
+        let head = lower(&up.heads.lock().unwrap().last().unwrap().clone());
+        assert!(
+            head.contains("\r\nhost: client.example\r\n"),
+            "fast_path = {fast}: {head}"
+        );
+    }
+}
