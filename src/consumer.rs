@@ -393,11 +393,13 @@ impl TopK {
         if factor >= 1.0 {
             return;
         }
-        // Flooring keeps error <= count, so the bounds above still hold after scaling.
+        // The count rounds down and its error up (never past the count): count - error
+        // stays a lower bound of what the consumer sent, scaled. Flooring both made
+        // count 4, error 1 (at least 3) into 2, 0 — "at least 2" of a true 1.5.
         let scale = |n: u64| (n as f64 * factor) as u64;
         for c in &mut self.counters {
             c.count = scale(c.count);
-            c.error = scale(c.error);
+            c.error = ((c.error as f64 * factor).ceil() as u64).min(c.count);
         }
         // Frees slots for newcomers rather than carrying zero-count ghosts.
         self.counters.retain(|c| c.count > 0);
@@ -656,6 +658,15 @@ mod tests {
         assert_eq!(sketch.total(), 3);
         sketch.clear();
         assert_eq!((sketch.top(9), sketch.total()), (vec![], 0));
+        // A count with an error keeps a lower bound no higher than the truth, scaled.
+        sketch.counters.push(Counter {
+            id: one,
+            count: 4,
+            error: 1,
+        });
+        sketch.decay(0.5);
+        let (_, count, error) = sketch.top(1)[0];
+        assert!(count - error <= 1, "({count}, {error}) claims more than 1.5");
     }
 
     #[test]
