@@ -1058,6 +1058,22 @@ fn parse_upstream(
     if uri.query().is_some() {
         return Err(bad("it must not have a query"));
     }
+    if url.contains('#') {
+        return Err(bad("it must not have a fragment"));
+    }
+    // `Uri` keeps a port it cannot read as a number: left alone, connections went to
+    // the scheme's default port (a typo'd "99999" reached whatever served port 80).
+    let after_host = match authority.as_str().rfind(']') {
+        Some(i) => &authority.as_str()[i + 1..],
+        None => authority.as_str(),
+    };
+    if let Some((_, port)) = after_host.rsplit_once(':') {
+        match port.parse::<u16>() {
+            Ok(1..) => {}
+            _ if port.is_empty() => return Err(bad("its port is empty")),
+            _ => return Err(bad(&format!("port {port:?} is not 1 to 65535"))),
+        }
+    }
     let base_path = uri.path().trim_end_matches('/').to_string();
     Ok((scheme, authority, base_path))
 }
@@ -1101,6 +1117,10 @@ upstream = "http://127.0.0.1:3001"
         let cases = [
             ("[[routes]]\nname='a'\nupstrem='http://x'\n", "routes[0]"),
             ("[[routes]]\nname='a'\nupstream='ftp://x'\n", "routes[0].upstream"),
+            ("[[routes]]\nname='a'\nupstream='http://x:99999'\n", "port \"99999\" is not 1 to 65535"),
+            ("[[routes]]\nname='a'\nupstream='http://x:0'\n", "routes[0].upstream"),
+            ("[[routes]]\nname='a'\nupstream='http://x:'\n", "its port is empty"),
+            ("[[routes]]\nname='a'\nupstream='http://x/#f'\n", "fragment"),
             (
                 "[[routes]]\nname='a'\nupstream='http://x'\n[[routes]]\nname='a'\nupstream='http://y'\nmatch={path_prefix='/b'}\n",
                 "routes[1].name",

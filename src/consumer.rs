@@ -666,7 +666,10 @@ mod tests {
         });
         sketch.decay(0.5);
         let (_, count, error) = sketch.top(1)[0];
-        assert!(count - error <= 1, "({count}, {error}) claims more than 1.5");
+        assert!(
+            count - error <= 1,
+            "({count}, {error}) claims more than 1.5"
+        );
     }
 
     #[test]

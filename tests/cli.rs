@@ -156,3 +156,39 @@ fn a_reader_that_leaves_early_is_not_an_error() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn a_proxy_port_in_use_is_refused_even_by_another_statuslens() {
+    // The workers bind with SO_REUSEPORT: without a check, a second instance (a stale
+    // one, a double start) joined the first one's port and took part of its traffic.
+    let first = common::Proc::start(&["--upstream", "http://127.0.0.1:9"]);
+    let taken = first.proxy.to_string();
+    let mut second = std::process::Command::new(common::bin())
+        .args([
+            "run",
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--listen",
+            &taken,
+        ])
+        .args(["--admin", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > common::DEADLINE {
+            let _ = second.kill();
+            panic!("a second statuslens started on {taken}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains(&taken), "{err}");
+}
