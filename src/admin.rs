@@ -39,28 +39,36 @@ impl Admin {
         let gen = self.live.load();
         let path = req.uri().path();
         let reload = path == "/api/reload";
+        let known = matches!(
+            path,
+            "/metrics" | "/healthz" | "/readyz" | "/api/status" | "/api/spikes" | "/api/reload"
+        );
         let allowed = if reload {
             req.method() == Method::POST
         } else {
             req.method() == Method::GET || req.method() == Method::HEAD
         };
-        if !allowed {
-            let only = if reload {
-                "only POST\n"
+        // 405 only for a path that exists (else 404, below), and with the `Allow` field
+        // RFC 9110 §15.5.6 requires.
+        if known && !allowed {
+            let (only, allow) = if reload {
+                ("only POST\n", "POST")
             } else {
-                "only GET and HEAD\n"
+                ("only GET and HEAD\n", "GET, HEAD")
             };
-            return Ok(text(StatusCode::METHOD_NOT_ALLOWED, only));
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, only);
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+            return Ok(r);
         }
         if let Some(token) = &gen.config.admin_token {
-            let expected = format!("Bearer {token}");
             // Health probes stay open so orchestrators need no secret.
             let open = path == "/healthz" || path == "/readyz";
             let given = req
                 .headers()
                 .get(header::AUTHORIZATION)
-                .map(|v| v.as_bytes());
-            if !open && !given.is_some_and(|g| constant_time_eq(g, expected.as_bytes())) {
+                .and_then(|v| bearer(v.as_bytes()));
+            if !open && !given.is_some_and(|g| constant_time_eq(g, token.as_bytes())) {
                 let mut r = text(
                     StatusCode::UNAUTHORIZED,
                     "admin API: missing or wrong bearer token\n",
@@ -216,6 +224,16 @@ impl Admin {
 }
 
 /// Compares without an early exit, so response timing does not leak the token.
+/// The credentials of a `Bearer` authorization (the scheme is case-insensitive,
+/// RFC 9110 §11.1).
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let at = value.iter().position(|&b| b == b' ')?;
+    let (scheme, rest) = value.split_at(at);
+    scheme
+        .eq_ignore_ascii_case(b"bearer")
+        .then(|| rest.trim_ascii_start())
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

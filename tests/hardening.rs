@@ -350,6 +350,38 @@ async fn admin_token_guards_the_admin_api() {
     }
     assert_eq!(get(&c, &p.admin_url("/healthz")).await.0.status, 200);
     assert_eq!(get(&c, &p.admin_url("/readyz")).await.0.status, 200);
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    let lower = http::Request::get(p.admin_url("/metrics"))
+        .header("authorization", format!("bearer {token}"))
+        .body(full(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(send(&c, lower).await.0.status, 200);
+    // A wrong method on an admin path is a 405 with Allow; on no admin path, a 404.
+    let authorized = |method: &str, path: &str| {
+        http::Request::builder()
+            .method(method)
+            .uri(p.admin_url(path))
+            .header("authorization", format!("Bearer {token}"))
+            .body(full(bytes::Bytes::new()))
+            .unwrap()
+    };
+    let (parts, _) = send(&c, authorized("DELETE", "/metrics")).await;
+    assert_eq!(
+        (
+            parts.status.as_u16(),
+            parts.headers["allow"].to_str().unwrap()
+        ),
+        (405, "GET, HEAD")
+    );
+    let (parts, _) = send(&c, authorized("GET", "/api/reload")).await;
+    assert_eq!(
+        (
+            parts.status.as_u16(),
+            parts.headers["allow"].to_str().unwrap()
+        ),
+        (405, "POST")
+    );
+    assert_eq!(send(&c, authorized("DELETE", "/nope")).await.0.status, 404);
     assert!(!p.all_output().contains(token));
     // A short token is a config error, named.
     let bad = write_config(&format!(
