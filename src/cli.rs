@@ -61,7 +61,7 @@ enum Command {
         #[arg(long, value_name = "DURATION", default_value = "20s")]
         phase: String,
         /// Play the story this many times, then exit (default: until Ctrl-C).
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         cycles: Option<u32>,
         /// Requests per second of generated traffic.
         #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]

@@ -487,12 +487,24 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
         (None, None) => DEFAULT_ADMIN.parse().expect("valid default"),
     };
     if listen == admin_listen && listen.port() != 0 {
+        let (origin, field) = match ov.admin {
+            Some(_) => ("flags", "--admin"),
+            None => (origin, "admin.listen"),
+        };
         return Err(field_err(
             origin,
-            "admin.listen",
+            field,
             format!("{admin_listen} is also the proxy listener: the admin port must be separate"),
         ));
     }
+    // A zero clock would cut every request head (or body) that takes two reads.
+    let clock = |field: &str, v: Option<Duration>, default: u64| -> Result<Duration, ConfigError> {
+        match v {
+            Some(d) if d.is_zero() => Err(field_err(origin, field, "must be greater than 0")),
+            Some(d) => Ok(d),
+            None => Ok(Duration::from_secs(default)),
+        }
+    };
     let positive = |field: &str, v: Option<usize>, default: usize| -> Result<usize, ConfigError> {
         match v {
             Some(0) => Err(field_err(origin, field, "must be greater than 0")),
@@ -503,14 +515,12 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
     let proxy = ProxyConfig {
         listen,
         drain_timeout: file.proxy.drain_timeout.unwrap_or(Duration::from_secs(30)),
-        header_read_timeout: file
-            .proxy
-            .header_read_timeout
-            .unwrap_or(Duration::from_secs(10)),
-        body_read_timeout: file
-            .proxy
-            .body_read_timeout
-            .unwrap_or(Duration::from_secs(30)),
+        header_read_timeout: clock(
+            "proxy.header_read_timeout",
+            file.proxy.header_read_timeout,
+            10,
+        )?,
+        body_read_timeout: clock("proxy.body_read_timeout", file.proxy.body_read_timeout, 30)?,
         max_header_bytes: positive(
             "proxy.max_header_bytes",
             file.proxy.max_header_bytes,
@@ -522,10 +532,10 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
         max_in_flight: positive("proxy.max_in_flight", file.proxy.max_in_flight, 10_000)?,
         workers: match ov.workers.or(file.proxy.workers) {
             Some(n) if !(1..=MAX_WORKERS).contains(&n) => {
-                let field = if ov.workers.is_some() {
-                    "--workers"
+                let (origin, field) = if ov.workers.is_some() {
+                    ("flags", "--workers")
                 } else {
-                    "proxy.workers"
+                    (origin, "proxy.workers")
                 };
                 return Err(field_err(
                     origin,
@@ -642,11 +652,17 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
     let detection = DetectionConfig {
         enabled: file.detection.enabled.unwrap_or(true),
         webhook,
-        instance: file
-            .detection
-            .instance
-            .clone()
-            .unwrap_or_else(|| default_instance(listen)),
+        instance: match &file.detection.instance {
+            Some(i) if i.trim().is_empty() => {
+                return Err(field_err(
+                    origin,
+                    "detection.instance",
+                    "must not be empty: it tells replicas' alerts apart",
+                ))
+            }
+            Some(i) => i.clone(),
+            None => default_instance(listen),
+        },
         history: match file.detection.history {
             None => 100,
             Some(n @ 1..=MAX_HISTORY) => n,
@@ -661,7 +677,16 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
     };
 
     let default_timeout = match &ov.upstream_timeout {
-        Some(v) => Some(parse_duration("flags", "--upstream-timeout", v)?),
+        Some(v) => match parse_duration("flags", "--upstream-timeout", v)? {
+            d if d.is_zero() => {
+                return Err(field_err(
+                    "flags",
+                    "--upstream-timeout",
+                    "must be greater than 0",
+                ))
+            }
+            d => Some(d),
+        },
         None => None,
     };
 
@@ -1138,6 +1163,9 @@ upstream = "http://127.0.0.1:3001"
             ),
             ("", "routes"),
             ("[detection]\nhistory=0\n[[routes]]\nname='a'\nupstream='http://x'\n", "detection.history"),
+            ("[proxy]\nheader_read_timeout='0s'\n[[routes]]\nname='a'\nupstream='http://x'\n", "proxy.header_read_timeout"),
+            ("[detection]\ninstance=' '\n[[routes]]\nname='a'\nupstream='http://x'\n", "detection.instance"),
+            ("[proxy]\nbody_read_timeout='0s'\n[[routes]]\nname='a'\nupstream='http://x'\n", "proxy.body_read_timeout"),
             ("[detection]\nhistory=10001\n[[routes]]\nname='a'\nupstream='http://x'\n", "detection.history"),
             ("[detection]\nclear_after='500ms'\n[[routes]]\nname='a'\nupstream='http://x'\n", "detection.clear_after"),
             (

@@ -148,7 +148,6 @@ pub async fn serve(
         builder,
         tls,
         connections: AtomicUsize::new(0),
-        drain_timeout: config.proxy.drain_timeout,
         header_read_timeout: config.proxy.header_read_timeout,
     });
     let mut workers = Vec::with_capacity(proxy_listeners.len());
@@ -209,7 +208,8 @@ pub async fn serve(
     }
 
     tracing::info!(
-        drain_timeout_ms = config.proxy.drain_timeout.as_millis() as u64,
+        // The current configuration's: a reload may have changed it.
+        drain_timeout_ms = live.load().config.proxy.drain_timeout.as_millis() as u64,
         "draining"
     );
     live.load().proxy.start_draining();
@@ -280,7 +280,6 @@ struct Accepting {
     tls: Option<tokio_rustls::TlsAcceptor>,
     /// Open client connections, all workers.
     connections: AtomicUsize,
-    drain_timeout: Duration,
     /// Bounds a TLS handshake, and how long a connection hyper serves may go without a
     /// request (see `idle`), as it bounds a request head.
     header_read_timeout: Duration,
@@ -329,7 +328,8 @@ impl Accepting {
             }
         }
         drop(listener);
-        let drained = tokio::time::timeout(self.drain_timeout, graceful.shutdown())
+        let drain_timeout = self.live.load().config.proxy.drain_timeout;
+        let drained = tokio::time::timeout(drain_timeout, graceful.shutdown())
             .await
             .is_ok();
         sweeper.abort();

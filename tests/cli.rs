@@ -95,12 +95,34 @@ fn bad_flags_exit_2_and_start_nothing() {
             "many",
         ],
         &["run"],
+        &["demo", "--cycles", "0"],
         &["frobnicate"],
     ] {
         let (code, out, err) = run(args);
         assert_eq!(code, 2, "{args:?}: {err}");
         assert!(!out.contains("listening"), "{args:?} started: {out}");
         assert!(!err.is_empty());
+    }
+    // A flag's fault is the flag's, not the config file's, when both are given.
+    let file =
+        common::write_config("[[routes]]\nname = \"a\"\nupstream = \"http://127.0.0.1:1\"\n");
+    let file = file.to_str().unwrap();
+    for (flag, value) in [
+        ("--upstream-timeout", "0s"),
+        ("--workers", "0"),
+        ("--admin", "127.0.0.1:18999"),
+    ] {
+        let (code, _, err) = run(&[
+            "run",
+            "--config",
+            file,
+            "--listen",
+            "127.0.0.1:18999",
+            flag,
+            value,
+        ]);
+        assert_eq!(code, 2, "{flag}: {err}");
+        assert!(err.contains(&format!("flags: {flag}")), "{flag}: {err}");
     }
 }
 

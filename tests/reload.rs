@@ -217,3 +217,28 @@ async fn sighup_without_a_config_file_changes_nothing() {
         (200, &b"status 200"[..])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_drain_timeout_is_the_one_shutdown_uses() {
+    // It was read once at start-up: a reload said "reloaded" and changed nothing.
+    let a = upstream().await;
+    let routes = format!("[[routes]]\nname = \"api\"\nupstream = \"http://{}\"\n", a.addr);
+    let path = write_config(&format!("[proxy]\ndrain_timeout = \"60s\"\n{routes}"));
+    let mut p = Proc::start(&["--config", path.to_str().unwrap()]);
+    std::fs::write(&path, format!("[proxy]\ndrain_timeout = \"1s\"\n{routes}")).unwrap();
+    p.signal("HUP");
+    p.wait_output("configuration reloaded");
+    // Held by the upstream until the test ends: only the drain timeout ends it.
+    let url = p.url("/gate");
+    let held = tokio::spawn(async move { client().get(url.parse().unwrap()).await });
+    wait_metrics(&p, "in flight", |m| {
+        sum(m, "statuslens_requests_in_flight", &[]) == 1.0
+    })
+    .await;
+    let asked = Instant::now();
+    p.sigterm();
+    assert_eq!(p.wait_exit(), Some(0), "{}", p.all_output());
+    assert!(p.all_output().contains("\"drain_timeout_ms\":1000"), "{}", p.all_output());
+    assert!(asked.elapsed() < Duration::from_secs(20));
+    held.abort();
+}
