@@ -4,12 +4,19 @@
 //! line is appended to a shared buffer under a mutex held for one copy; a full batch
 //! (64 KiB) is handed to the writer thread, which also takes whatever has gathered
 //! every 100 ms. So the request path makes no allocation, no channel send and no
-//! system call per line — one `write(2)` carries hundreds of lines. Nothing is dropped:
-//! when the writer falls behind by more than a few batches, the threads logging wait
-//! for it (bounded memory, no lost lines). [`Flusher`] writes what is left when dropped.
+//! system call per line — one `write(2)` carries hundreds of lines. When the writer
+//! falls behind by more than a few batches, the threads logging wait for it (bounded
+//! memory, a slow disk slows requests rather than losing lines) — for up to
+//! [`STUCK`]: an output that takes no bytes at all for that long (a reader that stopped
+//! reading a pipe) must not freeze the proxy, the admin API and shutdown with it. Then,
+//! until the writer moves again, lines are dropped and counted ([`lost_lines`], the
+//! `statuslens_log_lines_lost_total` metric), as are lines the output refuses (a closed
+//! pipe, a full disk); the first loss is said on stderr. [`Flusher`] writes what is
+//! left when dropped.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -22,6 +29,36 @@ const BATCH: usize = 64 * 1024;
 const QUEUED: usize = 8;
 /// How long a line may wait in a batch that is not full.
 const LINGER: Duration = Duration::from_millis(100);
+/// How long a logging thread waits for a writer that takes nothing before lines are
+/// dropped (and counted) instead.
+pub const STUCK: Duration = Duration::from_secs(5);
+
+/// Lines dropped since start: refused by the output, or shed while it was stuck.
+static LOST: AtomicU64 = AtomicU64::new(0);
+static SAID: AtomicBool = AtomicBool::new(false);
+
+/// Log lines lost since start (for `statuslens_log_lines_lost_total`).
+pub fn lost_lines() -> u64 {
+    LOST.load(Ordering::Relaxed)
+}
+
+fn lines(bytes: &[u8]) -> u64 {
+    bytes.iter().filter(|&&b| b == b'\n').count() as u64
+}
+
+fn lose(lines: u64, why: &dyn std::fmt::Display) {
+    LOST.fetch_add(lines, Ordering::Relaxed);
+    if !SAID.swap(true, Ordering::Relaxed) {
+        // On a thread of its own: stderr may be as stuck as stdout, and whoever lost the
+        // line (a worker) must not wait on it.
+        let text = format!(
+            "statuslens: log lines are being lost ({why}); counted in statuslens_log_lines_lost_total"
+        );
+        let _ = std::thread::Builder::new()
+            .name("statuslens-lost".into())
+            .spawn(move || eprintln!("{text}"));
+    }
+}
 
 #[derive(Default)]
 struct State {
@@ -32,6 +69,12 @@ struct State {
     /// Emptied batches back from the writer, so steady logging allocates nothing.
     spare: Vec<Vec<u8>>,
     stop: bool,
+    /// The writer took nothing for `STUCK` while lines waited: shed until it moves.
+    stuck: bool,
+    /// Writer passes completed (progress, for the exit's wait).
+    passes: u64,
+    /// Lines in the batches the writer is writing now.
+    writing: u64,
 }
 
 #[derive(Default)]
@@ -56,19 +99,25 @@ pub struct BatchWriter {
     shared: Arc<Shared>,
 }
 
-/// Stops the writer thread after it has written every line logged so far.
+/// Stops the writer thread after it has written every line logged so far — waiting
+/// [`STUCK`] at most for an output that takes nothing (exit must not hang on it).
 pub struct Flusher {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    done: std::sync::mpsc::Receiver<()>,
 }
 
 /// Starts the writer thread for `out`.
 pub fn start<W: Write + Send + 'static>(out: W) -> (BatchWriter, Flusher) {
     let shared = Arc::new(Shared::default());
     let for_thread = shared.clone();
+    let (finished, done) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("statuslens-log".into())
-        .spawn(move || write_batches(&for_thread, out))
+        .spawn(move || {
+            write_batches(&for_thread, out);
+            let _ = finished.send(());
+        })
         .expect("spawn the log writer thread");
     (
         BatchWriter {
@@ -77,6 +126,7 @@ pub fn start<W: Write + Send + 'static>(out: W) -> (BatchWriter, Flusher) {
         Flusher {
             shared,
             thread: Some(thread),
+            done,
         },
     )
 }
@@ -102,15 +152,21 @@ fn write_batches<W: Write>(shared: &Shared, mut out: W) {
                 taken.push(current);
             }
             shared.space.notify_all();
+            state.writing = taken.iter().map(|b| lines(b)).sum();
             state.stop
         };
         for batch in &taken {
-            // A failing stdout (closed pipe, full disk) must not stop the proxy; those
-            // lines are lost, as with any logger.
-            let _ = out.write_all(batch);
+            // A failing stdout (closed pipe, full disk) must not stop the proxy: those
+            // lines are lost, and counted.
+            if let Err(e) = out.write_all(batch) {
+                lose(lines(batch), &e);
+            }
         }
         let _ = out.flush();
         let mut state = shared.lock();
+        state.stuck = false;
+        state.writing = 0;
+        state.passes += 1;
         for mut batch in taken.drain(..) {
             batch.clear();
             if batch.capacity() > 0 && batch.capacity() <= 2 * BATCH && state.spare.len() < QUEUED {
@@ -127,6 +183,25 @@ impl Drop for Flusher {
     fn drop(&mut self) {
         self.shared.lock().stop = true;
         self.shared.work.notify_all();
+        // Progress resets the clock: a slow output gets every line, a stuck one STUCK.
+        let mut passes = self.shared.lock().passes;
+        loop {
+            match self.done.recv_timeout(STUCK) {
+                Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    let state = self.shared.lock();
+                    if state.passes != passes {
+                        passes = state.passes;
+                        continue;
+                    }
+                    let left = state.writing
+                        + lines(&state.current)
+                        + state.ready.iter().map(|b| lines(b)).sum::<u64>();
+                    lose(left, &"the log output took nothing at exit");
+                    return;
+                }
+            }
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -141,13 +216,24 @@ pub struct LineWriter<'a> {
 impl Write for LineWriter<'_> {
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
         let mut state = self.shared.lock();
-        // Back-pressure instead of loss: wait while the writer is QUEUED batches behind.
+        // Back-pressure: wait while the writer is QUEUED batches behind — but not on an
+        // output that takes nothing at all (see STUCK).
+        let mut waited = Duration::ZERO;
         while state.ready.len() >= QUEUED && !state.stop {
+            if state.stuck || waited >= STUCK {
+                state.stuck = true;
+                drop(state);
+                lose(lines(line).max(1), &"the log output took nothing for 5 s");
+                return Ok(line.len());
+            }
+            let started = std::time::Instant::now();
             state = self
                 .shared
                 .space
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
+                .wait_timeout(state, STUCK - waited)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+            waited += started.elapsed();
         }
         if state.current.capacity() == 0 {
             state.current = state.spare.pop().unwrap_or_default();
@@ -232,6 +318,84 @@ mod tests {
         }
         assert_eq!(next, [20_000; 4], "lines lost");
         assert!(writes < 80_000 / 100, "{writes} writes for 80,000 lines");
+    }
+
+    /// An output that takes nothing until the test opens it; then everything.
+    #[derive(Clone, Default)]
+    struct Stuck(Arc<(Mutex<bool>, Condvar)>);
+
+    impl Write for Stuck {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            let (open, opened) = &*self.0;
+            let mut open = open.lock().unwrap();
+            while !*open {
+                open = opened.wait(open).unwrap();
+            }
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Runs `f` on a thread; panics naming `what` if it has not finished in 60 s.
+    fn finishes(what: &str, f: impl FnOnce() + Send + 'static) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            f();
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("{what} hung on a stuck output"));
+    }
+
+    #[test]
+    fn a_stuck_output_sheds_counted_lines_and_never_holds_exit() {
+        // A reader that stopped reading a pipe froze every logging thread — the
+        // workers, the admin API, the shutdown path — and exit waited forever.
+        let out = Stuck::default();
+        let (writer, flusher) = start(out.clone());
+        let before = lost_lines();
+        let mut line = vec![b'x'; 1023];
+        line.push(b'\n');
+        // More than the writer's batch, the queue and the batch being filled.
+        let lines = (QUEUED + 3) * BATCH / line.len() + 500;
+        let w = writer.clone();
+        finishes("logging", move || {
+            for _ in 0..lines {
+                w.make_writer().write_all(&line).unwrap();
+            }
+        });
+        assert!(
+            lost_lines() - before >= 500,
+            "{} lost",
+            lost_lines() - before
+        );
+        finishes("exit", move || drop(flusher));
+        // Everything queued at exit is counted lost too.
+        assert!(lost_lines() - before >= 500 + (QUEUED * BATCH / 1024) as u64);
+        *out.0 .0.lock().unwrap() = true;
+        out.0 .1.notify_all();
+    }
+
+    #[test]
+    fn lines_the_output_refuses_are_counted() {
+        struct Refusing;
+        impl Write for Refusing {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::Error::from(io::ErrorKind::BrokenPipe))
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let (writer, flusher) = start(Refusing);
+        let before = lost_lines();
+        for _ in 0..10 {
+            writer.make_writer().write_all(b"line\n").unwrap();
+        }
+        drop(flusher);
+        assert!(lost_lines() - before >= 10);
     }
 
     #[test]

@@ -191,6 +191,8 @@ pub struct Families {
     quota: [GaugeVec; 3],
     /// One per [`ClientErrorKind`], created at start so each series reads 0 until used.
     client_errors: [IntCounter; ClientErrorKind::ALL.len()],
+    /// Follows [`crate::logsink::lost_lines`] when rendered.
+    log_lines_lost: IntCounter,
 }
 
 /// The handles of one route (or of `unmatched`).
@@ -342,8 +344,14 @@ impl Families {
             ),
         ];
 
+        let log_lines_lost = IntCounter::new(
+            "statuslens_log_lines_lost_total",
+            "Log lines the output refused (closed pipe, full disk) or that were shed while it took nothing for 2 s.",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(responses.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(log_lines_lost.clone()),
             Box::new(duration.clone()),
             Box::new(in_flight.clone()),
             Box::new(upstream_errors.clone()),
@@ -369,6 +377,7 @@ impl Families {
             quota: quota_vecs,
             client_errors: ClientErrorKind::ALL
                 .map(|k| client_errors.with_label_values(&[k.label()])),
+            log_lines_lost,
         })
     }
 
@@ -384,6 +393,12 @@ impl Families {
 
     /// The Prometheus text exposition of everything registered.
     pub fn render(&self) -> Vec<u8> {
+        // The log writer counts in a static (it starts before any registry exists).
+        let lost = crate::logsink::lost_lines();
+        let shown = self.log_lines_lost.get();
+        if lost > shown {
+            self.log_lines_lost.inc_by(lost - shown);
+        }
         let mut out = Vec::with_capacity(16 * 1024);
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

@@ -1123,3 +1123,69 @@ async fn a_slow_upload_is_no_upstream_timeout_and_a_stalled_one_is_the_clients_4
         assert_eq!(sum(&m, "statuslens_upstream_errors_total", &[]), 0.0);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_reader_that_stops_reading_costs_lines_counted_not_the_proxy() {
+    // stdout to a pipe nobody reads any more: the workers, the admin API and SIGTERM
+    // all froze behind the log writer. Now lines are shed (and counted) after 5 s.
+    use std::io::BufRead;
+    let up = upstream().await;
+    let mut child = std::process::Command::new(bin())
+        .args(["run", "--upstream", &format!("http://{}", up.addr)])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Read up to the "listening" line, then never again.
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("\"listening\"") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "no listening line");
+    }
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let proxy = v["proxy"].as_str().unwrap().to_string();
+    let admin = v["admin"].as_str().unwrap().to_string();
+    // ~4,000 access lines: past the pipe, the writer's queue and its batch.
+    let c = client();
+    let requests = async {
+        for i in 0..4_000 {
+            let (parts, _) = get(&c, &format!("http://{proxy}/status/200")).await;
+            assert_eq!(parts.status, 200, "request {i}");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), requests)
+        .await
+        .expect("requests stalled behind the log writer");
+    let (_, body) = get(&c, &format!("http://{admin}/metrics")).await;
+    let m = parse_metrics(&String::from_utf8_lossy(&body));
+    assert_eq!(sum(&m, "statuslens_responses_total", &[]), 4_000.0);
+    assert!(sum(&m, "statuslens_log_lines_lost_total", &[]) > 0.0);
+    // And it still stops when told to.
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let start = Instant::now();
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code();
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            panic!("statuslens did not exit on SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(code, Some(0));
+    drop(out);
+}

@@ -222,7 +222,10 @@ async fn sighup_without_a_config_file_changes_nothing() {
 async fn a_reloaded_drain_timeout_is_the_one_shutdown_uses() {
     // It was read once at start-up: a reload said "reloaded" and changed nothing.
     let a = upstream().await;
-    let routes = format!("[[routes]]\nname = \"api\"\nupstream = \"http://{}\"\n", a.addr);
+    let routes = format!(
+        "[[routes]]\nname = \"api\"\nupstream = \"http://{}\"\n",
+        a.addr
+    );
     let path = write_config(&format!("[proxy]\ndrain_timeout = \"60s\"\n{routes}"));
     let mut p = Proc::start(&["--config", path.to_str().unwrap()]);
     std::fs::write(&path, format!("[proxy]\ndrain_timeout = \"1s\"\n{routes}")).unwrap();
@@ -238,7 +241,11 @@ async fn a_reloaded_drain_timeout_is_the_one_shutdown_uses() {
     let asked = Instant::now();
     p.sigterm();
     assert_eq!(p.wait_exit(), Some(0), "{}", p.all_output());
-    assert!(p.all_output().contains("\"drain_timeout_ms\":1000"), "{}", p.all_output());
+    assert!(
+        p.all_output().contains("\"drain_timeout_ms\":1000"),
+        "{}",
+        p.all_output()
+    );
     assert!(asked.elapsed() < Duration::from_secs(20));
     held.abort();
 }
