@@ -758,14 +758,12 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
             ));
         }
         let host = match r.matcher.host {
-            Some(h) if h.is_empty() || h.contains('/') || h.contains(' ') => {
-                return Err(field_err(
-                    origin,
-                    at("match.host"),
-                    format!("{h:?} is not a host name"),
-                ))
-            }
-            Some(h) => Some(strip_port(&h.to_ascii_lowercase()).to_string()),
+            Some(h) => match host_problem(&h) {
+                Some(why) => {
+                    return Err(field_err(origin, at("match.host"), format!("{h:?} {why}")))
+                }
+                None => Some(strip_port(&h.to_ascii_lowercase()).to_string()),
+            },
             None => None,
         };
         let path_prefix = match r.matcher.path_prefix {
@@ -775,6 +773,18 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
                     at("match.path_prefix"),
                     format!("{p:?} must start with '/'"),
                 ))
+            }
+            // Requests are matched by their resolved path (escapes of unreserved
+            // characters decoded, dot segments and `//` resolved, no query): a prefix
+            // that resolution would change can never match.
+            Some(p) if p.contains(['?', '#']) || crate::route::routing_path(&p) != p => {
+                let resolved = crate::route::routing_path(p.split(['?', '#']).next().unwrap_or(&p))
+                    .into_owned();
+                return Err(field_err(
+                    origin,
+                    at("match.path_prefix"),
+                    format!("{p:?} can never match: requests are matched by their resolved path, without the query; write {resolved:?}"),
+                ));
             }
             Some(p) => p,
             None => "/".into(),
@@ -1042,6 +1052,30 @@ fn default_instance(listen: SocketAddr) -> String {
         .map_or_else(|| listen.to_string(), |h| format!("{h}:{}", listen.port()))
 }
 
+/// Why `match.host` could never match a request's host, if it could not.
+fn host_problem(h: &str) -> Option<&'static str> {
+    if h.is_empty() || h.contains(['/', ' ', '@']) {
+        return Some("is not a host name");
+    }
+    if h.contains('*') {
+        return Some("has a '*': wildcards are not supported; list each host as a route");
+    }
+    if !h.starts_with('[') && h.matches(':').count() > 1 {
+        return Some("is an IPv6 address: write it in brackets, e.g. \"[::1]\"");
+    }
+    let port = match h.rfind(']') {
+        Some(i) => h[i + 1..].strip_prefix(':'),
+        None => h.rsplit_once(':').map(|(_, p)| p),
+    };
+    if port.is_some_and(|p| p.parse::<u16>().is_err()) {
+        return Some("has a port that is not a number");
+    }
+    if strip_port(h).ends_with('.') {
+        return Some("ends in '.': write the name without it, as clients send it");
+    }
+    None
+}
+
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         // IPv6 literal: keep up to the closing bracket.
@@ -1163,6 +1197,13 @@ upstream = "http://127.0.0.1:3001"
             ),
             ("", "routes"),
             ("[detection]\nhistory=0\n[[routes]]\nname='a'\nupstream='http://x'\n", "detection.history"),
+            ("[[routes]]\nname='a'\nupstream='http://x'\nmatch={host='::1'}\n", "brackets"),
+            ("[[routes]]\nname='a'\nupstream='http://x'\nmatch={host='*.example.com'}\n", "wildcards"),
+            ("[[routes]]\nname='a'\nupstream='http://x'\nmatch={host='a.com:abc'}\n", "routes[0].match.host"),
+            ("[[routes]]\nname='a'\nupstream='http://x'\nmatch={host='a.com.'}\n", "routes[0].match.host"),
+            ("[[routes]]\nname='a'\nupstream='http://x'\nmatch={path_prefix='/%61pi/'}\n", "write \"/api/\""),
+            ("[[routes]]\nname='a'\nupstream='http://x'\nmatch={path_prefix='/api/../admin/'}\n", "write \"/admin/\""),
+            ("[[routes]]\nname='a'\nupstream='http://x'\nmatch={path_prefix='/api?x=1'}\n", "routes[0].match.path_prefix"),
             ("[proxy]\nheader_read_timeout='0s'\n[[routes]]\nname='a'\nupstream='http://x'\n", "proxy.header_read_timeout"),
             ("[detection]\ninstance=' '\n[[routes]]\nname='a'\nupstream='http://x'\n", "detection.instance"),
             ("[proxy]\nbody_read_timeout='0s'\n[[routes]]\nname='a'\nupstream='http://x'\n", "proxy.body_read_timeout"),

@@ -358,8 +358,9 @@ mod tests {
         let before = lost_lines();
         let mut line = vec![b'x'; 1023];
         line.push(b'\n');
-        // More than the writer's batch, the queue and the batch being filled.
-        let lines = (QUEUED + 3) * BATCH / line.len() + 500;
+        // More than the writer can hold: what it took before it stuck (up to QUEUED
+        // batches, when it started late), the queue, and the batch being filled.
+        let lines = (2 * QUEUED + 3) * BATCH / line.len() + 500;
         let w = writer.clone();
         finishes("logging", move || {
             for _ in 0..lines {
