@@ -550,8 +550,15 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
         tls: match &file.proxy.tls {
             None => None,
             Some(t) => {
-                crate::tls::server_config(&t.cert_file, &t.key_file)
-                    .map_err(|e| field_err(origin, "proxy.tls", e.to_string()))?;
+                crate::tls::server_config(&t.cert_file, &t.key_file).map_err(|e| {
+                    let field = match &e {
+                        crate::tls::TlsError::Identity { path, .. } if *path == t.key_file => {
+                            "proxy.tls.key_file"
+                        }
+                        _ => "proxy.tls.cert_file",
+                    };
+                    field_err(origin, field, e.to_string())
+                })?;
                 Some((t.cert_file.clone(), t.key_file.clone()))
             }
         },

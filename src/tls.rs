@@ -91,9 +91,10 @@ pub fn server_config(
     cert_file: &Path,
     key_file: &Path,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let certs = read_ca_file(cert_file).map_err(|e| TlsError::Identity {
-        path: cert_file.to_path_buf(),
-        why: e.to_string(),
+    // The reader's error already names the file: keep its reason, not its text.
+    let certs = read_ca_file(cert_file).map_err(|e| match e {
+        TlsError::CaFile { path, why } => TlsError::Identity { path, why },
+        other => other,
     })?;
     let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key_file).map_err(|e| {
         TlsError::Identity {

@@ -59,6 +59,14 @@ fn bad_config_names_the_field_and_exits_2() {
     let (code, _, err) = run(&["check", "--config", "/nonexistent/x.toml"]);
     assert_eq!(code, 2);
     assert!(err.contains("/nonexistent/x.toml"), "{err}");
+    // The TLS file at fault is named by its field, its path once.
+    let path = common::write_config(
+        "[proxy]\ntls = { cert_file = \"/nonexistent/c.pem\", key_file = \"/nonexistent/k.pem\" }\n[[routes]]\nname = \"a\"\nupstream = \"http://127.0.0.1:1\"\n",
+    );
+    let (code, _, err) = run(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("proxy.tls.cert_file"), "{err}");
+    assert_eq!(err.matches("/nonexistent/c.pem").count(), 1, "{err}");
 }
 
 #[test]
