@@ -167,8 +167,9 @@ impl DetectorConfig {
             return Err(format!("p_value must be in (0, 1), got {}", self.p_value));
         }
         if !(self.baseline_half_life_secs > 0.0 && self.baseline_half_life_secs.is_finite()) {
+            // Named as the config writes it (`baseline_half_life = "1h"`).
             return Err(format!(
-                "baseline_half_life_secs must be a finite number > 0, got {}",
+                "baseline_half_life must be greater than 0, got {} s",
                 self.baseline_half_life_secs
             ));
         }
@@ -1100,7 +1101,7 @@ mod tests {
                     baseline_half_life_secs: 0.0,
                     ..Default::default()
                 },
-                "baseline_half_life_secs",
+                "baseline_half_life",
             ),
             (
                 DetectorConfig {
