@@ -215,6 +215,16 @@ pub struct UpstreamBody {
 #[error("the upstream {0}")]
 pub struct BodyError(&'static str);
 
+/// What a malformed chunked body is told as: the framing's fault, not a reset.
+const MALFORMED_CHUNKS: &str = "sent a malformed chunked body";
+
+impl BodyError {
+    /// The upstream broke the body's framing (rather than the connection).
+    pub fn is_malformed(&self) -> bool {
+        self.0 == MALFORMED_CHUNKS
+    }
+}
+
 impl UpstreamBody {
     /// The body has ended: the connection goes back to the pool if it can carry more.
     fn release(&mut self) {
@@ -263,7 +273,7 @@ impl UpstreamBody {
                         continue;
                     }
                     let data = take_chunked(chunks, &mut self.buf)
-                        .map_err(|()| BodyError("sent a malformed chunked body"))?;
+                        .map_err(|()| BodyError(MALFORMED_CHUNKS))?;
                     if chunks.done() {
                         self.trailers = chunks.trailers().map(Box::new);
                         self.framing = Framing::Done;

@@ -718,7 +718,7 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
             match chunks.feed(rest) {
                 // The head still goes out, then the truncated body ends the
                 // connection, as when the upstream breaks off later.
-                Err(()) => write_client(c, &mut ex, 0).await.and(Err(Broken::Upstream)),
+                Err(()) => write_client(c, &mut ex, 0).await.and(Err(Broken::Framing)),
                 Ok(used) => {
                     let used = used.unwrap_or(rest.len());
                     reusable &= body_start + used == up.buf.len();
@@ -766,8 +766,11 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
         Err(Broken::Client) => Next::Close,
         // The upstream died mid-body: the client gets a truncated response with the
         // upstream's status, which is what gets counted — once.
-        Err(Broken::Upstream) => {
-            ex.upstream_error(UpstreamErrorKind::Reset);
+        Err(broken @ (Broken::Upstream | Broken::Framing)) => {
+            ex.upstream_error(match broken {
+                Broken::Framing => UpstreamErrorKind::Protocol,
+                _ => UpstreamErrorKind::Reset,
+            });
             ex.complete();
             Next::Close
         }
@@ -777,7 +780,10 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
 /// Which side broke a response in progress.
 enum Broken {
     Client,
+    /// The upstream's connection failed mid-body.
     Upstream,
+    /// The upstream broke its body's framing (chunks).
+    Framing,
 }
 
 /// Writes `c.out` (the head and, of it, `body` body bytes) to the client.
@@ -890,7 +896,7 @@ async fn stream_chunked(
         let data_before = chunks.data;
         let used = chunks
             .feed(&up.buf[..n])
-            .map_err(|()| Broken::Upstream)?
+            .map_err(|()| Broken::Framing)?
             .unwrap_or(n);
         *reusable &= used == n;
         c.io.write_all(&up.buf[..used])
@@ -950,8 +956,11 @@ async fn answer(
     ex.respond(status.as_u16(), Source::Proxy);
     c.out.clear();
     local_head(&mut c.out, status, why.len(), close);
-    c.out.extend_from_slice(why.as_bytes());
-    match write_client(c, &mut ex, why.len()).await {
+    // A HEAD answer has no body (its length is the GET's): bytes after it would be
+    // read as the start of the next response on the connection.
+    let body = if ex.is_head() { "" } else { why };
+    c.out.extend_from_slice(body.as_bytes());
+    match write_client(c, &mut ex, body.len()).await {
         Ok(()) if !close => {
             ex.complete();
             Next::Keep

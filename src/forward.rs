@@ -112,7 +112,8 @@ pub struct Proxy {
     upstreams: Vec<Upstream>,
     limits: ProxyConfig,
     observer: Arc<Observer>,
-    draining: AtomicBool,
+    /// Shared by every generation: a reload during the drain must not end it.
+    draining: Arc<AtomicBool>,
 }
 
 thread_local! {
@@ -139,7 +140,11 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 
 impl Proxy {
     /// Builds the route table and one upstream client per route.
-    pub fn new(config: &Config, observer: Arc<Observer>) -> Result<Proxy, crate::tls::TlsError> {
+    pub fn new(
+        config: &Config,
+        observer: Arc<Observer>,
+        draining: Arc<AtomicBool>,
+    ) -> Result<Proxy, crate::tls::TlsError> {
         // Consumer ids are salted per process, so they cannot be linked across restarts
         // or reversed with a dictionary by someone who only sees the ids.
         let salt = random_salt();
@@ -189,7 +194,7 @@ impl Proxy {
             upstreams,
             limits: config.proxy.clone(),
             observer,
-            draining: AtomicBool::new(false),
+            draining,
         })
     }
 
@@ -436,6 +441,11 @@ impl Proxy {
             let resp = match upstream_deadline(up.cfg.timeout, sent.state.as_deref(), send).await {
                 Ok(Ok(resp)) => resp,
                 Ok(Err((kind, detail))) => {
+                    if let Some(state) = sent.state.as_deref() {
+                        if state.client_gone.load(Ordering::Relaxed) {
+                            return client_gone(sent.ex);
+                        }
+                    }
                     let fault = sent.state.as_deref().and_then(client_body_fault);
                     if let Some((status, why)) = fault {
                         return local(sent.ex, status, why);
@@ -473,6 +483,9 @@ impl Proxy {
         let mut resp = match result {
             Ok(Ok(resp)) => resp,
             Ok(Err(err)) => {
+                if state.client_gone.load(Ordering::Relaxed) {
+                    return client_gone(ex);
+                }
                 if let Some((status, why)) = client_body_fault(&state) {
                     return local(ex, status, why);
                 }
@@ -550,6 +563,17 @@ impl Proxy {
             .sum();
         (size > self.limits.max_header_bytes).then_some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
     }
+}
+
+/// The exchange of a client whose request body broke off: it stays the client's 499
+/// (no upstream error, no 502 blamed on the upstream); the answer is for form's sake,
+/// the connection is gone or going.
+fn client_gone(ex: Exchange) -> Response<ObservedBody> {
+    let mut resp = Response::new(ObservedBody::new(ResponseInner::Local(None), ex));
+    *resp.status_mut() = StatusCode::BAD_REQUEST;
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 /// What the client is told when its own body failed the exchange: it stalled (408) or
@@ -680,12 +704,16 @@ fn failed(
 /// A response the proxy makes itself, counted with `source="proxy"`.
 fn local(mut ex: Exchange, status: StatusCode, body: &'static str) -> Response<ObservedBody> {
     ex.respond(status.as_u16(), Source::Proxy);
-    let mut resp = Response::new(ObservedBody::new(
-        ResponseInner::Local(Some(Bytes::from_static(body.as_bytes()))),
-        ex,
-    ));
+    // hyper never polls the body of a HEAD answer: one left unread would leave the
+    // exchange unfinished, counted as the client's 499. No body then, only its length.
+    let head = ex.is_head();
+    let inner = ResponseInner::Local((!head).then(|| Bytes::from_static(body.as_bytes())));
+    let mut resp = Response::new(ObservedBody::new(inner, ex));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
+    if head {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),

@@ -28,6 +28,8 @@ pub struct Shared {
     pub families: Arc<Families>,
     spikes: SpikeFamilies,
     webhook: Option<Arc<Webhook>>,
+    /// Set once on shutdown, seen by every generation (see `Proxy::start_draining`).
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The running state built from one configuration.
@@ -88,7 +90,7 @@ impl Generation {
                 .map(|_| [AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)])
                 .collect(),
         });
-        let proxy = Arc::new(Proxy::new(&config, observer)?);
+        let proxy = Arc::new(Proxy::new(&config, observer, shared.draining.clone())?);
         Ok(Generation {
             config,
             proxy,
@@ -123,6 +125,7 @@ impl Live {
             families,
             spikes,
             webhook,
+            draining: Arc::default(),
         };
         let first = Generation::build(config, &shared, None)?;
         Ok(Live {

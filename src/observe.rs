@@ -176,6 +176,11 @@ impl Exchange {
         }
     }
 
+    /// Whether the request is a HEAD: its answer has no body, whatever it says.
+    pub fn is_head(&self) -> bool {
+        self.method == Method::HEAD
+    }
+
     /// Requests in flight now, this one included: (all routes, this route).
     pub fn in_flight(&self) -> (u64, u64) {
         (
@@ -294,6 +299,9 @@ pub struct RequestBodyState {
     pub too_large: AtomicBool,
     /// Set when the client stopped sending its body for longer than the idle timeout.
     pub idle: AtomicBool,
+    /// Set when the client's body broke off (a hang-up mid-body, an HTTP/2 reset): the
+    /// exchange failed on the client's side, whatever the upstream client then says.
+    pub client_gone: AtomicBool,
     /// Time the body spent waiting for the client to send more (finished waits), ns.
     client_wait_ns: AtomicU64,
     /// When the current wait for the client began ([`mono_ns`]), or 0.
@@ -450,7 +458,10 @@ impl Body for RequestBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => {
+                this.state.client_gone.store(true, Ordering::Relaxed);
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
             other => other.map(|_| None),
         }
     }
@@ -558,6 +569,25 @@ impl Body for ObservedBody {
     }
 }
 
+/// hyper's client reports broken body framing (a bad chunk-size line, bytes where a
+/// CRLF belongs) as invalid data or input beneath a body error.
+fn hyper_malformed(e: &hyper::Error) -> bool {
+    if e.is_parse() {
+        return true;
+    }
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+            );
+        }
+        cause = c.source();
+    }
+    false
+}
+
 impl ObservedBody {
     fn poll_observed(
         &mut self,
@@ -585,9 +615,19 @@ impl ObservedBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 // The upstream died mid-body: the client sees a truncated response with
-                // the upstream's status, which is what gets counted — once.
+                // the upstream's status, which is what gets counted — once. Broken
+                // framing is the protocol's fault, a cut connection a reset.
                 if let Some(ex) = &this.exchange {
-                    ex.upstream_error(UpstreamErrorKind::Reset);
+                    let malformed = e
+                        .downcast_ref::<crate::fastclient::BodyError>()
+                        .is_some_and(crate::fastclient::BodyError::is_malformed)
+                        || e.downcast_ref::<hyper::Error>()
+                            .is_some_and(hyper_malformed);
+                    ex.upstream_error(if malformed {
+                        UpstreamErrorKind::Protocol
+                    } else {
+                        UpstreamErrorKind::Reset
+                    });
                 }
                 this.finish();
                 Poll::Ready(Some(Err(e)))

@@ -248,3 +248,94 @@ async fn host_is_never_hop_by_hop() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_answered_by_the_proxy_is_counted_as_its_and_carries_no_body() {
+    // hyper never polls a HEAD answer's body: statuslens' own 502 to a HEAD stayed
+    // unfinished and counted as the client's 499; the fast path wrote the body anyway,
+    // and the next response on the connection began with those bytes.
+    let dead = closed_port();
+    for fast in [true, false] {
+        let p = start(fast, dead);
+        let got = exchange(
+            &p,
+            "HEAD /x HTTP/1.1\r\nHost: x\r\n\r\nGET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        let (first, rest) = got.split_once("\r\n\r\n").unwrap();
+        assert!(
+            first.starts_with("HTTP/1.1 502"),
+            "fast_path = {fast}: {got}"
+        );
+        assert!(
+            rest.starts_with("HTTP/1.1 502"),
+            "fast_path = {fast}: {got}"
+        );
+        let m = wait_metrics(&p, "two", |m| {
+            sum(m, "statuslens_responses_total", &[]) == 2.0
+        })
+        .await;
+        assert_eq!(responses(&m, "502", "proxy"), 2.0, "fast_path = {fast}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_breaks_off_its_body_is_a_499_not_an_upstream_error() {
+    // hyper's path took the client's broken body for an upstream failure: a 502, an
+    // upstream error of kind reset, a 5xx fed to the detector.
+    let up = upstream().await;
+    for fast in [true, false] {
+        let p = start(fast, up.addr);
+        let mut s = TcpStream::connect(p.proxy).await.unwrap();
+        // Chunked: hyper's path, whatever fast_path says.
+        s.write_all(
+            b"POST /drain HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        )
+        .await
+        .unwrap();
+        wait_metrics(&p, "in flight", |m| {
+            sum(m, "statuslens_requests_in_flight", &[]) == 1.0
+        })
+        .await;
+        drop(s);
+        let m = wait_metrics(&p, "the 499", |m| {
+            sum(m, "statuslens_responses_total", &[]) == 1.0
+        })
+        .await;
+        assert_eq!(
+            responses(&m, "499", "client"),
+            1.0,
+            "fast_path = {fast}: {m:?}"
+        );
+        assert_eq!(
+            sum(&m, "statuslens_upstream_errors_total", &[]),
+            0.0,
+            "fast_path = {fast}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_chunk_framing_mid_body_is_a_protocol_error() {
+    let up =
+        scripted(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\nzz\r\n").await;
+    for fast in [true, false] {
+        let p = start(fast, up.addr);
+        let got = exchange(
+            &p,
+            "GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+        let m = wait_metrics(&p, "counted", |m| {
+            sum(m, "statuslens_responses_total", &[]) == 1.0
+        })
+        .await;
+        let protocol = sum(
+            &m,
+            "statuslens_upstream_errors_total",
+            &[("kind", "protocol")],
+        );
+        assert_eq!(protocol, 1.0, "fast_path = {fast}: {m:?}");
+    }
+}
