@@ -241,18 +241,24 @@ upstream = "http://{upstream}"
     ))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn webhook_gets_firing_then_resolved() {
-    let up = upstream().await;
+/// statuslens reporting to a webhook receiver, in an outage (every request a 503) that
+/// its detector has flagged; the receiver's POSTs and the config file.
+async fn outage_with_webhook(up: &Upstream) -> (Proc, Arc<Mutex<Vec<Value>>>, std::path::PathBuf) {
     let (rx, got) = receiver(false).await;
     let cfg = spike_config(up.addr, &format!("http://{rx}/api/v2/alerts"));
     let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
-    // An outage: every request fails.
     drive(&p, 60, 20, |_| 503).await;
     wait_metrics(&p, "server_error spike", |m| {
         active(m, "server_error") == 1.0
     })
     .await;
+    (p, got, cfg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_gets_firing_then_resolved() {
+    let up = upstream().await;
+    let (p, got, _) = outage_with_webhook(&up).await;
     let start = Instant::now();
     let firing = loop {
         let found = got
@@ -451,14 +457,7 @@ async fn turning_detection_off_on_reload_ends_active_spikes() {
     // Off by reload, nothing would ever end them: the gauge stayed at 1 (and the
     // shipped StatuslensSpikeActive rule fired) and Alertmanager kept the alert.
     let up = upstream().await;
-    let (rx, got) = receiver(false).await;
-    let cfg = spike_config(up.addr, &format!("http://{rx}/api/v2/alerts"));
-    let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
-    drive(&p, 60, 20, |_| 503).await;
-    wait_metrics(&p, "server_error spike", |m| {
-        active(m, "server_error") == 1.0
-    })
-    .await;
+    let (p, got, cfg) = outage_with_webhook(&up).await;
     let text = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(
         &cfg,
