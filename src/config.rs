@@ -1242,6 +1242,17 @@ upstream = "http://127.0.0.1:3001"
     }
 
     #[test]
+    fn the_default_instance_label_tells_hosts_apart() {
+        // The listen address alone (0.0.0.0:8080 on every replica) let one replica's
+        // resolved alert close another's.
+        let c =
+            parse("[proxy]\nlisten='0.0.0.0:8080'\n[[routes]]\nname='a'\nupstream='http://x'\n")
+                .unwrap();
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        assert_eq!(c.detection.instance, format!("{}:8080", host.trim()));
+    }
+
+    #[test]
     fn signals_expand_classes() {
         let c = parse(
             "[[signals]]\nname='gateway'\ncodes=['502','503','504']\n[[signals]]\nname='client'\ncodes=['4xx']\n[[routes]]\nname='a'\nupstream='http://x'\n",

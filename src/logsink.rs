@@ -73,8 +73,12 @@ struct State {
     stuck: bool,
     /// Writer passes completed (progress, for the exit's wait).
     passes: u64,
-    /// Lines in the batches the writer is writing now.
+    /// Lines (events) in the batches the writer is writing now, in `ready` and in
+    /// `current`: counted as they come, so a give-up at exit can say how many are lost
+    /// without scanning what was written.
     writing: u64,
+    ready_lines: u64,
+    current_lines: u64,
 }
 
 #[derive(Default)]
@@ -146,13 +150,14 @@ fn write_batches<W: Write>(shared: &Shared, mut out: W) {
             // Full batches first (oldest), then — when nothing else is due, or at the
             // end — the one being filled, so lines never wait longer than LINGER.
             taken.extend(state.ready.drain(..));
+            state.writing = std::mem::take(&mut state.ready_lines);
             if taken.is_empty() || state.stop {
                 let fresh = state.spare.pop().unwrap_or_default();
                 let current = std::mem::replace(&mut state.current, fresh);
                 taken.push(current);
+                state.writing += std::mem::take(&mut state.current_lines);
             }
             shared.space.notify_all();
-            state.writing = taken.iter().map(|b| lines(b)).sum();
             state.stop
         };
         for batch in &taken {
@@ -194,9 +199,7 @@ impl Drop for Flusher {
                         passes = state.passes;
                         continue;
                     }
-                    let left = state.writing
-                        + lines(&state.current)
-                        + state.ready.iter().map(|b| lines(b)).sum::<u64>();
+                    let left = state.writing + state.ready_lines + state.current_lines;
                     lose(left, &"the log output took nothing at exit");
                     return;
                 }
@@ -240,7 +243,9 @@ impl Write for LineWriter<'_> {
             state.current.reserve(BATCH + 4096);
         }
         state.current.extend_from_slice(line);
+        state.current_lines += 1;
         if state.current.len() >= BATCH {
+            state.ready_lines += std::mem::take(&mut state.current_lines);
             let fresh = state.spare.pop().unwrap_or_default();
             let full = std::mem::replace(&mut state.current, fresh);
             state.ready.push_back(full);
