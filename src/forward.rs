@@ -441,14 +441,8 @@ impl Proxy {
             let resp = match upstream_deadline(up.cfg.timeout, sent.state.as_deref(), send).await {
                 Ok(Ok(resp)) => resp,
                 Ok(Err((kind, detail))) => {
-                    if let Some(state) = sent.state.as_deref() {
-                        if state.client_gone.load(Ordering::Relaxed) {
-                            return client_gone(sent.ex);
-                        }
-                    }
-                    let fault = sent.state.as_deref().and_then(client_body_fault);
-                    if let Some((status, why)) = fault {
-                        return local(sent.ex, status, why);
+                    if let Some(fault) = sent.state.as_deref().and_then(client_body_fault) {
+                        return fault.answer(sent.ex);
                     }
                     return failed(sent.ex, &up.cfg, kind, &detail);
                 }
@@ -483,11 +477,8 @@ impl Proxy {
         let mut resp = match result {
             Ok(Ok(resp)) => resp,
             Ok(Err(err)) => {
-                if state.client_gone.load(Ordering::Relaxed) {
-                    return client_gone(ex);
-                }
-                if let Some((status, why)) = client_body_fault(&state) {
-                    return local(ex, status, why);
+                if let Some(fault) = client_body_fault(&state) {
+                    return fault.answer(ex);
                 }
                 if find_cause::<BodyTooLarge>(&err).is_some() {
                     return local(ex, StatusCode::PAYLOAD_TOO_LARGE, BODY_TOO_LARGE);
@@ -565,25 +556,44 @@ impl Proxy {
     }
 }
 
-/// The exchange of a client whose request body broke off: it stays the client's 499
-/// (no upstream error, no 502 blamed on the upstream); the answer is for form's sake,
-/// the connection is gone or going.
-fn client_gone(ex: Exchange) -> Response<ObservedBody> {
-    let mut resp = Response::new(ObservedBody::new(ResponseInner::Local(None), ex));
-    *resp.status_mut() = StatusCode::BAD_REQUEST;
-    resp.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    resp
+/// How the client's own request body failed the exchange, whatever the upstream
+/// client then reported.
+enum BodyFault {
+    /// It broke off (a hang-up, an HTTP/2 reset): the client's 499.
+    Gone,
+    /// It stalled (408) or outgrew the route's limit (413): the proxy's answer.
+    Answer(StatusCode, &'static str),
 }
 
-/// What the client is told when its own body failed the exchange: it stalled (408) or
-/// outgrew the route's limit (413).
-fn client_body_fault(state: &RequestBodyState) -> Option<(StatusCode, &'static str)> {
+impl BodyFault {
+    fn answer(self, ex: Exchange) -> Response<ObservedBody> {
+        match self {
+            BodyFault::Answer(status, why) => local(ex, status, why),
+            // The exchange stays the client's 499 (no upstream error, no 502 blamed on
+            // the upstream); the response is for form's sake, the connection is going.
+            BodyFault::Gone => {
+                let mut resp = Response::new(ObservedBody::new(ResponseInner::Local(None), ex));
+                *resp.status_mut() = StatusCode::BAD_REQUEST;
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                resp
+            }
+        }
+    }
+}
+
+fn client_body_fault(state: &RequestBodyState) -> Option<BodyFault> {
+    if state.client_gone.load(Ordering::Relaxed) {
+        return Some(BodyFault::Gone);
+    }
     if state.idle.load(Ordering::Relaxed) {
-        return Some((StatusCode::REQUEST_TIMEOUT, BODY_STALLED));
+        return Some(BodyFault::Answer(StatusCode::REQUEST_TIMEOUT, BODY_STALLED));
     }
     if state.too_large.load(Ordering::Relaxed) {
-        return Some((StatusCode::PAYLOAD_TOO_LARGE, BODY_TOO_LARGE));
+        return Some(BodyFault::Answer(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            BODY_TOO_LARGE,
+        ));
     }
     None
 }

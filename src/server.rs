@@ -233,6 +233,11 @@ pub async fn serve(
 fn bind_proxy(addr: SocketAddr, workers: usize) -> Result<Vec<std::net::TcpListener>, RunError> {
     let mut bound = Vec::with_capacity(workers);
     let mut at = addr;
+    let err = |source| RunError::Bind {
+        what: "proxy",
+        addr,
+        source,
+    };
     // SO_REUSEPORT would also let this process join another one's port and take part
     // of its traffic (a stale instance, a second start, a typo in --listen): the
     // address must be free first. One bind without it answers that, then goes.
@@ -242,21 +247,11 @@ fn bind_proxy(addr: SocketAddr, workers: usize) -> Result<Vec<std::net::TcpListe
         } else {
             TcpSocket::new_v6()
         };
-        let err = |source| RunError::Bind {
-            what: "proxy",
-            addr,
-            source,
-        };
         let probe = probe.map_err(err)?;
         probe.set_reuseaddr(true).map_err(err)?;
         probe.bind(addr).map_err(err)?;
     }
     for _ in 0..workers {
-        let err = |source| RunError::Bind {
-            what: "proxy",
-            addr,
-            source,
-        };
         let socket = if at.is_ipv4() {
             TcpSocket::new_v4()
         } else {

@@ -1141,7 +1141,7 @@ async fn a_log_reader_that_stops_reading_costs_lines_counted_not_the_proxy() {
             "1",
         ])
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     // Read up to the "listening" line, then never again.
@@ -1188,4 +1188,8 @@ async fn a_log_reader_that_stops_reading_costs_lines_counted_not_the_proxy() {
     };
     assert_eq!(code, Some(0));
     drop(out);
+    // The loss is said once, on stderr.
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(err.matches("log lines are being lost").count(), 1, "{err}");
 }

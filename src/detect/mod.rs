@@ -37,7 +37,6 @@ pub struct Counters {
     /// (a class is 100 codes, so a signal can hold up to 500).
     code_slot: Vec<[u16; 1000]>,
     routes: Vec<RouteCounters>,
-    routes_and_signals: Box<Layout>,
 }
 
 struct RouteCounters {
@@ -91,32 +90,8 @@ impl Counters {
             masks,
             code_slot,
             routes,
-            routes_and_signals: Box::new(layout(config)),
         }
     }
-}
-
-impl Counters {
-    /// Whether `config` has the routes and signals (and consumer tracking) these
-    /// counters were laid out for.
-    fn same_layout(&self, config: &Config) -> bool {
-        *self.routes_and_signals == layout(config)
-    }
-}
-
-/// What a set of counters is laid out for: routes (name, identifies consumers) and
-/// signals (codes), by position.
-type Layout = (Vec<(String, bool)>, Vec<Vec<u16>>);
-
-fn layout(config: &Config) -> Layout {
-    (
-        config
-            .routes
-            .iter()
-            .map(|r| (r.name.clone(), r.consumer.is_some()))
-            .collect(),
-        config.signals.iter().map(|s| s.codes.clone()).collect(),
-    )
 }
 
 impl Sink for Counters {
@@ -350,7 +325,7 @@ impl Detection {
         // with the same routes and signals, both share one set of counters, so the
         // ticker (which reads only the newest) still sees them.
         let counters = match previous {
-            Some(p) if p.counters.same_layout(config) => p.counters.clone(),
+            Some(p) if p.counts_like(config) => p.counters.clone(),
             _ => Arc::new(Counters::new(config)),
         };
         Arc::new(Detection {
@@ -390,6 +365,26 @@ impl Detection {
             book.ended.push_front(spike);
         }
         book.ended.truncate(self.history);
+    }
+
+    /// Whether `config` has the routes (by name, consumer tracking on or off) and
+    /// signals (by codes), in order, that these counters are laid out for.
+    fn counts_like(&self, config: &Config) -> bool {
+        self.route_names.len() == config.routes.len()
+            && self.signals.len() == config.signals.len()
+            && config
+                .routes
+                .iter()
+                .zip(&self.route_names)
+                .zip(&self.counters.routes)
+                .all(|((r, name), counters)| {
+                    r.name == *name && r.consumer.is_some() == counters.identifies
+                })
+            && config
+                .signals
+                .iter()
+                .zip(&self.signals)
+                .all(|(a, b)| a.codes == b.codes)
     }
 
     /// The hot-path side, for the observer.
@@ -633,6 +628,33 @@ mod tests {
         assert_eq!(top.total(), 20);
         assert!(crate::consumer::attribution(&top, "401s", 0.5).is_none());
         assert_eq!(top.top(1)[0].1, 5);
+    }
+
+    #[test]
+    fn requests_in_flight_across_a_reload_reach_the_new_detectors() {
+        // They report to the generation they started in; with the same routes and
+        // signals it shares its counters with the next, which the ticker reads.
+        let text = "[[routes]]\nname='a'\nupstream='http://x'\n";
+        let c = config(text);
+        let families = SpikeFamilies::register(&Registry::new());
+        let old = Detection::build(&c, &families, None, None);
+        let new = Detection::build(&config(text), &families, None, Some(&old));
+        old.sink().observe(0, 503, None);
+        new.tick(1_000);
+        let counted = new
+            .keys
+            .lock()
+            .unwrap()
+            .0
+            .iter()
+            .all(|k| k.detector.snapshot().n_1m == 1);
+        assert!(counted);
+        // Another route layout gets counters of its own.
+        let other = config(&format!(
+            "{text}[[routes]]\nname='b'\nupstream='http://y'\nmatch={{path_prefix='/b/'}}\n"
+        ));
+        let rebuilt = Detection::build(&other, &families, None, Some(&new));
+        assert!(!Arc::ptr_eq(&rebuilt.counters, &new.counters));
     }
 
     #[test]

@@ -60,15 +60,13 @@ impl Outbox {
 
     /// The changes to send, and with `resend` every firing alert too.
     fn take(&mut self, resend: bool) -> Vec<Spike> {
-        let mut batch: Vec<Spike> = self.pending.drain().map(|(_, s)| s).collect();
+        let mut batch = std::mem::take(&mut self.pending);
         if resend {
-            for s in self.firing.values() {
-                if !batch.iter().any(|b| key(b) == key(s)) {
-                    batch.push(s.clone());
-                }
+            for (k, s) in &self.firing {
+                batch.entry(k.clone()).or_insert_with(|| s.clone());
             }
         }
-        batch
+        batch.into_values().collect()
     }
 
     /// A batch that could not be delivered: its resolutions go back unless something
