@@ -68,38 +68,54 @@ pub(crate) async fn send(
     let (cfg, fast) = proxy
         .fast_route(route)
         .expect("fastclient requests have a fast route");
-    let mut head = Vec::with_capacity(512);
-    request_head(&mut head, parts, cfg, fast);
-
-    // A pooled connection that turns out closed when written to never saw the
-    // request: try the next (as hyper's client retries a canceled request).
-    let mut up = loop {
-        let (mut conn, fresh) = match fast.checkout(cfg.idle_timeout) {
-            Some(conn) => (conn, false),
-            // Boxed, as the body's sending below: rarer than a pooled request, and their
-            // futures would otherwise size every request's (moved several times before
-            // its first poll).
-            None => match Box::pin(fast.connect(cfg.connect_timeout)).await {
-                Ok(conn) => (conn, true),
-                Err(e) => return Err((UpstreamErrorKind::Connect, e.to_string())),
-            },
-        };
-        match conn.io.write_all(&head).await {
-            Ok(()) => break conn,
-            Err(_) if !fresh => continue,
-            Err(e) => return Err((UpstreamErrorKind::Reset, e.to_string())),
-        }
-    };
+    let mut head_bytes = Vec::with_capacity(512);
+    request_head(&mut head_bytes, parts, cfg, fast);
 
     let head_only = parts.method == Method::HEAD;
-    up.buf.clear();
-    let mut sent_whole = true;
-    if let Some(body) = body.as_mut() {
-        sent_whole = Box::pin(send_body(&mut up, body)).await?;
-    }
-    let head = fastpath::read_response(&mut up, |buf| fastpath::parse_parts(buf, head_only))
-        .await
-        .map_err(failure)?;
+    let replayable = fastpath::replayable(&parts.method, body.is_some());
+    // Once more on a new connection when a pooled one closed unanswered and the request
+    // may go twice (see `fastpath::may_resend`).
+    let mut resent = false;
+    let (mut up, head, sent_whole) = loop {
+        // A pooled connection that turns out closed when written to never saw the
+        // request: try the next (as hyper's client retries a canceled request).
+        let (mut up, fresh) = loop {
+            let pooled = if resent {
+                None
+            } else {
+                fast.checkout(cfg.idle_timeout)
+            };
+            let (mut conn, fresh) = match pooled {
+                Some(conn) => (conn, false),
+                // Boxed, as the body's sending below: rarer than a pooled request, and
+                // their futures would otherwise size every request's (moved several
+                // times before its first poll).
+                None => match Box::pin(fast.connect(cfg.connect_timeout)).await {
+                    Ok(conn) => (conn, true),
+                    Err(e) => return Err((UpstreamErrorKind::Connect, e.to_string())),
+                },
+            };
+            match conn.io.write_all(&head_bytes).await {
+                Ok(()) => break (conn, fresh),
+                Err(_) if !fresh => continue,
+                Err(e) => return Err((UpstreamErrorKind::Reset, e.to_string())),
+            }
+        };
+
+        up.buf.clear();
+        let mut sent_whole = true;
+        if let Some(body) = body.as_mut() {
+            sent_whole = Box::pin(send_body(&mut up, body)).await?;
+        }
+        match fastpath::read_response(&mut up, |buf| fastpath::parse_parts(buf, head_only)).await {
+            Ok(head) => break (up, head, sent_whole),
+            Err(no_head) if !resent && fastpath::may_resend(no_head, !fresh, replayable) => {
+                proxy.observer().metrics.route(route).upstream_retries.inc();
+                resent = true;
+            }
+            Err(no_head) => return Err(failure(no_head.kind())),
+        }
+    };
 
     let framing = match head.body {
         fastpath::Body::None => Framing::Done,

@@ -308,6 +308,8 @@ struct Planned {
     client_close: bool,
     /// The request body's length (`Content-Length`; 0 without one).
     body: u64,
+    /// It may be sent twice (see `may_resend`).
+    replayable: bool,
     /// No route matches: answered 404 here.
     unmatched: bool,
 }
@@ -434,12 +436,14 @@ fn plan(proxy: &Arc<Proxy>, c: &mut Client) -> Option<Planned> {
     };
 
     let head_only = method == Method::HEAD;
+    let resendable = replayable(&method, body.unwrap_or(0) > 0);
     let planned = |ex: Exchange| Planned {
         route,
         ex,
         head_only,
         client_close,
         body: body.unwrap_or(0),
+        replayable: resendable,
         unmatched,
     };
     let Some((cfg, fast)) = forwarding else {
@@ -521,6 +525,7 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
         head_only,
         mut client_close,
         body,
+        replayable,
         unmatched,
     } = p;
     if unmatched {
@@ -566,102 +571,119 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
     body_left -= first as u64;
     let unread = body_left > 0;
 
-    // Phase 1: an upstream connection with the request head on it. A pooled one that
-    // turns out closed when written to never saw the request: try the next.
-    let mut up = loop {
-        let (mut conn, fresh) = match fast.checkout(cfg.idle_timeout) {
-            Some(conn) => (conn, false),
-            None => {
-                match tokio::time::timeout_at(deadline, fast.connect(cfg.connect_timeout)).await {
-                    Ok(Ok(conn)) => (conn, true),
-                    Ok(Err(e)) => {
-                        let e = e.to_string();
-                        return fail(c, ex, cfg, UpstreamErrorKind::Connect, &e, unread).await;
+    // Phases 1 and 2, once more on a new connection when a pooled one closed unanswered
+    // and the request may go twice (see `may_resend`): `c.out` still holds its head.
+    let mut resent = false;
+    let (mut up, head, closing) = loop {
+        // Phase 1: an upstream connection with the request head on it. A pooled one
+        // that turns out closed when written to never saw the request: try the next.
+        let (mut up, fresh) = loop {
+            let pooled = if resent {
+                None
+            } else {
+                fast.checkout(cfg.idle_timeout)
+            };
+            let (mut conn, fresh) = match pooled {
+                Some(conn) => (conn, false),
+                None => {
+                    match tokio::time::timeout_at(deadline, fast.connect(cfg.connect_timeout)).await
+                    {
+                        Ok(Ok(conn)) => (conn, true),
+                        Ok(Err(e)) => {
+                            let e = e.to_string();
+                            return fail(c, ex, cfg, UpstreamErrorKind::Connect, &e, unread).await;
+                        }
+                        Err(_) => {
+                            return fail(c, ex, cfg, UpstreamErrorKind::Timeout, "", unread).await
+                        }
                     }
-                    Err(_) => {
-                        return fail(c, ex, cfg, UpstreamErrorKind::Timeout, "", unread).await
+                }
+            };
+            match conn.io.write_all(&c.out).await {
+                Ok(()) => break (conn, fresh),
+                Err(_) if !fresh => continue,
+                Err(e) => {
+                    let e = e.to_string();
+                    return fail(c, ex, cfg, UpstreamErrorKind::Reset, &e, unread).await;
+                }
+            }
+        };
+        // The rest of the body, as the client sends it. An upstream that stops reading
+        // (it answered early, or died) ends the sending; its answer, if any, is still
+        // read below, and the client's connection closes after it.
+        while body_left > 0 {
+            let idle = proxy.limits().body_read_timeout;
+            let waiting = tokio::time::Instant::now();
+            let read = tokio::time::timeout(idle, c.io.read_buf(&mut c.buf)).await;
+            deadline += waiting.elapsed();
+            let n = match read {
+                Err(_) => {
+                    return answer(
+                        c,
+                        ex,
+                        StatusCode::REQUEST_TIMEOUT,
+                        forward::BODY_STALLED,
+                        true,
+                    )
+                    .await
+                }
+                Ok(Ok(n)) if n > 0 => n,
+                // The client left mid-body: a 499.
+                _ => return Next::Close,
+            };
+            let take = (n as u64).min(body_left) as usize;
+            count(take);
+            body_left -= take as u64;
+            let sent = tokio::time::timeout_at(deadline, up.io.write_all(&c.buf[..take])).await;
+            c.buf.drain(..take);
+            match sent {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    client_close |= body_left > 0;
+                    // Whatever the upstream answers, the rest of the body was never sent:
+                    // the connection is not fit for another request (as fastclient has it).
+                    body_unsent = true;
+                    break;
+                }
+                Err(_) => return fail(c, ex, cfg, UpstreamErrorKind::Timeout, "", true).await,
+            }
+        }
+
+        // Phase 2: the response head, while watching the client: a client that hangs up
+        // now is a 499 (as with hyper's half_close off), and pipelined bytes are kept.
+        up.buf.clear();
+        let closing = client_close || proxy.is_draining();
+        let head = loop {
+            let client_room = c.buf.len() < CLIENT_BUF;
+            let reading = read_head(&mut up, head_only, closing, &mut c.out);
+            tokio::select! {
+                biased;
+                head = tokio::time::timeout_at(deadline, reading) => break head,
+                ready = c.io.readable(), if client_room => {
+                    if ready.is_err() {
+                        return Next::Close;
+                    }
+                    match c.io.try_read_buf(&mut c.buf) {
+                        Ok(0) => return Next::Close,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                        Err(_) => return Next::Close,
                     }
                 }
             }
         };
-        match conn.io.write_all(&c.out).await {
-            Ok(()) => break conn,
-            Err(_) if !fresh => continue,
-            Err(e) => {
-                let e = e.to_string();
-                return fail(c, ex, cfg, UpstreamErrorKind::Reset, &e, unread).await;
+        match head {
+            Ok(Ok(head)) => break (up, head, closing),
+            Ok(Err(no_head)) if !resent && may_resend(no_head, !fresh, replayable) => {
+                proxy.observer().metrics.route(route).upstream_retries.inc();
+                resent = true;
             }
+            Ok(Err(no_head)) => {
+                let kind = no_head.kind();
+                return fail(c, ex, cfg, kind, kind.label(), client_close).await;
+            }
+            Err(_) => return fail(c, ex, cfg, UpstreamErrorKind::Timeout, "", client_close).await,
         }
-    };
-
-    // The rest of the body, as the client sends it. An upstream that stops reading
-    // (it answered early, or died) ends the sending; its answer, if any, is still
-    // read below, and the client's connection closes after it.
-    while body_left > 0 {
-        let idle = proxy.limits().body_read_timeout;
-        let waiting = tokio::time::Instant::now();
-        let read = tokio::time::timeout(idle, c.io.read_buf(&mut c.buf)).await;
-        deadline += waiting.elapsed();
-        let n = match read {
-            Err(_) => {
-                return answer(
-                    c,
-                    ex,
-                    StatusCode::REQUEST_TIMEOUT,
-                    forward::BODY_STALLED,
-                    true,
-                )
-                .await
-            }
-            Ok(Ok(n)) if n > 0 => n,
-            // The client left mid-body: a 499.
-            _ => return Next::Close,
-        };
-        let take = (n as u64).min(body_left) as usize;
-        count(take);
-        body_left -= take as u64;
-        let sent = tokio::time::timeout_at(deadline, up.io.write_all(&c.buf[..take])).await;
-        c.buf.drain(..take);
-        match sent {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => {
-                client_close |= body_left > 0;
-                // Whatever the upstream answers, the rest of the body was never sent:
-                // the connection is not fit for another request (as fastclient has it).
-                body_unsent = true;
-                break;
-            }
-            Err(_) => return fail(c, ex, cfg, UpstreamErrorKind::Timeout, "", true).await,
-        }
-    }
-
-    // Phase 2: the response head, while watching the client: a client that hangs up
-    // now is a 499 (as with hyper's half_close off), and pipelined bytes are kept.
-    up.buf.clear();
-    let closing = client_close || proxy.is_draining();
-    let head = loop {
-        let client_room = c.buf.len() < CLIENT_BUF;
-        let reading = read_head(&mut up, head_only, closing, &mut c.out);
-        tokio::select! {
-            biased;
-            head = tokio::time::timeout_at(deadline, reading) => break head,
-            ready = c.io.readable(), if client_room => {
-                if ready.is_err() {
-                    return Next::Close;
-                }
-                match c.io.try_read_buf(&mut c.buf) {
-                    Ok(0) => return Next::Close,
-                    Ok(_) => {}
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                    Err(_) => return Next::Close,
-                }
-            }
-        }
-    };
-    let head = match head {
-        Ok(Ok(head)) => head,
-        Ok(Err(kind)) => return fail(c, ex, cfg, kind, kind.label(), client_close).await,
-        Err(_) => return fail(c, ex, cfg, UpstreamErrorKind::Timeout, "", client_close).await,
     };
 
     // Phase 3: the response.
@@ -1019,7 +1041,7 @@ async fn read_head(
     head_only: bool,
     close: bool,
     out: &mut Vec<u8>,
-) -> Result<Head, UpstreamErrorKind> {
+) -> Result<Head, NoHead> {
     read_response(up, |buf| parse_head(buf, head_only, close, out)).await
 }
 
@@ -1028,7 +1050,9 @@ async fn read_head(
 pub(crate) async fn read_response<T>(
     up: &mut UpConn,
     mut parse: impl FnMut(&[u8]) -> Result<Parsed<T>, UpstreamErrorKind>,
-) -> Result<T, UpstreamErrorKind> {
+) -> Result<T, NoHead> {
+    // The caller may have begun this read before (and dropped it to serve the client).
+    let mut heard = !up.buf.is_empty();
     loop {
         if !up.buf.is_empty() {
             match parse(&up.buf)? {
@@ -1040,17 +1064,68 @@ pub(crate) async fn read_response<T>(
                 Parsed::Partial => {}
             }
             if up.buf.len() >= MAX_RESPONSE_HEAD {
-                return Err(UpstreamErrorKind::Protocol);
+                return Err(NoHead::Fault(UpstreamErrorKind::Protocol));
             }
         }
         if up.buf.len() == up.buf.capacity() {
             up.buf.reserve(up.buf.capacity());
         }
         match up.io.read_buf(&mut up.buf).await {
-            Ok(0) | Err(_) => return Err(UpstreamErrorKind::Reset),
-            Ok(_) => {}
+            Ok(0) | Err(_) if heard => return Err(NoHead::Fault(UpstreamErrorKind::Reset)),
+            Ok(0) | Err(_) => return Err(NoHead::Unanswered),
+            Ok(_) => heard = true,
         }
     }
+}
+
+/// Why no response head came.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum NoHead {
+    /// The connection closed or reset before a single byte of answer (see `may_resend`).
+    Unanswered,
+    /// Anything else: a broken or oversized head, or a close part-way.
+    Fault(UpstreamErrorKind),
+}
+
+impl NoHead {
+    /// The `kind` it is counted as when final.
+    pub(crate) fn kind(self) -> UpstreamErrorKind {
+        match self {
+            NoHead::Unanswered => UpstreamErrorKind::Reset,
+            NoHead::Fault(kind) => kind,
+        }
+    }
+}
+
+impl From<UpstreamErrorKind> for NoHead {
+    fn from(kind: UpstreamErrorKind) -> Self {
+        NoHead::Fault(kind)
+    }
+}
+
+/// Whether a request may go again, once, on a new connection: the one it went on came
+/// from the pool and ended without a byte of answer (the upstream closed it as idle
+/// just as the request left, a race every keep-alive pool meets), and sending the
+/// request twice is harmless: an idempotent method (RFC 9110 §9.2.2) with no body, as
+/// nginx and Go's client resend it. On a new connection the same silence is the
+/// upstream's answer (it may have died on this very request): a 502, never resent.
+pub(crate) fn may_resend(no_head: NoHead, reused: bool, replayable: bool) -> bool {
+    no_head == NoHead::Unanswered && reused && replayable
+}
+
+/// Whether a request can be sent twice with the same effect as once: idempotent
+/// (RFC 9110 §9.2.2) and without a body, so nothing needs keeping to send it again.
+pub(crate) fn replayable(method: &Method, has_body: bool) -> bool {
+    !has_body
+        && matches!(
+            *method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        )
 }
 
 /// A response head at the front of a buffer.

@@ -186,6 +186,7 @@ pub struct Families {
     duration: HistogramVec,
     in_flight: IntGaugeVec,
     upstream_errors: IntCounterVec,
+    upstream_retries: IntCounterVec,
     request_bytes: IntCounterVec,
     response_bytes: IntCounterVec,
     quota: [GaugeVec; 3],
@@ -205,6 +206,8 @@ pub struct RouteMetrics {
     /// Requests being served right now on this route.
     pub in_flight: IntGauge,
     upstream_errors: [IntCounter; 4],
+    /// Requests sent again on a new connection after a pooled one closed unanswered.
+    pub upstream_retries: IntCounter,
     /// Request body bytes received from clients.
     pub request_bytes: IntCounter,
     /// Response body bytes sent to clients.
@@ -240,6 +243,7 @@ impl Metrics {
                 in_flight: f.in_flight.with_label_values(&[name]),
                 upstream_errors: UpstreamErrorKind::ALL
                     .map(|k| f.upstream_errors.with_label_values(&[name, k.label()])),
+                upstream_retries: f.upstream_retries.with_label_values(&[name]),
                 request_bytes: f.request_bytes.with_label_values(&[name]),
                 response_bytes: f.response_bytes.with_label_values(&[name]),
                 quota_vecs: f.quota.clone(),
@@ -289,6 +293,14 @@ impl Families {
                 "Failed upstream exchanges by route and kind (connect, timeout, reset, protocol).",
             ),
             &["route", "kind"],
+        )
+        .expect("valid metric");
+        let upstream_retries = IntCounterVec::new(
+            Opts::new(
+                "statuslens_upstream_retries_total",
+                "Requests sent again on a new upstream connection because the pooled one they went on closed without a byte of answer (idempotent requests without a body only).",
+            ),
+            &["route"],
         )
         .expect("valid metric");
         let req_bytes = IntCounterVec::new(
@@ -355,6 +367,7 @@ impl Families {
             Box::new(duration.clone()),
             Box::new(in_flight.clone()),
             Box::new(upstream_errors.clone()),
+            Box::new(upstream_retries.clone()),
             Box::new(req_bytes.clone()),
             Box::new(resp_bytes.clone()),
             Box::new(build_info),
@@ -372,6 +385,7 @@ impl Families {
             duration,
             in_flight,
             upstream_errors,
+            upstream_retries,
             request_bytes: req_bytes,
             response_bytes: resp_bytes,
             quota: quota_vecs,
