@@ -21,20 +21,21 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{capture_connection, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::config::{Config, HostHeader, ProxyConfig, RouteConfig};
 use crate::consumer::Identifier;
 use crate::fastclient;
-use crate::fastpath::FastRoute;
+use crate::fastpath::{self, FastRoute};
 use crate::framing::Defect;
 use crate::metrics::{Source, UpstreamErrorKind};
 use crate::observe::{
     BodyTooLarge, Exchange, ObservedBody, Observer, RequestBody, RequestBodyState, ResponseInner,
 };
 use crate::quota;
+use crate::reuse::{self, Watching};
 use crate::route::Router;
 
 /// What the connection knows about a request as it arrives.
@@ -100,7 +101,7 @@ struct Upstream {
     cfg: RouteConfig,
     /// One pooled client per worker thread: a worker only uses connections its own
     /// runtime drives, so no request waits on another thread's scheduler.
-    clients: Box<[Client<HttpsConnector<HttpConnector>, RequestBody>]>,
+    clients: Box<[Client<Watching<HttpsConnector<HttpConnector>>, RequestBody>]>,
     identifier: Option<Identifier>,
     /// Its fast-path pools, when the route can take the fast path (see `fastpath`).
     fast: Option<FastRoute>,
@@ -168,13 +169,13 @@ impl Proxy {
                             // The client's own Host (from the absolute URI) only applies
                             // when the forwarder did not set one: the `upstream` policy.
                             .set_host(true)
-                            .build(
+                            .build(Watching(
                                 HttpsConnectorBuilder::new()
                                     .with_tls_config(tls.clone())
                                     .https_or_http()
                                     .enable_http1()
                                     .wrap_connector(connector.clone()),
-                            )
+                            ))
                     })
                     .collect();
                 Ok(Upstream {
@@ -472,8 +473,35 @@ impl Proxy {
     ) -> Response<ObservedBody> {
         let up = &self.upstreams[route];
         let client = &up.clients[WORKER.with(Cell::get) % up.clients.len()];
-        let result =
-            upstream_deadline(up.cfg.timeout, Some(&state), client.request(upstream_req)).await;
+        // What a bodyless idempotent request needs to go once more, if the pooled
+        // connection it goes on closes unanswered (`fastpath::may_resend`'s rule; hyper's
+        // client cannot tell a reused connection after the fact, `reuse` does).
+        let mut upstream_req = upstream_req;
+        let has_body = !http_body::Body::is_end_stream(upstream_req.body());
+        let again = (client_upgrade.is_none()
+            && fastpath::replayable(upstream_req.method(), has_body))
+        .then(|| {
+            let mut copy = Request::new(upstream_req.body().none_like());
+            *copy.method_mut() = upstream_req.method().clone();
+            *copy.uri_mut() = upstream_req.uri().clone();
+            *copy.version_mut() = upstream_req.version();
+            *copy.headers_mut() = upstream_req.headers().clone();
+            (copy, capture_connection(&mut upstream_req))
+        });
+        let retries = &self.observer.metrics.route(route).upstream_retries;
+        let sending = async move {
+            let first = client.request(upstream_req).await;
+            match (first, again) {
+                (Err(_), Some((copy, captured)))
+                    if reuse::turns_of(&captured).is_some_and(|t| t.reused_and_unanswered()) =>
+                {
+                    retries.inc();
+                    client.request(copy).await
+                }
+                (first, _) => first,
+            }
+        };
+        let result = upstream_deadline(up.cfg.timeout, Some(&state), sending).await;
         let mut resp = match result {
             Ok(Ok(resp)) => resp,
             Ok(Err(err)) => {

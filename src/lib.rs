@@ -11,7 +11,8 @@
 //!    except plain HTTP/1.1 requests, which [`fastpath`] forwards without
 //!    hyper (same routing, same exchange, same answers), handing anything else back;
 //!    bodiless requests hyper parsed (h2c, TLS) use the fast path's upstream pools
-//!    through [`fastclient`];
+//!    through [`fastclient`]; hyper's client, for the rest, sees its connections
+//!    through [`reuse`], so that it can resend what a closing connection dropped;
 //! 4. [`observe`] records each request exactly once when its response ends — into
 //!    [`metrics`] (handles resolved at start-up) and the [`access_log`];
 //! 5. [`detect`] turns the per-second counts of each route × signal into live spikes;
@@ -91,6 +92,7 @@ pub mod logsink;
 pub mod metrics;
 pub mod observe;
 pub mod quota;
+pub mod reuse;
 pub mod route;
 pub mod server;
 pub mod status;

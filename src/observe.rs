@@ -363,7 +363,8 @@ pub struct BodyTooLarge(pub u64);
 
 /// A request body on its way upstream: counted, and cut off past the route's limit.
 pub struct RequestBody {
-    inner: hyper::body::Incoming,
+    /// None: no body (a request sent once more, see `forward_hyper`).
+    inner: Option<hyper::body::Incoming>,
     state: Arc<RequestBodyState>,
     counter: IntCounter,
     limit: Option<u64>,
@@ -385,7 +386,7 @@ impl RequestBody {
         idle: std::time::Duration,
     ) -> Self {
         RequestBody {
-            inner,
+            inner: Some(inner),
             state,
             counter,
             limit,
@@ -397,6 +398,19 @@ impl RequestBody {
 }
 
 impl RequestBody {
+    /// No body, counted where this one is: what a bodyless request sent again carries.
+    pub fn none_like(&self) -> RequestBody {
+        RequestBody {
+            inner: None,
+            state: self.state.clone(),
+            counter: self.counter.clone(),
+            limit: self.limit,
+            idle: self.idle,
+            idle_timer: None,
+            waiting: false,
+        }
+    }
+
     /// Ends the wait for the client being timed, if one is.
     fn end_wait(&mut self) {
         if std::mem::take(&mut self.waiting) {
@@ -420,7 +434,10 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
         if polled.is_pending() {
             if !this.waiting {
                 this.waiting = true;
@@ -467,11 +484,13 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().map_or(true, Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 

@@ -739,7 +739,8 @@ async fn idempotent_requests_a_pooled_connection_dropped_unanswered_go_once_more
     // as a request goes out on it. Here it reads the request and closes without a byte
     // of answer, which from the proxy's side is the same thing. An idempotent request
     // without a body is sent once more, on a new connection; anything else is a 502.
-    for h2 in [false, true] {
+    // Over the fast pools and over hyper's client (`fast_path = false`), alike.
+    for (h2, fast) in [(false, true), (true, true), (false, false), (true, false)] {
         let up = recorder_with(DEADLINE, |path, answered| match path {
             // Part of a head is an answer begun: the upstream had the request.
             "/stale-partial" if answered => Some(b"HTTP/1.1 200 OK\r\n"),
@@ -748,12 +749,8 @@ async fn idempotent_requests_a_pooled_connection_dropped_unanswered_go_once_more
         })
         .await;
         // One worker: one pool, so the pooled connection is the one reused.
-        let p = Proc::start(&[
-            "--upstream",
-            &format!("http://{}", up.addr),
-            "--workers",
-            "1",
-        ]);
+        let p = start_with_proxy_settings(&format!("workers = 1\nfast_path = {fast}"), up.addr);
+        let mode = format!("h2 {h2}, fast path {fast}");
         let c = if h2 { h2_client() } else { client() };
         let with_body = |method: &str, path: &str| {
             Request::builder()
@@ -786,7 +783,7 @@ async fn idempotent_requests_a_pooled_connection_dropped_unanswered_go_once_more
         assert_eq!(
             (statuses[..3].to_vec(), statuses[4].clone()),
             (vec![ok(), ok(), ok()], ok()),
-            "h2 {h2}"
+            "{mode}"
         );
         assert_eq!(
             (statuses[3].0, statuses[5].0, statuses[7].0, status(502)),
@@ -796,11 +793,11 @@ async fn idempotent_requests_a_pooled_connection_dropped_unanswered_go_once_more
             sum(m, "statuslens_responses_total", &[]) == 8.0
         })
         .await;
-        assert_eq!(responses(&m, "502", "proxy"), 3.0, "h2 {h2}");
+        assert_eq!(responses(&m, "502", "proxy"), 3.0, "{mode}");
         assert_eq!(
             sum(&m, "statuslens_upstream_errors_total", &[("kind", "reset")]),
             3.0,
-            "h2 {h2}: only the three that were not sent again"
+            "{mode}: only the three that were not sent again"
         );
         assert_eq!(
             sum(
@@ -809,7 +806,7 @@ async fn idempotent_requests_a_pooled_connection_dropped_unanswered_go_once_more
                 &[("route", "default")]
             ),
             2.0,
-            "h2 {h2}"
+            "{mode}"
         );
         let seen = up.seen.lock().unwrap().clone();
         assert_eq!(
@@ -826,7 +823,7 @@ async fn idempotent_requests_a_pooled_connection_dropped_unanswered_go_once_more
                 "conn 4: GET /warm",
                 "conn 4: GET /stale-partial",
             ],
-            "h2 {h2}: each idempotent request without a body reached the upstream at \
+            "{mode}: each idempotent request without a body reached the upstream at \
              most twice, the others once"
         );
     }
