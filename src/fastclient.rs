@@ -80,12 +80,8 @@ pub(crate) async fn send(
         // A pooled connection that turns out closed when written to never saw the
         // request: try the next (as hyper's client retries a canceled request).
         let (mut up, fresh) = loop {
-            let pooled = if resent {
-                None
-            } else {
-                fast.checkout(cfg.idle_timeout)
-            };
-            let (mut conn, fresh) = match pooled {
+            let pooled = (!resent).then(|| fast.checkout(cfg.idle_timeout));
+            let (mut conn, fresh) = match pooled.flatten() {
                 Some(conn) => (conn, false),
                 // Boxed, as the body's sending below: rarer than a pooled request, and
                 // their futures would otherwise size every request's (moved several

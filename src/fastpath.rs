@@ -578,12 +578,8 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
         // Phase 1: an upstream connection with the request head on it. A pooled one
         // that turns out closed when written to never saw the request: try the next.
         let (mut up, fresh) = loop {
-            let pooled = if resent {
-                None
-            } else {
-                fast.checkout(cfg.idle_timeout)
-            };
-            let (mut conn, fresh) = match pooled {
+            let pooled = (!resent).then(|| fast.checkout(cfg.idle_timeout));
+            let (mut conn, fresh) = match pooled.flatten() {
                 Some(conn) => (conn, false),
                 None => {
                     match tokio::time::timeout_at(deadline, fast.connect(cfg.connect_timeout)).await
