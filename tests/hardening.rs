@@ -787,7 +787,8 @@ async fn idempotent_requests_a_pooled_connection_dropped_unanswered_go_once_more
         );
         assert_eq!(
             (statuses[3].0, statuses[5].0, statuses[7].0, status(502)),
-            (502, 502, 502, 3)
+            (502, 502, 502, 3),
+            "{mode}"
         );
         let m = wait_metrics(&p, "eight", |m| {
             sum(m, "statuslens_responses_total", &[]) == 8.0
