@@ -103,7 +103,11 @@ pub(crate) async fn send(
         if let Some(body) = body.as_mut() {
             sent_whole = Box::pin(send_body(&mut up, body)).await?;
         }
-        match fastpath::read_response(&mut up, |buf| fastpath::parse_parts(buf, head_only)).await {
+        let mut heard = false;
+        let reading = fastpath::read_response(&mut up, &mut heard, |buf| {
+            fastpath::parse_parts(buf, head_only)
+        });
+        match reading.await {
             Ok(head) => break (up, head, sent_whole),
             Err(no_head) if !resent && fastpath::may_resend(no_head, !fresh, replayable) => {
                 proxy.observer().metrics.route(route).upstream_retries.inc();

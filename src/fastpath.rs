@@ -649,9 +649,12 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
         // now is a 499 (as with hyper's half_close off), and pipelined bytes are kept.
         up.buf.clear();
         let closing = client_close || proxy.is_draining();
+        // Outside the read, which is begun again each time the client has sent more: an
+        // interim (1xx) head it already took from the buffer was an answer all the same.
+        let mut heard = false;
         let head = loop {
             let client_room = c.buf.len() < CLIENT_BUF;
-            let reading = read_head(&mut up, head_only, closing, &mut c.out);
+            let reading = read_head(&mut up, &mut heard, head_only, closing, &mut c.out);
             tokio::select! {
                 biased;
                 head = tokio::time::timeout_at(deadline, reading) => break head,
@@ -1034,21 +1037,22 @@ struct Head {
 /// Reads until a final (non-1xx) response head is complete, writing the client's head.
 async fn read_head(
     up: &mut UpConn,
+    heard: &mut bool,
     head_only: bool,
     close: bool,
     out: &mut Vec<u8>,
 ) -> Result<Head, NoHead> {
-    read_response(up, |buf| parse_head(buf, head_only, close, out)).await
+    read_response(up, heard, |buf| parse_head(buf, head_only, close, out)).await
 }
 
 /// Reads until `parse` finds a final (non-1xx) response head at the front of the
-/// connection's buffer; 1xx heads are dropped.
+/// connection's buffer; 1xx heads are dropped. `heard` becomes true with the first
+/// byte of answer (the caller's, so that it outlives a read begun again).
 pub(crate) async fn read_response<T>(
     up: &mut UpConn,
+    heard: &mut bool,
     mut parse: impl FnMut(&[u8]) -> Result<Parsed<T>, UpstreamErrorKind>,
 ) -> Result<T, NoHead> {
-    // The caller may have begun this read before (and dropped it to serve the client).
-    let mut heard = !up.buf.is_empty();
     loop {
         if !up.buf.is_empty() {
             match parse(&up.buf)? {
@@ -1067,9 +1071,9 @@ pub(crate) async fn read_response<T>(
             up.buf.reserve(up.buf.capacity());
         }
         match up.io.read_buf(&mut up.buf).await {
-            Ok(0) | Err(_) if heard => return Err(NoHead::Fault(UpstreamErrorKind::Reset)),
+            Ok(0) | Err(_) if *heard => return Err(NoHead::Fault(UpstreamErrorKind::Reset)),
             Ok(0) | Err(_) => return Err(NoHead::Unanswered),
-            Ok(_) => heard = true,
+            Ok(_) => *heard = true,
         }
     }
 }
@@ -1102,25 +1106,22 @@ impl From<UpstreamErrorKind> for NoHead {
 /// Whether a request may go again, once, on a new connection: the one it went on came
 /// from the pool and ended without a byte of answer (the upstream closed it as idle
 /// just as the request left, a race every keep-alive pool meets), and sending the
-/// request twice is harmless: an idempotent method (RFC 9110 §9.2.2) with no body, as
-/// nginx and Go's client resend it. On a new connection the same silence is the
-/// upstream's answer (it may have died on this very request): a 502, never resent.
+/// request twice is harmless (see `replayable`). On a new connection the same silence
+/// is the upstream's answer (it may have died on this very request): a 502, never
+/// resent.
 pub(crate) fn may_resend(no_head: NoHead, reused: bool, replayable: bool) -> bool {
     no_head == NoHead::Unanswered && reused && replayable
 }
 
-/// Whether a request can be sent twice with the same effect as once: idempotent
-/// (RFC 9110 §9.2.2) and without a body, so nothing needs keeping to send it again.
+/// Whether a request can be sent twice with nothing lost: a safe method (RFC 9110
+/// §9.2.1) without a body, as Go's HTTP client resends. Idempotent but unsafe methods
+/// are not: a DELETE the upstream did carry out before it went silent would come back
+/// 404 the second time, an answer more misleading than the 502.
 pub(crate) fn replayable(method: &Method, has_body: bool) -> bool {
     !has_body
         && matches!(
             *method,
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::TRACE
-                | Method::PUT
-                | Method::DELETE
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
         )
 }
 

@@ -21,7 +21,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::{capture_connection, HttpConnector};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
@@ -473,10 +473,9 @@ impl Proxy {
     ) -> Response<ObservedBody> {
         let up = &self.upstreams[route];
         let client = &up.clients[WORKER.with(Cell::get) % up.clients.len()];
-        // What a bodyless idempotent request needs to go once more, if the pooled
+        // What a bodyless safe request needs to go once more, if the pooled
         // connection it goes on closes unanswered (`fastpath::may_resend`'s rule; hyper's
         // client cannot tell a reused connection after the fact, `reuse` does).
-        let mut upstream_req = upstream_req;
         let has_body = !http_body::Body::is_end_stream(upstream_req.body());
         let again = (client_upgrade.is_none()
             && fastpath::replayable(upstream_req.method(), has_body))
@@ -486,14 +485,14 @@ impl Proxy {
             *copy.uri_mut() = upstream_req.uri().clone();
             *copy.version_mut() = upstream_req.version();
             *copy.headers_mut() = upstream_req.headers().clone();
-            (copy, capture_connection(&mut upstream_req))
+            copy
         });
         let retries = &self.observer.metrics.route(route).upstream_retries;
         let sending = async move {
             let first = client.request(upstream_req).await;
             match (first, again) {
-                (Err(_), Some((copy, captured)))
-                    if reuse::turns_of(&captured).is_some_and(|t| t.reused_and_unanswered()) =>
+                (Err(e), Some(copy))
+                    if reuse::turns_of(&e).is_some_and(|t| t.reused_and_unanswered()) =>
                 {
                     retries.inc();
                     client.request(copy).await

@@ -298,7 +298,7 @@ impl Families {
         let upstream_retries = IntCounterVec::new(
             Opts::new(
                 "statuslens_upstream_retries_total",
-                "Requests sent again on a new upstream connection because the pooled one they went on closed without a byte of answer (idempotent requests without a body only).",
+                "Requests sent again on a new upstream connection because the pooled one they went on closed without a byte of answer (GET, HEAD, OPTIONS and TRACE without a body only).",
             ),
             &["route"],
         )

@@ -4,7 +4,7 @@
 //! byte of answer came (`fastpath::may_resend`). hyper's client knows neither once a
 //! request has failed. [`Watching`] wraps its connector so that every connection keeps
 //! [`Turns`]: how many requests it has carried and whether the current one heard
-//! anything. A request reads them through `hyper_util`'s `capture_connection`.
+//! anything. A failed request finds them in its error's connection info.
 
 use std::future::Future;
 use std::io;
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::Uri;
-use hyper_util::client::legacy::connect::{CaptureConnection, Connected, Connection};
+use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -42,11 +42,10 @@ impl Turns {
     }
 }
 
-/// The turns of the connection a captured request went on, if it got one.
-pub fn turns_of(captured: &CaptureConnection) -> Option<Arc<Turns>> {
-    let connected = captured.connection_metadata();
+/// The turns of the connection a failed request went on, if it got one.
+pub fn turns_of(err: &hyper_util::client::legacy::Error) -> Option<Arc<Turns>> {
     let mut extensions = http::Extensions::new();
-    connected.as_ref()?.get_extras(&mut extensions);
+    err.connect_info()?.get_extras(&mut extensions);
     extensions.get::<Arc<Turns>>().cloned()
 }
 
