@@ -206,7 +206,7 @@ pub struct RouteMetrics {
     /// Requests being served right now on this route.
     pub in_flight: IntGauge,
     upstream_errors: [IntCounter; 4],
-    /// Requests sent again on a new connection after a pooled one closed unanswered.
+    /// Requests sent again after the pooled connection they went on closed unanswered.
     pub upstream_retries: IntCounter,
     /// Request body bytes received from clients.
     pub request_bytes: IntCounter,
@@ -298,7 +298,7 @@ impl Families {
         let upstream_retries = IntCounterVec::new(
             Opts::new(
                 "statuslens_upstream_retries_total",
-                "Requests sent again on a new upstream connection because the pooled one they went on closed without a byte of answer (GET, HEAD, OPTIONS and TRACE without a body only).",
+                "Requests sent again on another upstream connection because the pooled one they went on closed without a byte of answer (GET, HEAD, OPTIONS and TRACE without a body only).",
             ),
             &["route"],
         )
