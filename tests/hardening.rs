@@ -668,72 +668,75 @@ async fn recorder_with(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_requests_that_never_reached_the_upstream_are_retried() {
     use std::sync::atomic::Ordering;
-    let up = recorder().await;
-    let p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
-    let c = client();
-    let post = |path: &str| {
-        Request::post(p.url(path))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(full("a=1"))
-            .unwrap()
-    };
-    let wait_closed = |n: usize| {
-        let closed = up.closed.clone();
-        async move {
-            let deadline = Instant::now() + DEADLINE;
-            while closed.load(Ordering::SeqCst) < n {
-                assert!(
-                    Instant::now() < deadline,
-                    "upstream never closed connection {n}"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
+    // Over the fast pools and over hyper's client, alike.
+    for fast in [true, false] {
+        let up = recorder().await;
+        let p = start_with_proxy_settings(&format!("fast_path = {fast}"), up.addr);
+        let c = client();
+        let post = |path: &str| {
+            Request::post(p.url(path))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(full("a=1"))
+                .unwrap()
+        };
+        let wait_closed = |n: usize| {
+            let closed = up.closed.clone();
+            async move {
+                let deadline = Instant::now() + DEADLINE;
+                while closed.load(Ordering::SeqCst) < n {
+                    assert!(
+                        Instant::now() < deadline,
+                        "upstream never closed connection {n}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
             }
+        };
+
+        // A pooled connection the upstream closed while idle: the next request, a POST,
+        // meets it closed before anything is written, so it goes on a new connection —
+        // the upstream sees it once.
+        let (parts, _) = send(&c, post("/answer")).await;
+        assert_eq!(parts.status, 200);
+        wait_closed(1).await;
+        let (parts, body) = send(&c, post("/answer")).await;
+        assert_eq!(
+            (parts.status.as_u16(), body),
+            (200, bytes::Bytes::from("ok"))
+        );
+        wait_closed(2).await;
+
+        // Requests that reached the upstream, which then closed without answering, are not
+        // retried, whatever their method: the upstream may have acted on them.
+        for req in [
+            post("/vanish"),
+            Request::get(p.url("/vanish")).body(full("")).unwrap(),
+        ] {
+            let (parts, _) = send(&c, req).await;
+            assert_eq!(parts.status, 502);
         }
-    };
-
-    // A pooled connection the upstream closed while idle: the next request, a POST,
-    // meets it closed before anything is written, so it goes on a new connection —
-    // the upstream sees it once.
-    let (parts, _) = send(&c, post("/answer")).await;
-    assert_eq!(parts.status, 200);
-    wait_closed(1).await;
-    let (parts, body) = send(&c, post("/answer")).await;
-    assert_eq!(
-        (parts.status.as_u16(), body),
-        (200, bytes::Bytes::from("ok"))
-    );
-    wait_closed(2).await;
-
-    // Requests that reached the upstream, which then closed without answering, are not
-    // retried, whatever their method: the upstream may have acted on them.
-    for req in [
-        post("/vanish"),
-        Request::get(p.url("/vanish")).body(full("")).unwrap(),
-    ] {
-        let (parts, _) = send(&c, req).await;
-        assert_eq!(parts.status, 502);
+        let m = wait_metrics(&p, "four", |m| {
+            sum(m, "statuslens_responses_total", &[]) == 4.0
+        })
+        .await;
+        assert_eq!(responses(&m, "502", "proxy"), 2.0);
+        assert_eq!(
+            sum(&m, "statuslens_upstream_errors_total", &[]),
+            2.0,
+            "{m:?}"
+        );
+        let seen = up.seen.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            [
+                "conn 0: POST /answer",
+                "conn 1: POST /answer",
+                "conn 2: POST /vanish",
+                "conn 3: GET /vanish"
+            ],
+            "each request reached the upstream exactly once"
+        );
     }
-    let m = wait_metrics(&p, "four", |m| {
-        sum(m, "statuslens_responses_total", &[]) == 4.0
-    })
-    .await;
-    assert_eq!(responses(&m, "502", "proxy"), 2.0);
-    assert_eq!(
-        sum(&m, "statuslens_upstream_errors_total", &[]),
-        2.0,
-        "{m:?}"
-    );
-    let seen = up.seen.lock().unwrap().clone();
-    assert_eq!(
-        seen,
-        [
-            "conn 0: POST /answer",
-            "conn 1: POST /answer",
-            "conn 2: POST /vanish",
-            "conn 3: GET /vanish"
-        ],
-        "each request reached the upstream exactly once"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
