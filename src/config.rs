@@ -276,8 +276,8 @@ pub struct ProxyConfig {
     pub workers: usize,
     /// Plain HTTP/1.1 requests skip hyper (see `fastpath`).
     pub fast_path: bool,
-    /// Certificate chain and key files when the proxy listener speaks TLS.
-    pub tls: Option<(PathBuf, PathBuf)>,
+    /// The listener's certificate (read when this config was loaded) when it speaks TLS.
+    pub tls: Option<crate::tls::ServerIdentity>,
 }
 
 /// How much the access log writes.
@@ -550,7 +550,7 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
         tls: match &file.proxy.tls {
             None => None,
             Some(t) => {
-                crate::tls::server_config(&t.cert_file, &t.key_file).map_err(|e| {
+                let config = crate::tls::server_config(&t.cert_file, &t.key_file).map_err(|e| {
                     let field = match &e {
                         crate::tls::TlsError::Identity { path, .. } if *path == t.key_file => {
                             "proxy.tls.key_file"
@@ -559,7 +559,11 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
                     };
                     field_err(origin, field, e.to_string())
                 })?;
-                Some((t.cert_file.clone(), t.key_file.clone()))
+                Some(crate::tls::ServerIdentity {
+                    cert_file: t.cert_file.clone(),
+                    key_file: t.key_file.clone(),
+                    config,
+                })
             }
         },
     };

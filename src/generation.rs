@@ -155,6 +155,7 @@ impl Live {
         let config = Config::load(path, overrides).map_err(|e| e.to_string())?;
         let old = self.load();
         // Listeners and the webhook task are built once; changing them needs a restart.
+        // A listener speaks TLS or not for good; its certificate is this config's.
         let fixed = [
             (
                 "proxy.listen",
@@ -164,7 +165,10 @@ impl Live {
                 "admin.listen",
                 config.admin_listen != old.config.admin_listen,
             ),
-            ("proxy.tls", config.proxy.tls != old.config.proxy.tls),
+            (
+                "proxy.tls",
+                config.proxy.tls.is_some() != old.config.proxy.tls.is_some(),
+            ),
             (
                 "proxy.workers",
                 config.proxy.workers != old.config.proxy.workers,

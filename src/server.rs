@@ -137,16 +137,9 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(list).unwrap_or(u32::MAX));
 
-    let tls = match &config.proxy.tls {
-        Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
-            cert, key,
-        )?)),
-        None => None,
-    };
     let accepting = Arc::new(Accepting {
         live: live.clone(),
         builder,
-        tls,
         connections: AtomicUsize::new(0),
         header_read_timeout: config.proxy.header_read_timeout,
     });
@@ -272,7 +265,6 @@ fn bind_proxy(addr: SocketAddr, workers: usize) -> Result<Vec<std::net::TcpListe
 struct Accepting {
     live: Arc<Live>,
     builder: auto::Builder<TokioExecutor>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
     /// Open client connections, all workers.
     connections: AtomicUsize,
     /// Bounds a TLS handshake, and how long a connection hyper serves may go without a
@@ -344,7 +336,15 @@ impl Accepting {
         let generation = self.live.load();
         let max_connections = generation.config.proxy.max_connections;
         let overloaded = self.connections.load(Ordering::Relaxed) >= max_connections;
-        let fast = generation.config.proxy.fast_path && !overloaded && self.tls.is_none();
+        // The certificate of the generation current at accept: a reload that re-read
+        // rotated files serves them from the next connection on.
+        let tls = generation
+            .config
+            .proxy
+            .tls
+            .as_ref()
+            .map(|t| t.config.clone());
+        let fast = generation.config.proxy.fast_path && !overloaded && tls.is_none();
         drop(generation);
         let guard = ConnectionGuard::new(self.clone());
         // The TLS handshake (if any) runs in the connection's task, bounded like a request
@@ -352,7 +352,8 @@ impl Accepting {
         // makes a drain wait for the fast path's connections too.
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let stream = match self.tls.clone() {
+            let is_tls = tls.is_some();
+            let stream = match tls.map(tokio_rustls::TlsAcceptor::from) {
                 None if fast => {
                     let live = self.live.clone();
                     match crate::fastpath::serve(stream, peer, live, stop.clone()).await {
@@ -382,7 +383,6 @@ impl Accepting {
                 }
             };
             // hyper's side, built only for connections that reach it.
-            let is_tls = self.tls.is_some();
             let framing = Arc::new(Framing::default());
             let watched = framing.clone();
             let stalled = framing.clone();

@@ -1,4 +1,5 @@
-//! TLS toward upstreams: rustls with the system's roots plus an optional CA file.
+//! TLS: toward upstreams, rustls with the system's roots plus an optional CA file; on
+//! the proxy listener, the certificate and key files, read again by every reload.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -83,6 +84,28 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsErr
             .with_root_certificates(roots)
             .with_no_client_auth(),
     ))
+}
+
+/// The proxy listener's certificate: the files it came from and what was built of them.
+/// Each (re)load of the configuration reads the files anew, so a reload serves a rotated
+/// certificate to the connections accepted after it.
+#[derive(Clone)]
+pub struct ServerIdentity {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+    /// The server configuration handshakes use.
+    pub config: Arc<rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for ServerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerIdentity")
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A server configuration for the TLS listener: the chain in `cert_file`, the key in

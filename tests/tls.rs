@@ -5,6 +5,7 @@ mod common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -168,11 +169,13 @@ fn bad_ca_file_is_a_config_error_naming_the_field() {
 /// Starts statuslens with a TLS listener (the server certificate of `pki`), the
 /// `[proxy]` lines `settings`, and one route to `upstream`.
 fn tls_proxy(pki: &Pki, settings: &str, upstream: SocketAddr) -> Proc {
+    tls_proxy_at(pki, settings, upstream).0
+}
+
+/// `tls_proxy`, and the config file's path (see `identity_files`).
+fn tls_proxy_at(pki: &Pki, settings: &str, upstream: SocketAddr) -> (Proc, PathBuf) {
     let dir = write_config("");
-    let (cert, key) = (
-        dir.with_file_name("cert.pem"),
-        dir.with_file_name("key.pem"),
-    );
+    let (cert, key) = identity_files(&dir);
     std::fs::write(&cert, &pki.server_cert_pem).unwrap();
     std::fs::write(&key, &pki.server_key_pem).unwrap();
     std::fs::write(
@@ -184,7 +187,15 @@ fn tls_proxy(pki: &Pki, settings: &str, upstream: SocketAddr) -> Proc {
         ),
     )
     .unwrap();
-    Proc::start(&["--config", dir.to_str().unwrap()])
+    (Proc::start(&["--config", dir.to_str().unwrap()]), dir)
+}
+
+/// The certificate and key files `tls_proxy_at` wrote beside `config`.
+fn identity_files(config: &Path) -> (PathBuf, PathBuf) {
+    (
+        config.with_file_name("cert.pem"),
+        config.with_file_name("key.pem"),
+    )
 }
 
 /// Connects with TLS trusting `ca_pem`, offering `alpn`; returns the stream and the
@@ -193,10 +204,21 @@ async fn tls_connect(
     addr: SocketAddr,
     ca_pem: &str,
     alpn: &[&[u8]],
-) -> (
-    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
-    Option<Vec<u8>>,
-) {
+) -> (ClientTls, Option<Vec<u8>>) {
+    let tls = try_tls_connect(addr, ca_pem, alpn).await.unwrap();
+    let proto = tls.get_ref().1.alpn_protocol().map(|p| p.to_vec());
+    (tls, proto)
+}
+
+type ClientTls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// Connects with TLS trusting `ca_pem`, offering `alpn`: the handshake's error when the
+/// server's certificate is not one `ca_pem` issued.
+async fn try_tls_connect(
+    addr: SocketAddr,
+    ca_pem: &str,
+    alpn: &[&[u8]],
+) -> std::io::Result<ClientTls> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
@@ -209,9 +231,7 @@ async fn tls_connect(
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = connector.connect(name, tcp).await.unwrap();
-    let proto = tls.get_ref().1.alpn_protocol().map(|p| p.to_vec());
-    (tls, proto)
+    connector.connect(name, tcp).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,4 +348,99 @@ async fn failed_tls_handshakes_are_counted_a_plain_disconnect_is_not() {
     assert_eq!(handshakes(&m), 2.0);
     assert_eq!(sum(&m, "statuslens_responses_total", &[]), 0.0);
     drop(plain);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_serves_rotated_certificate_files_from_the_next_connection_on() {
+    let (old, new) = (pki(), pki());
+    let up = upstream().await;
+    let (p, config) = tls_proxy_at(&old, "", up.addr);
+    let get = |path: &str| {
+        Request::get(path)
+            .header("host", "localhost")
+            .body(full(Bytes::new()))
+            .unwrap()
+    };
+    // A connection made under the old certificate, kept open across the rotation.
+    let (tls, _) = tls_connect(p.proxy, &old.ca_pem, &[b"http/1.1"]).await;
+    let (mut kept, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let status = kept
+        .send_request(get("/status/200"))
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+
+    // The files are replaced in place, as certbot or cert-manager do, then a reload.
+    let (cert, key) = identity_files(&config);
+    std::fs::write(&cert, &new.server_cert_pem).unwrap();
+    std::fs::write(&key, &new.server_key_pem).unwrap();
+    p.signal("HUP");
+    p.wait_output("configuration reloaded");
+    // The next connection gets the new certificate, over HTTP/2 as over HTTP/1.1 ...
+    let tls = try_tls_connect(p.proxy, &new.ca_pem, &[b"h2"])
+        .await
+        .expect("the rotated certificate");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("https://localhost/status/202")
+        .body(full(Bytes::new()))
+        .unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), 202);
+    // ... and no longer the old one.
+    let refused = try_tls_connect(p.proxy, &old.ca_pem, &[b"http/1.1"])
+        .await
+        .expect_err("the old certificate is no longer served");
+    assert!(
+        refused.to_string().contains("invalid peer certificate"),
+        "{refused}"
+    );
+    // The connection opened before the reload carries on with the handshake it made.
+    let status = kept
+        .send_request(get("/status/201"))
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 201);
+
+    // A rotation caught half-way (the key file not yet a key) is rejected, naming the
+    // field, and the last good certificate is still served.
+    std::fs::write(&key, "not yet\n").unwrap();
+    p.signal("HUP");
+    p.wait_output("configuration reload rejected");
+    let output = p.all_output();
+    assert!(output.contains("proxy.tls.key_file"), "{output}");
+    let tls = try_tls_connect(p.proxy, &new.ca_pem, &[b"http/1.1"])
+        .await
+        .expect("still the rotated certificate");
+    drop(tls);
+
+    // Turning TLS off needs a restart: the listener speaks TLS for good.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let plain: String = text
+        .lines()
+        .filter(|l| !l.starts_with("tls"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(plain, text);
+    std::fs::write(&config, plain).unwrap();
+    p.signal("HUP");
+    p.wait_output("proxy.tls cannot change on reload");
+    let m = wait_metrics(&p, "three answers", |m| {
+        sum(m, "statuslens_responses_total", &[]) == 3.0
+    })
+    .await;
+    assert_eq!(
+        sum(&m, "statuslens_responses_total", &[("code", "202")]),
+        1.0
+    );
 }
