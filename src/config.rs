@@ -550,20 +550,17 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
         tls: match &file.proxy.tls {
             None => None,
             Some(t) => {
-                let config = crate::tls::server_config(&t.cert_file, &t.key_file).map_err(|e| {
-                    let field = match &e {
-                        crate::tls::TlsError::Identity { path, .. } if *path == t.key_file => {
-                            "proxy.tls.key_file"
-                        }
-                        _ => "proxy.tls.cert_file",
-                    };
-                    field_err(origin, field, e.to_string())
-                })?;
-                Some(crate::tls::ServerIdentity {
-                    cert_file: t.cert_file.clone(),
-                    key_file: t.key_file.clone(),
-                    config,
-                })
+                let identity =
+                    crate::tls::server_identity(&t.cert_file, &t.key_file).map_err(|e| {
+                        let field = match &e {
+                            crate::tls::TlsError::Identity { path, .. } if *path == t.key_file => {
+                                "proxy.tls.key_file"
+                            }
+                            _ => "proxy.tls.cert_file",
+                        };
+                        field_err(origin, field, e.to_string())
+                    })?;
+                Some(identity)
             }
         },
     };

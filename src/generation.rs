@@ -8,11 +8,13 @@
 //! queue — lives in [`Shared`]; new handles point into the same series, so counters
 //! carry on across reloads.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use prometheus::core::Collector;
+use prometheus::{Gauge, IntGauge, Registry};
 
 use crate::access_log::AccessLog;
 use crate::config::{Config, Overrides};
@@ -30,6 +32,78 @@ pub struct Shared {
     webhook: Option<Arc<Webhook>>,
     /// Set once on shutdown, seen by every generation (see `Proxy::start_draining`).
     draining: Arc<std::sync::atomic::AtomicBool>,
+    loads: LoadMetrics,
+}
+
+/// How the configuration's loads went, in the gauges Prometheus and Alertmanager keep of
+/// their own (`prometheus_config_last_reload_*`), so the same alert shape fits; and when
+/// the listener's certificate expires, which a reload may change.
+struct LoadMetrics {
+    successful: IntGauge,
+    success_time: Gauge,
+    /// Registered only for a TLS listener (which stays one across reloads).
+    certificate_expiry: Option<Gauge>,
+}
+
+impl LoadMetrics {
+    fn register(registry: &Registry, tls: bool) -> LoadMetrics {
+        let successful = IntGauge::new(
+            "statuslens_config_last_reload_successful",
+            "1 if the last configuration load (start-up or reload) took, 0 if the last reload was rejected (the previous configuration stays in effect).",
+        )
+        .expect("valid metric");
+        let success_time = Gauge::new(
+            "statuslens_config_last_reload_success_timestamp_seconds",
+            "When a configuration last took (start-up or reload), Unix seconds.",
+        )
+        .expect("valid metric");
+        let certificate_expiry = tls.then(|| {
+            Gauge::new(
+                "statuslens_tls_certificate_expiry_timestamp_seconds",
+                "When the proxy listener's certificate chain expires (its earliest notAfter), Unix seconds; a reload that reads rotated files moves it.",
+            )
+            .expect("valid metric")
+        });
+        let all = [
+            Box::new(successful.clone()) as Box<dyn Collector>,
+            Box::new(success_time.clone()),
+        ];
+        let expiry = certificate_expiry
+            .iter()
+            .map(|g| Box::new(g.clone()) as Box<dyn Collector>);
+        for c in all.into_iter().chain(expiry) {
+            registry.register(c).expect("metric names are unique");
+        }
+        LoadMetrics {
+            successful,
+            success_time,
+            certificate_expiry,
+        }
+    }
+
+    /// `config` took (at start-up, or by a reload).
+    fn took(&self, config: &Config) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.successful.set(1);
+        self.success_time.set(now.as_secs_f64());
+        if let (Some(gauge), Some(identity)) = (&self.certificate_expiry, &config.proxy.tls) {
+            gauge.set(identity.not_after as f64);
+            if identity.not_after <= now.as_secs() as i64 {
+                tracing::warn!(
+                    cert_file = %identity.cert_file.display(),
+                    not_after = identity.not_after,
+                    "the TLS listener's certificate has expired: clients will refuse it"
+                );
+            }
+        }
+    }
+
+    /// A reload was rejected.
+    fn rejected(&self) {
+        self.successful.set(0);
+    }
 }
 
 /// The running state built from one configuration.
@@ -121,11 +195,14 @@ impl Live {
             .webhook
             .clone()
             .map(|url| Arc::new(Webhook::start(url, config.detection.instance.clone())));
+        let loads = LoadMetrics::register(families.registry(), config.proxy.tls.is_some());
+        loads.took(&config);
         let shared = Shared {
             families,
             spikes,
             webhook,
             draining: Arc::default(),
+            loads,
         };
         let first = Generation::build(config, &shared, None)?;
         Ok(Live {
@@ -152,6 +229,16 @@ impl Live {
         let Some((path, overrides)) = &self.source else {
             return Err("nothing to reload: statuslens was started without --config".into());
         };
+        let outcome = self.swap(path, overrides);
+        match &outcome {
+            Ok(_) => self.shared.loads.took(&self.load().config),
+            Err(_) => self.shared.loads.rejected(),
+        }
+        outcome
+    }
+
+    /// Loads the file at `path` and, if it is good, makes it the current generation.
+    fn swap(&self, path: &Path, overrides: &Overrides) -> Result<usize, String> {
         let config = Config::load(path, overrides).map_err(|e| e.to_string())?;
         let old = self.load();
         // Listeners and the webhook task are built once; changing them needs a restart.

@@ -97,6 +97,8 @@ pub struct ServerIdentity {
     pub key_file: PathBuf,
     /// The server configuration handshakes use.
     pub config: Arc<rustls::ServerConfig>,
+    /// When the chain stops verifying: its earliest `notAfter`, in Unix seconds.
+    pub not_after: i64,
 }
 
 impl std::fmt::Debug for ServerIdentity {
@@ -104,20 +106,22 @@ impl std::fmt::Debug for ServerIdentity {
         f.debug_struct("ServerIdentity")
             .field("cert_file", &self.cert_file)
             .field("key_file", &self.key_file)
+            .field("not_after", &self.not_after)
             .finish_non_exhaustive()
     }
 }
 
-/// A server configuration for the TLS listener: the chain in `cert_file`, the key in
-/// `key_file` (PEM), and ALPN offering h2 then http/1.1.
-pub fn server_config(
-    cert_file: &Path,
-    key_file: &Path,
-) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+/// The TLS listener's identity: the chain in `cert_file`, the key in `key_file` (PEM),
+/// and ALPN offering h2 then http/1.1.
+pub fn server_identity(cert_file: &Path, key_file: &Path) -> Result<ServerIdentity, TlsError> {
     // The reader's error already names the file: keep its reason, not its text.
     let certs = read_ca_file(cert_file).map_err(|e| match e {
         TlsError::CaFile { path, why } => TlsError::Identity { path, why },
         other => other,
+    })?;
+    let not_after = earliest_not_after(&certs).map_err(|why| TlsError::Identity {
+        path: cert_file.to_path_buf(),
+        why,
     })?;
     let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key_file).map_err(|e| {
         TlsError::Identity {
@@ -133,5 +137,63 @@ pub fn server_config(
             why: format!("certificate and key do not match or are unusable: {e}"),
         })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok(ServerIdentity {
+        cert_file: cert_file.to_path_buf(),
+        key_file: key_file.to_path_buf(),
+        config: Arc::new(config),
+        not_after,
+    })
+}
+
+/// The earliest `notAfter` in `chain`, Unix seconds: an intermediate that expires before
+/// the leaf ends the chain's validity as surely as the leaf does.
+fn earliest_not_after(chain: &[CertificateDer<'_>]) -> Result<i64, String> {
+    chain
+        .iter()
+        .enumerate()
+        .try_fold(i64::MAX, |earliest, (i, der)| {
+            let (_, cert) = x509_parser::parse_x509_certificate(der)
+                .map_err(|e| format!("certificate {} of the chain is not X.509: {e}", i + 1))?;
+            Ok(earliest.min(cert.validity().not_after.timestamp()))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+
+    /// A CA expiring 2030-06-01 and a leaf it signed expiring 2031-01-02 (DER).
+    fn chain() -> (CertificateDer<'static>, CertificateDer<'static>) {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.not_after = rcgen::date_time_ymd(2030, 6, 1);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        leaf.not_after = rcgen::date_time_ymd(2031, 1, 2);
+        let leaf = leaf
+            .signed_by(&KeyPair::generate().unwrap(), &issuer)
+            .unwrap();
+        (leaf.der().clone(), ca_cert.der().clone())
+    }
+
+    #[test]
+    fn a_chain_expires_with_its_first_certificate_to_expire() {
+        let (leaf, ca) = chain();
+        // 2031-01-02 and 2030-06-01, 00:00 UTC.
+        assert_eq!(earliest_not_after(std::slice::from_ref(&leaf)), Ok(1_925_078_400));
+        assert_eq!(
+            earliest_not_after(&[leaf.clone(), ca.clone()]),
+            Ok(1_906_502_400)
+        );
+        assert_eq!(earliest_not_after(&[ca, leaf.clone()]), Ok(1_906_502_400));
+        let junk = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x01]);
+        let err = earliest_not_after(&[leaf, junk]).unwrap_err();
+        assert!(
+            err.starts_with("certificate 2 of the chain is not X.509"),
+            "{err}"
+        );
+    }
 }

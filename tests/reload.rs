@@ -116,6 +116,29 @@ async fn a_bad_file_is_rejected_and_the_old_config_stays() {
         ),
     ));
     let p = Proc::start(&["--config", path.to_str().unwrap()]);
+    // The load at start-up took; a plain listener has no certificate to expire.
+    let last_ok = |m: &[Sample]| sum(m, "statuslens_config_last_reload_successful", &[]);
+    let took_at = |m: &[Sample]| {
+        sum(
+            m,
+            "statuslens_config_last_reload_success_timestamp_seconds",
+            &[],
+        )
+    };
+    let m = metrics(&p).await;
+    assert_eq!(last_ok(&m), 1.0);
+    let started = took_at(&m);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        now - 600.0 < started && started <= now,
+        "{started} vs {now}"
+    );
+    assert!(!m
+        .iter()
+        .any(|s| s.name.starts_with("statuslens_tls_certificate")));
     std::fs::write(
         &path,
         "[[routes]]\nname = \"api\"\nupstrem = \"http://127.0.0.1:1\"\n",
@@ -124,6 +147,11 @@ async fn a_bad_file_is_rejected_and_the_old_config_stays() {
     p.signal("HUP");
     p.wait_output("configuration reload rejected");
     assert!(p.all_output().contains("routes[0]"), "{}", p.all_output());
+    // Prometheus sees the rejection (StatuslensConfigReloadFailed); the time stays the
+    // last good load's.
+    let m = metrics(&p).await;
+    assert_eq!(last_ok(&m), 0.0);
+    assert_eq!(took_at(&m), started);
     // Changing what is built once (listeners, TLS, the webhook) is refused, naming it,
     // and nothing else in that file is applied either: its route to `b` must not take.
     // (The test's --listen/--admin flags override the file, so the webhook shows it.)
@@ -153,6 +181,24 @@ async fn a_bad_file_is_rejected_and_the_old_config_stays() {
     assert_eq!(get(&client(), &p.url("/status/200")).await.0.status, 200);
     assert_eq!(a.seen.0.lock().unwrap().len(), 1);
     assert_eq!(b.seen.0.lock().unwrap().len(), 0);
+    assert_eq!(last_ok(&metrics(&p).await), 0.0);
+
+    // A good file takes again, and says so.
+    std::fs::write(
+        &path,
+        format!(
+            "[[routes]]\nname = \"api\"\nupstream = \"http://{}\"\n",
+            b.addr
+        ),
+    )
+    .unwrap();
+    p.signal("HUP");
+    p.wait_output("configuration reloaded");
+    let m = metrics(&p).await;
+    assert_eq!(last_ok(&m), 1.0);
+    assert!(took_at(&m) > started, "{} <= {started}", took_at(&m));
+    assert_eq!(get(&client(), &p.url("/status/200")).await.0.status, 200);
+    assert_eq!(b.seen.0.lock().unwrap().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,6 +261,12 @@ async fn sighup_without_a_config_file_changes_nothing() {
     assert_eq!(
         (parts.status.as_u16(), &body[..]),
         (200, &b"status 200"[..])
+    );
+    // No file was read, so no load failed: nothing to alert on.
+    let m = metrics(&p).await;
+    assert_eq!(
+        sum(&m, "statuslens_config_last_reload_successful", &[]),
+        1.0
     );
 }
 

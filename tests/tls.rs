@@ -27,6 +27,12 @@ struct Pki {
 }
 
 fn pki() -> Pki {
+    pki_until((4096, 1, 1))
+}
+
+/// A CA and a `localhost` certificate it signed that expires at the start of the day
+/// `(year, month, day)` (UTC).
+fn pki_until((year, month, day): (i32, u8, u8)) -> Pki {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -34,10 +40,9 @@ fn pki() -> Pki {
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
     let server_key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&server_key, &issuer)
-        .unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.not_after = rcgen::date_time_ymd(year, month, day);
+    let server = params.signed_by(&server_key, &issuer).unwrap();
     Pki {
         ca_pem: ca_cert.pem(),
         server_cert: server.der().clone(),
@@ -352,9 +357,18 @@ async fn failed_tls_handshakes_are_counted_a_plain_disconnect_is_not() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_serves_rotated_certificate_files_from_the_next_connection_on() {
-    let (old, new) = (pki(), pki());
+    // 2031-01-02 and 2032-03-04, 00:00 UTC.
+    let (old, new) = (pki_until((2031, 1, 2)), pki_until((2032, 3, 4)));
     let up = upstream().await;
     let (p, config) = tls_proxy_at(&old, "", up.addr);
+    let expiry = |m: &[Sample]| {
+        sum(
+            m,
+            "statuslens_tls_certificate_expiry_timestamp_seconds",
+            &[],
+        )
+    };
+    assert_eq!(expiry(&metrics(&p).await), 1_925_078_400.0);
     let get = |path: &str| {
         Request::get(path)
             .header("host", "localhost")
@@ -380,6 +394,7 @@ async fn a_reload_serves_rotated_certificate_files_from_the_next_connection_on()
     std::fs::write(&key, &new.server_key_pem).unwrap();
     p.signal("HUP");
     p.wait_output("configuration reloaded");
+    assert_eq!(expiry(&metrics(&p).await), 1_961_971_200.0);
     // The next connection gets the new certificate, over HTTP/2 as over HTTP/1.1 ...
     let tls = try_tls_connect(p.proxy, &new.ca_pem, &[b"h2"])
         .await
@@ -419,6 +434,12 @@ async fn a_reload_serves_rotated_certificate_files_from_the_next_connection_on()
     p.wait_output("configuration reload rejected");
     let output = p.all_output();
     assert!(output.contains("proxy.tls.key_file"), "{output}");
+    let m = metrics(&p).await;
+    assert_eq!(expiry(&m), 1_961_971_200.0);
+    assert_eq!(
+        sum(&m, "statuslens_config_last_reload_successful", &[]),
+        0.0
+    );
     let tls = try_tls_connect(p.proxy, &new.ca_pem, &[b"http/1.1"])
         .await
         .expect("still the rotated certificate");
@@ -443,4 +464,26 @@ async fn a_reload_serves_rotated_certificate_files_from_the_next_connection_on()
         sum(&m, "statuslens_responses_total", &[("code", "202")]),
         1.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_certificate_is_still_served_and_said_to_be_expired() {
+    // As nginx does, an expired certificate does not stop the proxy (clients decide);
+    // the log says it at once and the gauge dates it (2020-01-01 00:00 UTC).
+    let pki = pki_until((2020, 1, 1));
+    let p = tls_proxy(&pki, "", closed_port());
+    p.wait_output("the TLS listener's certificate has expired");
+    let m = metrics(&p).await;
+    assert_eq!(
+        sum(
+            &m,
+            "statuslens_tls_certificate_expiry_timestamp_seconds",
+            &[]
+        ),
+        1_577_836_800.0
+    );
+    let refused = try_tls_connect(p.proxy, &pki.ca_pem, &[b"http/1.1"])
+        .await
+        .expect_err("an expired certificate does not verify");
+    assert!(refused.to_string().contains("certificate expired"), "{refused}");
 }
