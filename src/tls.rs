@@ -183,7 +183,10 @@ mod tests {
     fn a_chain_expires_with_its_first_certificate_to_expire() {
         let (leaf, ca) = chain();
         // 2031-01-02 and 2030-06-01, 00:00 UTC.
-        assert_eq!(earliest_not_after(std::slice::from_ref(&leaf)), Ok(1_925_078_400));
+        assert_eq!(
+            earliest_not_after(std::slice::from_ref(&leaf)),
+            Ok(1_925_078_400)
+        );
         assert_eq!(
             earliest_not_after(&[leaf.clone(), ca.clone()]),
             Ok(1_906_502_400)

@@ -485,5 +485,8 @@ async fn an_expired_certificate_is_still_served_and_said_to_be_expired() {
     let refused = try_tls_connect(p.proxy, &pki.ca_pem, &[b"http/1.1"])
         .await
         .expect_err("an expired certificate does not verify");
-    assert!(refused.to_string().contains("certificate expired"), "{refused}");
+    assert!(
+        refused.to_string().contains("certificate expired"),
+        "{refused}"
+    );
 }
