@@ -78,6 +78,31 @@ struct FileConfig {
     routes: Vec<FileRoute>,
 }
 
+impl FileConfig {
+    /// Makes the file's relative paths relative to `dir`, its own directory, as Prometheus
+    /// does with its rule files: the same file names the same files whatever the working
+    /// directory of whoever reads it (a service manager, `statuslens check` run elsewhere).
+    fn anchor(&mut self, dir: &Path) {
+        let at = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        if let Some(tls) = &mut self.proxy.tls {
+            at(&mut tls.cert_file);
+            at(&mut tls.key_file);
+        }
+        if let Some(p) = &mut self.admin.token_file {
+            at(p);
+        }
+        for route in &mut self.routes {
+            if let Some(p) = &mut route.ca_file {
+                at(p);
+            }
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileProxy {
@@ -427,13 +452,27 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::parse(&text, &path.display().to_string(), overrides)
+        let origin = path.display().to_string();
+        // `x.toml`'s parent is "", which leaves its paths relative to the working directory,
+        // where the file itself is.
+        Config::parse_in(&text, &origin, overrides, path.parent())
     }
 
-    /// Validates config text; `origin` names it in errors.
+    /// Validates config text; `origin` names it in errors. Relative paths in it stay
+    /// relative to the working directory.
     pub fn parse(text: &str, origin: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
+        Config::parse_in(text, origin, overrides, None)
+    }
+
+    /// `parse`, with relative paths taken as relative to `dir` (the file's directory).
+    fn parse_in(
+        text: &str,
+        origin: &str,
+        overrides: &Overrides,
+        dir: Option<&Path>,
+    ) -> Result<Config, ConfigError> {
         let de = toml::Deserializer::new(text);
-        let file: FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut file: FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let field = e.path().to_string();
             let inner = e.into_inner();
             // toml's message carries the line and a caret; keep its last line, the reason.
@@ -452,6 +491,9 @@ impl Config {
                 format!("{msg}{line}"),
             )
         })?;
+        if let Some(dir) = dir {
+            file.anchor(dir);
+        }
         validate(file, origin, overrides)
     }
 

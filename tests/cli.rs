@@ -222,3 +222,43 @@ fn a_proxy_port_in_use_is_refused_even_by_another_statuslens() {
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains(&taken), "{err}");
 }
+
+#[test]
+fn relative_paths_are_relative_to_the_config_files_directory() {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let config = common::write_config("");
+    let dir = config.parent().unwrap();
+    std::fs::create_dir_all(dir.join("tls")).unwrap();
+    std::fs::write(dir.join("tls/cert.pem"), made.cert.pem()).unwrap();
+    std::fs::write(dir.join("tls/key.pem"), made.signing_key.serialize_pem()).unwrap();
+    std::fs::write(dir.join("token"), "0123456789abcdef0123\n").unwrap();
+    let text = |ca: &str| {
+        format!(
+            "[proxy]\ntls = {{ cert_file = \"tls/cert.pem\", key_file = \"tls/key.pem\" }}\n\n[admin]\ntoken_file = \"token\"\n\n[[routes]]\nname = \"a\"\nupstream = \"https://127.0.0.1:1\"\nca_file = \"{ca}\"\n"
+        )
+    };
+    // Read from another working directory, as a service manager would start it.
+    let check = || {
+        let out = Command::new(common::bin())
+            .args(["check", "--config", config.to_str().unwrap()])
+            .current_dir("/")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    std::fs::write(&config, text("tls/cert.pem")).unwrap();
+    let (code, err) = check();
+    assert_eq!(code, Some(0), "{err}");
+    // A relative path that is not there is named as it was looked for.
+    std::fs::write(&config, text("tls/gone.pem")).unwrap();
+    let (code, err) = check();
+    assert_eq!(code, Some(2), "{err}");
+    let looked_for = dir.join("tls/gone.pem");
+    assert!(
+        err.contains("routes[0].ca_file") && err.contains(looked_for.to_str().unwrap()),
+        "{err}"
+    );
+}
