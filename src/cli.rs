@@ -217,6 +217,26 @@ fn route_table(c: &Config, origin: &str) -> String {
     let _ = writeln!(t, "{origin}: ok");
     let _ = writeln!(t, "proxy  {}", c.proxy.listen);
     let _ = writeln!(t, "admin  {}", c.admin_listen);
+    if let Some(tls) = &c.proxy.tls {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let (y, mo, d, h, mi, s) = crate::detect::webhook::civil(tls.not_after.max(0) as u64);
+        let span = |secs: i64| match secs {
+            0..=172_799 => format!("{} hours", secs / 3600),
+            _ => format!("{} days", secs / 86_400),
+        };
+        let when = if tls.not_after <= now {
+            format!("EXPIRED {} ago", span(now - tls.not_after))
+        } else {
+            format!("in {}", span(tls.not_after - now))
+        };
+        let _ = writeln!(
+            t,
+            "tls    {}  expires {y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z ({when})",
+            tls.cert_file.display()
+        );
+    }
     let _ = writeln!(t, "signals {}", signals.join(", "));
     let _ = writeln!(t);
     let _ = writeln!(

@@ -246,15 +246,36 @@ fn relative_paths_are_relative_to_the_config_files_directory() {
             .unwrap();
         (
             out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
     std::fs::write(&config, text("tls/cert.pem")).unwrap();
-    let (code, err) = check();
+    let (code, out, err) = check();
     assert_eq!(code, Some(0), "{err}");
+    // rcgen's certificates run to 4096-01-01.
+    let cert = dir.join("tls/cert.pem");
+    let line = format!(
+        "tls    {}  expires 4096-01-01T00:00:00Z (in ",
+        cert.display()
+    );
+    assert!(out.contains(&line), "{out}");
+    // An expired one still checks (clients decide, as with nginx), and says so.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+    std::fs::write(&cert, params.self_signed(&key).unwrap().pem()).unwrap();
+    std::fs::write(dir.join("tls/key.pem"), key.serialize_pem()).unwrap();
+    let (code, out, err) = check();
+    assert_eq!(code, Some(0), "{err}");
+    let line = format!(
+        "tls    {}  expires 2020-01-01T00:00:00Z (EXPIRED ",
+        cert.display()
+    );
+    assert!(out.contains(&line) && out.contains(" days ago)"), "{out}");
     // A relative path that is not there is named as it was looked for.
     std::fs::write(&config, text("tls/gone.pem")).unwrap();
-    let (code, err) = check();
+    let (code, _, err) = check();
     assert_eq!(code, Some(2), "{err}");
     let looked_for = dir.join("tls/gone.pem");
     assert!(
