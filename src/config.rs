@@ -156,6 +156,62 @@ struct FileSignal {
     thresholds: FileThresholds,
 }
 
+/// `FileThresholds`' fields, and the own fields of the tables that take them flattened
+/// in: serde reports an unknown field there without these (see `flattened_unknown`).
+const THRESHOLD_FIELDS: [&str; 8] = [
+    "min_events",
+    "min_ratio",
+    "min_factor",
+    "p_value",
+    "baseline_half_life",
+    "prior_ratio",
+    "prior_weight",
+    "clear_after",
+];
+const DETECTION_FIELDS: [&str; 4] = ["enabled", "webhook", "instance", "history"];
+const SIGNAL_FIELDS: [&str; 3] = ["name", "codes", "severity"];
+
+/// An unknown field of `[detection]` or a `[[signals]]` entry said as serde says it of
+/// every other table: the key in the field path, the fields accepted, the key's line.
+/// (Through `#[serde(flatten)]` serde reports only the table, from its first line.)
+fn flattened_unknown(text: &str, field: &str, msg: &str, from: usize) -> Option<(String, String)> {
+    let own: &[&str] = match field {
+        "detection" => &DETECTION_FIELDS,
+        f if f.starts_with("signals[") && !f.contains('.') => &SIGNAL_FIELDS,
+        _ => return None,
+    };
+    let key = msg.strip_prefix("unknown field `")?.strip_suffix('`')?;
+    let expected: Vec<String> = own
+        .iter()
+        .chain(&THRESHOLD_FIELDS)
+        .map(|f| format!("`{f}`"))
+        .collect();
+    let at = key_offset(text, key, from).unwrap_or(from);
+    let line = 1 + text[..at].matches('\n').count();
+    Some((
+        format!("{field}.{key}"),
+        format!(
+            "unknown field `{key}`, expected one of {} (line {line})",
+            expected.join(", ")
+        ),
+    ))
+}
+
+/// Where `key =` is first written, as a bare key, at or after `from`.
+fn key_offset(text: &str, key: &str, from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(pos) = text.get(i..)?.find(key) {
+        let at = i + pos;
+        let before = text[..at].chars().next_back();
+        let after = text[at + key.len()..].trim_start_matches([' ', '\t']);
+        if matches!(before, None | Some(' ' | '\t' | '\n' | '{' | ',')) && after.starts_with('=') {
+            return Some(at);
+        }
+        i = at + key.len();
+    }
+    None
+}
+
 /// Detector thresholds; any level (detection, signal, route) may set any of them.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -477,9 +533,12 @@ impl Config {
             let inner = e.into_inner();
             // toml's message carries the line and a caret; keep its last line, the reason.
             let msg = inner.message().trim().to_string();
-            let line = inner
-                .span()
-                .map(|s| format!(" (line {})", 1 + text[..s.start].matches('\n').count()))
+            let from = inner.span().map(|s| s.start);
+            if let Some((field, msg)) = flattened_unknown(text, &field, &msg, from.unwrap_or(0)) {
+                return field_err(origin, field, msg);
+            }
+            let line = from
+                .map(|at| format!(" (line {})", 1 + text[..at].matches('\n').count()))
                 .unwrap_or_default();
             field_err(
                 origin,
@@ -1193,6 +1252,57 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, "test.toml", &Overrides::default())
+    }
+
+    #[test]
+    fn unknown_fields_beside_flattened_thresholds_name_the_key_its_line_and_the_fields() {
+        let route = "[[routes]]\nname = \"a\"\nupstream = \"http://127.0.0.1:1\"\n";
+        let cases = [
+            (
+                "[detection]\nenabled = true\nwindw = 3\n",
+                "detection.windw",
+                3,
+            ),
+            (
+                "detection = { enabled = true, windw = 3 }\n",
+                "detection.windw",
+                1,
+            ),
+            (
+                "[[signals]]\nname = \"x\"\ncodes = [\"401\"]\n\nmin_evnts = 3\n",
+                "signals[0].min_evnts",
+                5,
+            ),
+        ];
+        for (table, field, line) in cases {
+            let err = parse(&format!("{table}{route}")).unwrap_err().to_string();
+            let key = field.rsplit('.').next().unwrap();
+            assert!(
+                err.starts_with(&format!(
+                    "test.toml: {field}: unknown field `{key}`, expected one of `"
+                )),
+                "{err}"
+            );
+            assert!(
+                err.ends_with(&format!("`clear_after` (line {line})")),
+                "{err}"
+            );
+        }
+        // The lists name only fields the tables take: each one parses (or fails on its
+        // value), never as unknown.
+        let tables = [
+            ("[detection]", &DETECTION_FIELDS[..]),
+            ("[[signals]]", &SIGNAL_FIELDS[..]),
+        ];
+        for (table, own) in tables {
+            for f in own.iter().chain(&THRESHOLD_FIELDS) {
+                let err = parse(&format!("{table}\n{f} = 1\n{route}"))
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                assert!(!err.contains("unknown field"), "{table} {f}: {err}");
+            }
+        }
     }
 
     #[test]
