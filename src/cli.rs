@@ -222,9 +222,12 @@ fn route_table(c: &Config, origin: &str) -> String {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         let (y, mo, d, h, mi, s) = crate::detect::webhook::civil(tls.not_after.max(0) as u64);
-        let span = |secs: i64| match secs {
-            0..=172_799 => format!("{} hours", secs / 3600),
-            _ => format!("{} days", secs / 86_400),
+        let span = |secs: i64| {
+            let (n, unit) = match secs {
+                0..=172_799 => (secs / 3600, "hour"),
+                _ => (secs / 86_400, "day"),
+            };
+            format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
         };
         let when = if tls.not_after <= now {
             format!("EXPIRED {} ago", span(now - tls.not_after))

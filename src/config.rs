@@ -202,9 +202,13 @@ fn key_offset(text: &str, key: &str, from: usize) -> Option<usize> {
     let mut i = from;
     while let Some(pos) = text.get(i..)?.find(key) {
         let at = i + pos;
-        let before = text[..at].chars().next_back();
+        // A key begins its line or follows `{` or `,` (an inline table); not in a comment,
+        // not inside another key or a value.
+        let line = &text[text[..at].rfind('\n').map_or(0, |n| n + 1)..at];
+        let led = line.trim_end_matches([' ', '\t']);
         let after = text[at + key.len()..].trim_start_matches([' ', '\t']);
-        if matches!(before, None | Some(' ' | '\t' | '\n' | '{' | ',')) && after.starts_with('=') {
+        let placed = led.is_empty() || (!line.contains('#') && led.ends_with(['{', ',']));
+        if placed && after.starts_with('=') {
             return Some(at);
         }
         i = at + key.len();
@@ -1273,6 +1277,14 @@ mod tests {
                 "signals[0].min_evnts",
                 5,
             ),
+            // Not the commented-out line, nor a longer key that ends in this one.
+            (
+                "[[signals]]\nname = \"x\"\ncodes = [\"401\"]\n[[signals]]\nname = \"y\"\ncodes = [\"429\"]\n# events = 1\nmin_events = 2\n\tevents=3\n",
+                "signals[1].events",
+                9,
+            ),
+            // A quoted key is not looked for: the table's line.
+            ("[detection]\n\"windw\" = 3\n", "detection.windw", 1),
         ];
         for (table, field, line) in cases {
             let err = parse(&format!("{table}{route}")).unwrap_err().to_string();
@@ -1288,6 +1300,15 @@ mod tests {
                 "{err}"
             );
         }
+        // The threshold list is serde's own, where no flatten hides it.
+        let err = parse(&format!("{route}[routes.detect.unauthorized]\nbogus = 1\n"))
+            .unwrap_err()
+            .to_string();
+        let listed: Vec<String> = THRESHOLD_FIELDS.iter().map(|f| format!("`{f}`")).collect();
+        assert!(
+            err.contains(&format!("expected one of {} (", listed.join(", "))),
+            "{err}"
+        );
         // The lists name only fields the tables take: each one parses (or fails on its
         // value), never as unknown.
         let tables = [

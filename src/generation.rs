@@ -60,7 +60,7 @@ impl LoadMetrics {
         let certificate_expiry = tls.then(|| {
             Gauge::new(
                 "statuslens_tls_certificate_expiry_timestamp_seconds",
-                "When the proxy listener's certificate chain expires (its earliest notAfter), Unix seconds; a reload that reads rotated files moves it.",
+                "When the proxy listener's certificate (the first in proxy.tls.cert_file) expires, its notAfter in Unix seconds; a reload that reads rotated files moves it.",
             )
             .expect("valid metric")
         });
@@ -183,6 +183,10 @@ pub struct Live {
     /// each detector tick: a tick in between would report a spike the new generation
     /// never hears of (and then reports again).
     detecting: std::sync::Mutex<()>,
+    /// Held by a reload from reading the file to recording the outcome: a SIGHUP and a
+    /// `POST /api/reload` at once must not let the earlier read (an older certificate)
+    /// be swapped in last, nor the gauges tell of the other one.
+    reloading: std::sync::Mutex<()>,
 }
 
 impl Live {
@@ -210,6 +214,7 @@ impl Live {
             shared,
             source,
             detecting: std::sync::Mutex::new(()),
+            reloading: std::sync::Mutex::new(()),
         })
     }
 
@@ -229,6 +234,7 @@ impl Live {
         let Some((path, overrides)) = &self.source else {
             return Err("nothing to reload: statuslens was started without --config".into());
         };
+        let _reloading = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let outcome = self.swap(path, overrides);
         match &outcome {
             Ok(_) => self.shared.loads.took(&self.load().config),

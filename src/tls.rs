@@ -97,7 +97,7 @@ pub struct ServerIdentity {
     pub key_file: PathBuf,
     /// The server configuration handshakes use.
     pub config: Arc<rustls::ServerConfig>,
-    /// When the chain stops verifying: its earliest `notAfter`, in Unix seconds.
+    /// When the certificate (the leaf) expires: its `notAfter`, in Unix seconds.
     pub not_after: i64,
 }
 
@@ -119,7 +119,7 @@ pub fn server_identity(cert_file: &Path, key_file: &Path) -> Result<ServerIdenti
         TlsError::CaFile { path, why } => TlsError::Identity { path, why },
         other => other,
     })?;
-    let not_after = earliest_not_after(&certs).map_err(|why| TlsError::Identity {
+    let not_after = leaf_not_after(&certs).map_err(|why| TlsError::Identity {
         path: cert_file.to_path_buf(),
         why,
     })?;
@@ -137,6 +137,7 @@ pub fn server_identity(cert_file: &Path, key_file: &Path) -> Result<ServerIdenti
             why: format!("certificate and key do not match or are unusable: {e}"),
         })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.session_storage = sessions();
     Ok(ServerIdentity {
         cert_file: cert_file.to_path_buf(),
         key_file: key_file.to_path_buf(),
@@ -145,17 +146,27 @@ pub fn server_identity(cert_file: &Path, key_file: &Path) -> Result<ServerIdenti
     })
 }
 
-/// The earliest `notAfter` in `chain`, Unix seconds: an intermediate that expires before
-/// the leaf ends the chain's validity as surely as the leaf does.
-fn earliest_not_after(chain: &[CertificateDer<'_>]) -> Result<i64, String> {
-    chain
-        .iter()
-        .enumerate()
-        .try_fold(i64::MAX, |earliest, (i, der)| {
-            let (_, cert) = x509_parser::parse_x509_certificate(der)
-                .map_err(|e| format!("certificate {} of the chain is not X.509: {e}", i + 1))?;
-            Ok(earliest.min(cert.validity().not_after.timestamp()))
-        })
+/// The session cache every identity shares (rustls' default size), so clients still
+/// resume after a reload built a new server configuration, as nginx's shared cache does.
+fn sessions() -> Arc<dyn rustls::server::StoresServerSessions> {
+    static CACHE: OnceLock<Arc<dyn rustls::server::StoresServerSessions>> = OnceLock::new();
+    CACHE
+        .get_or_init(|| rustls::server::ServerSessionMemoryCache::new(256))
+        .clone()
+}
+
+/// The leaf's `notAfter` (the first certificate of `chain`), Unix seconds, as Traefik and
+/// cert-manager report it: a full-chain file may carry a cross-signed certificate that
+/// expires first while clients verify through a shorter path, which must not page.
+/// Every certificate must still be X.509: a broken one would fail clients' handshakes.
+fn leaf_not_after(chain: &[CertificateDer<'_>]) -> Result<i64, String> {
+    let mut leaf = None;
+    for (i, der) in chain.iter().enumerate() {
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| format!("certificate {} of the chain is not X.509: {e}", i + 1))?;
+        leaf.get_or_insert(cert.validity().not_after.timestamp());
+    }
+    leaf.ok_or_else(|| "no certificate".to_string())
 }
 
 #[cfg(test)]
@@ -163,7 +174,7 @@ mod tests {
     use super::*;
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 
-    /// A CA expiring 2030-06-01 and a leaf it signed expiring 2031-01-02 (DER).
+    /// A leaf expiring 2031-01-02 and the CA that signed it, expiring 2030-06-01 (DER).
     fn chain() -> (CertificateDer<'static>, CertificateDer<'static>) {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -180,20 +191,21 @@ mod tests {
     }
 
     #[test]
-    fn a_chain_expires_with_its_first_certificate_to_expire() {
+    fn the_expiry_is_the_leafs_and_every_certificate_must_be_x509() {
         let (leaf, ca) = chain();
-        // 2031-01-02 and 2030-06-01, 00:00 UTC.
+        // 2031-01-02 and 2030-06-01, 00:00 UTC: the leaf's date even where the CA's is
+        // earlier (a cross-signed root in a full-chain file).
         assert_eq!(
-            earliest_not_after(std::slice::from_ref(&leaf)),
+            leaf_not_after(std::slice::from_ref(&leaf)),
             Ok(1_925_078_400)
         );
         assert_eq!(
-            earliest_not_after(&[leaf.clone(), ca.clone()]),
-            Ok(1_906_502_400)
+            leaf_not_after(&[leaf.clone(), ca.clone()]),
+            Ok(1_925_078_400)
         );
-        assert_eq!(earliest_not_after(&[ca, leaf.clone()]), Ok(1_906_502_400));
+        assert_eq!(leaf_not_after(&[ca, leaf.clone()]), Ok(1_906_502_400));
         let junk = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x01]);
-        let err = earliest_not_after(&[leaf, junk]).unwrap_err();
+        let err = leaf_not_after(&[leaf, junk]).unwrap_err();
         assert!(
             err.starts_with("certificate 2 of the chain is not X.509"),
             "{err}"

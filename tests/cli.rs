@@ -238,10 +238,10 @@ fn relative_paths_are_relative_to_the_config_files_directory() {
         )
     };
     // Read from another working directory, as a service manager would start it.
-    let check = || {
+    let check_from = |cwd: &std::path::Path, config: &std::path::Path| {
         let out = Command::new(common::bin())
             .args(["check", "--config", config.to_str().unwrap()])
-            .current_dir("/")
+            .current_dir(cwd)
             .output()
             .unwrap();
         (
@@ -250,8 +250,13 @@ fn relative_paths_are_relative_to_the_config_files_directory() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
+    let check = || check_from(std::path::Path::new("/"), &config);
     std::fs::write(&config, text("tls/cert.pem")).unwrap();
     let (code, out, err) = check();
+    assert_eq!(code, Some(0), "{err}");
+    // And from its own directory, named bare (its parent is then "").
+    let bare = std::path::Path::new(config.file_name().unwrap());
+    let (code, _, err) = check_from(dir, bare);
     assert_eq!(code, Some(0), "{err}");
     // rcgen's certificates run to 4096-01-01.
     let cert = dir.join("tls/cert.pem");

@@ -490,3 +490,42 @@ async fn an_expired_certificate_is_still_served_and_said_to_be_expired() {
         "{refused}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_sessions_resume_across_a_reload() {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = pki();
+    let up = upstream().await;
+    let (p, _config) = tls_proxy_at(&pki, "", up.addr);
+    // One client configuration, so its session cache carries over between connections.
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    // A request each: reading the answer also takes in the server's session tickets.
+    let visit = || async {
+        let tcp = tokio::net::TcpStream::connect(p.proxy).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        let kind = tls.get_ref().1.handshake_kind();
+        tls.write_all(b"GET /status/200 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = tls.read_to_end(&mut answer).await;
+        assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+        kind
+    };
+    assert_eq!(visit().await, Some(rustls::HandshakeKind::Full));
+    assert_eq!(visit().await, Some(rustls::HandshakeKind::Resumed));
+    // The reload builds a new server configuration from the same files.
+    p.signal("HUP");
+    p.wait_output("configuration reloaded");
+    assert_eq!(visit().await, Some(rustls::HandshakeKind::Resumed));
+}
