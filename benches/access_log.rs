@@ -52,6 +52,7 @@ fn main() {
                         request_id: &request_id,
                         retry_after: None,
                         consumer: Some(ConsumerId(i % 50)),
+                        resent: false,
                     });
                 }
             };

@@ -52,6 +52,8 @@ pub struct Entry<'a> {
     pub retry_after: Option<f64>,
     /// Hashed consumer identity, when the route identifies consumers.
     pub consumer: Option<ConsumerId>,
+    /// The request went to the upstream twice (its pooled connection closed unanswered).
+    pub resent: bool,
 }
 
 impl AccessLog {
@@ -103,6 +105,7 @@ impl AccessLog {
                     retry,
                     retry_after_s = e.retry_after,
                     consumer,
+                    resent = e.resent.then_some(true),
                     "request"
                 )
             };

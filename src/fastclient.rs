@@ -29,7 +29,7 @@ use crate::config::RouteConfig;
 use crate::fastpath::{self, Chunks, FastRoute, UpConn};
 use crate::forward::Proxy;
 use crate::metrics::UpstreamErrorKind;
-use crate::observe::RequestBody;
+use crate::observe::{Exchange, RequestBody};
 
 /// Largest read while a body streams.
 const MAX_READ: usize = 64 * 1024;
@@ -57,12 +57,13 @@ pub(crate) fn takes(
 
 /// Sends `parts` (headers rewritten for the upstream, the client's URI) and `body` (its
 /// length in `parts`' `Content-Length`) on a pooled connection of route
-/// `route`, and reads the response head. A failed body is reported as a `Reset`: the
+/// `route`, and reads the response head; a resend is told to `ex`. A failed body is reported as a `Reset`: the
 /// caller looks at the body's state to tell the client's fault (408, 413).
 pub(crate) async fn send(
     proxy: Arc<Proxy>,
     route: usize,
     parts: &Parts,
+    ex: &mut Exchange,
     mut body: Option<RequestBody>,
 ) -> Result<Response<UpstreamBody>, Failure> {
     let (cfg, fast) = proxy
@@ -110,7 +111,7 @@ pub(crate) async fn send(
         match reading.await {
             Ok(head) => break (up, head, sent_whole),
             Err(no_head) if !resent && fastpath::may_resend(no_head, !fresh, replayable) => {
-                proxy.observer().metrics.route(route).upstream_retries.inc();
+                ex.resent();
                 resent = true;
             }
             Err(no_head) => return Err(failure(no_head.kind())),

@@ -674,7 +674,7 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
         match head {
             Ok(Ok(head)) => break (up, head, closing),
             Ok(Err(no_head)) if !resent && may_resend(no_head, !fresh, replayable) => {
-                proxy.observer().metrics.route(route).upstream_retries.inc();
+                ex.resent();
                 resent = true;
             }
             Ok(Err(no_head)) => {

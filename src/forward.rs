@@ -438,7 +438,7 @@ impl Proxy {
             // Fields used in place: binding them to locals would copy them into a second
             // slot of the future.
             let up = &self.upstreams[sent.route];
-            let send = fastclient::send(self.clone(), sent.route, &sent.parts, body);
+            let send = fastclient::send(self.clone(), sent.route, &sent.parts, &mut sent.ex, body);
             let resp = match upstream_deadline(up.cfg.timeout, sent.state.as_deref(), send).await {
                 Ok(Ok(resp)) => resp,
                 Ok(Err((kind, detail))) => {
@@ -487,14 +487,14 @@ impl Proxy {
             *copy.headers_mut() = upstream_req.headers().clone();
             copy
         });
-        let retries = &self.observer.metrics.route(route).upstream_retries;
+        let resend = &mut ex;
         let sending = async move {
             let first = client.request(upstream_req).await;
             match (first, again) {
                 (Err(e), Some(copy))
                     if reuse::turns_of(&e).is_some_and(|t| t.reused_and_unanswered()) =>
                 {
-                    retries.inc();
+                    resend.resent();
                     client.request(copy).await
                 }
                 (first, _) => first,

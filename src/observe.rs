@@ -143,6 +143,7 @@ pub struct Exchange {
     request_body: Option<Arc<RequestBodyState>>,
     consumer: Option<ConsumerId>,
     retry_after: Option<f64>,
+    resent: bool,
 }
 
 impl Exchange {
@@ -173,6 +174,7 @@ impl Exchange {
             request_body: None,
             consumer: None,
             retry_after: None,
+            resent: false,
         }
     }
 
@@ -213,6 +215,17 @@ impl Exchange {
     /// What the upstream's `Retry-After` said, in seconds, for the log.
     pub fn set_retry_after(&mut self, secs: Option<f64>) {
         self.retry_after = secs;
+    }
+
+    /// The request goes to the upstream once more: its pooled connection closed
+    /// unanswered (`fastpath::may_resend`). Counted now; the log line says it.
+    pub fn resent(&mut self) {
+        self.resent = true;
+        self.observer
+            .metrics
+            .route(self.route)
+            .upstream_retries
+            .inc();
     }
 
     /// Attaches the request body's byte tally so the log line can report it.
@@ -286,6 +299,7 @@ impl Drop for Exchange {
             request_id: &self.request_id,
             retry_after: self.retry_after,
             consumer: self.consumer,
+            resent: self.resent,
         });
     }
 }
