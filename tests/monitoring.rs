@@ -185,6 +185,24 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     ));
     let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
     let (proxy, admin) = (p.proxy, p.admin);
+    // A second instance with a TLS listener, for the certificate panel (no traffic).
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let tls_cfg = write_config("");
+    let (cert, key) = (
+        tls_cfg.with_file_name("cert.pem"),
+        tls_cfg.with_file_name("key.pem"),
+    );
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    std::fs::write(
+        &tls_cfg,
+        format!(
+            "[proxy]\ntls = {{ cert_file = \"cert.pem\", key_file = \"key.pem\" }}\n\n[[routes]]\nname = \"api\"\nupstream = \"http://{}\"\n",
+            up.addr
+        ),
+    )
+    .unwrap();
+    let tls = Proc::start(&["--config", tls_cfg.to_str().unwrap()]);
     let traffic = tokio::spawn(async move {
         let c = client();
         let paths = [
@@ -219,8 +237,9 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     std::fs::write(
         dir.join("prometheus.yml"),
         format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: statuslens\n    static_configs:\n      - targets: ['{admin}']\n",
-            rules.display()
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: statuslens\n    static_configs:\n      - targets: ['{admin}', '{}']\n",
+            rules.display(),
+            tls.admin
         ),
     )
     .unwrap();
