@@ -23,6 +23,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9464";
 /// Default upstream response-head timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// nginx's `proxy_read_timeout`: long enough for any response that is still moving,
+/// short enough that a stalled upstream does not hold a client for ever.
+const DEFAULT_RESPONSE_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most worker threads `proxy.workers` accepts.
 pub const MAX_WORKERS: usize = 1024;
 /// Most ended spikes `detection.history` may keep for `/api/spikes`.
@@ -295,6 +298,8 @@ struct FileRoute {
     connect_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "duration::serde_str::option")]
     idle_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration::serde_str::option")]
+    response_body_timeout: Option<Duration>,
     max_body_bytes: Option<u64>,
     max_in_flight: Option<usize>,
     host_header: Option<String>,
@@ -459,6 +464,8 @@ pub struct RouteConfig {
     pub connect_timeout: Duration,
     /// How long an idle pooled upstream connection is kept.
     pub idle_timeout: Duration,
+    /// Longest pause in the upstream's response body before the response is cut.
+    pub response_body_timeout: Duration,
     /// Largest request body accepted (413 beyond), if limited.
     pub max_body_bytes: Option<u64>,
     /// Requests in flight on this route beyond which new ones get 503, if limited.
@@ -829,6 +836,7 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
             timeout: default_timeout.unwrap_or(DEFAULT_TIMEOUT),
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(90),
+            response_body_timeout: DEFAULT_RESPONSE_BODY_TIMEOUT,
             max_body_bytes: None,
             max_in_flight: None,
             host_header: zero_config_host,
@@ -994,6 +1002,11 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
             timeout: nonzero("timeout", r.timeout.or(default_timeout), DEFAULT_TIMEOUT)?,
             connect_timeout: nonzero("connect_timeout", r.connect_timeout, Duration::from_secs(5))?,
             idle_timeout: nonzero("idle_timeout", r.idle_timeout, Duration::from_secs(90))?,
+            response_body_timeout: nonzero(
+                "response_body_timeout",
+                r.response_body_timeout,
+                DEFAULT_RESPONSE_BODY_TIMEOUT,
+            )?,
             max_body_bytes: r.max_body_bytes,
             max_in_flight: match r.max_in_flight {
                 Some(0) => {

@@ -687,6 +687,7 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
 
     // Phase 3: the response.
     ex.respond(head.status, Source::Upstream);
+    let stall = cfg.response_body_timeout;
     if let Some(map) = head.quota_headers.as_ref() {
         forward::note_upstream_headers(proxy.observer(), route, &mut ex, head.status, map);
     }
@@ -704,7 +705,7 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
             let mut collected = Ok(());
             if whole <= up.buf.capacity() as u64 {
                 while (up.buf.len() as u64) < whole {
-                    match read_more(c, &mut up).await {
+                    match read_more(c, &mut up, stall).await {
                         Ok(n) if n > 0 => {}
                         Ok(_) => {
                             collected = Err(Broken::Upstream);
@@ -728,7 +729,7 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
             match written {
                 Ok(()) => {
                     let left = n - first as u64;
-                    stream_length(c, &mut ex, &mut up, left, &mut reusable).await
+                    stream_length(c, &mut ex, &mut up, stall, left, &mut reusable).await
                 }
                 Err(e) => Err(e),
             }
@@ -748,7 +749,8 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
                     match write_client(c, &mut ex, chunks.data as usize).await {
                         Ok(()) if chunks.done() => Ok(()),
                         Ok(()) => {
-                            stream_chunked(c, &mut ex, &mut up, &mut chunks, &mut reusable).await
+                            stream_chunked(c, &mut ex, &mut up, stall, &mut chunks, &mut reusable)
+                                .await
                         }
                         Err(e) => Err(e),
                     }
@@ -764,7 +766,7 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
                 c.out.extend_from_slice(b"\r\n");
             }
             match write_client(c, &mut ex, rest).await {
-                Ok(()) => stream_until_close(c, &mut ex, &mut up).await,
+                Ok(()) => stream_until_close(c, &mut ex, &mut up, stall).await,
                 Err(e) => Err(e),
             }
         }
@@ -787,9 +789,10 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
         Err(Broken::Client) => Next::Close,
         // The upstream died mid-body: the client gets a truncated response with the
         // upstream's status, which is what gets counted — once.
-        Err(broken @ (Broken::Upstream | Broken::Framing)) => {
+        Err(broken @ (Broken::Upstream | Broken::Framing | Broken::Stalled)) => {
             ex.upstream_error(match broken {
                 Broken::Framing => UpstreamErrorKind::Protocol,
+                Broken::Stalled => UpstreamErrorKind::Timeout,
                 _ => UpstreamErrorKind::Reset,
             });
             ex.complete();
@@ -805,6 +808,8 @@ enum Broken {
     Upstream,
     /// The upstream broke its body's framing (chunks).
     Framing,
+    /// The upstream sent nothing for the route's `response_body_timeout`.
+    Stalled,
 }
 
 /// Writes `c.out` (the head and, of it, `body` body bytes) to the client.
@@ -842,22 +847,26 @@ async fn write_with_body(c: &mut Client, ex: &mut Exchange, body: &[u8]) -> Resu
 }
 
 /// Reads from the upstream into its buffer (from the start); 0 at its end.
-async fn read_up(c: &mut Client, up: &mut UpConn) -> Result<usize, Broken> {
+async fn read_up(c: &mut Client, up: &mut UpConn, stall: Duration) -> Result<usize, Broken> {
     up.buf.clear();
-    read_more(c, up).await
+    read_more(c, up, stall).await
 }
 
 /// Reads more of the upstream's response into its buffer, watching the client as the
 /// head's wait does: a client that hangs up mid-body is a 499 now — not when the
 /// upstream next sends, which a stalled one never does (it held the connection and its
-/// in-flight slot for as long). Pipelined bytes are kept for the next request.
-async fn read_more(c: &mut Client, up: &mut UpConn) -> Result<usize, Broken> {
+/// in-flight slot for as long). Pipelined bytes are kept for the next request. An
+/// upstream silent for `stall` (the route's `response_body_timeout`) is given up on.
+async fn read_more(c: &mut Client, up: &mut UpConn, stall: Duration) -> Result<usize, Broken> {
+    let silence = tokio::time::sleep(stall);
+    tokio::pin!(silence);
     loop {
         let client_room = c.buf.len() < CLIENT_BUF;
         tokio::select! {
             biased;
             // Cancel-safe: when the client's branch wins, nothing was read.
             read = up.io.read_buf(&mut up.buf) => return read.map_err(|_| Broken::Upstream),
+            () = &mut silence => return Err(Broken::Stalled),
             ready = c.io.readable(), if client_room => {
                 if ready.is_err() {
                     return Err(Broken::Client);
@@ -877,6 +886,7 @@ async fn stream_length(
     c: &mut Client,
     ex: &mut Exchange,
     up: &mut UpConn,
+    stall: Duration,
     mut left: u64,
     reusable: &mut bool,
 ) -> Result<(), Broken> {
@@ -886,7 +896,7 @@ async fn stream_length(
         up.buf.reserve(want);
     }
     while left > 0 {
-        let n = read_up(c, up).await?;
+        let n = read_up(c, up, stall).await?;
         if n == 0 {
             return Err(Broken::Upstream);
         }
@@ -906,11 +916,12 @@ async fn stream_chunked(
     c: &mut Client,
     ex: &mut Exchange,
     up: &mut UpConn,
+    stall: Duration,
     chunks: &mut Chunks,
     reusable: &mut bool,
 ) -> Result<(), Broken> {
     while !chunks.done() {
-        let n = read_up(c, up).await?;
+        let n = read_up(c, up, stall).await?;
         if n == 0 {
             return Err(Broken::Upstream);
         }
@@ -934,9 +945,10 @@ async fn stream_until_close(
     c: &mut Client,
     ex: &mut Exchange,
     up: &mut UpConn,
+    stall: Duration,
 ) -> Result<(), Broken> {
     loop {
-        let n = read_up(c, up).await?;
+        let n = read_up(c, up, stall).await?;
         c.out.clear();
         if n == 0 {
             c.out.extend_from_slice(b"0\r\n\r\n");

@@ -456,6 +456,7 @@ impl Proxy {
                 ResponseInner::Pooled(body),
                 sent.ex,
                 sent.client_version,
+                up.cfg.response_body_timeout,
             )
         }
     }
@@ -530,7 +531,13 @@ impl Proxy {
         }
         plain_content_length(resp.headers_mut());
         let (parts, body) = resp.into_parts();
-        to_client(parts, ResponseInner::Upstream(body), ex, client_version)
+        to_client(
+            parts,
+            ResponseInner::Upstream(body),
+            ex,
+            client_version,
+            up.cfg.response_body_timeout,
+        )
     }
 
     /// The client's body as the upstream gets it: counted, limited, timed.
@@ -701,12 +708,13 @@ fn to_client(
     body: ResponseInner,
     ex: Exchange,
     client_version: Version,
+    stall: Duration,
 ) -> Response<ObservedBody> {
     strip_hop_by_hop(&mut parts.headers, false);
     // The client hears its own protocol version: an HTTP/1.0 upstream must not turn
     // an HTTP/1.1 client's keep-alive connection into a one-shot one.
     parts.version = client_version;
-    Response::from_parts(parts, ObservedBody::new(body, ex))
+    Response::from_parts(parts, ObservedBody::new(body, ex).stalls_after(stall))
 }
 
 /// Makes a repeated `Content-Length` ("5, 5", or the field twice) one plain number, as

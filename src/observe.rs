@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Uri};
@@ -370,6 +370,11 @@ impl RequestBodyState {
 #[error("client sent no request body data for {0:?}")]
 pub struct BodyIdle(pub std::time::Duration);
 
+/// The error a response body yields when the upstream goes silent mid-body.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent no response body data for {0:?}")]
+pub struct BodyStalled(pub std::time::Duration);
+
 /// The error a request body yields when it exceeds its route's limit.
 #[derive(Debug, thiserror::Error)]
 #[error("request body exceeds the route's max_body_bytes ({0} bytes)")]
@@ -528,6 +533,12 @@ pub enum ResponseInner {
 pub struct ObservedBody {
     inner: ResponseInner,
     exchange: Option<Exchange>,
+    /// How long the upstream may leave the client waiting mid-body (zero: no limit).
+    stall_limit: Duration,
+    /// Armed at the first wait on the upstream, reset at each later one.
+    stall_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The last poll found nothing: the client is waiting on the upstream.
+    stalling: bool,
 }
 
 impl ObservedBody {
@@ -536,7 +547,17 @@ impl ObservedBody {
         ObservedBody {
             inner,
             exchange: Some(exchange),
+            stall_limit: Duration::ZERO,
+            stall_timer: None,
+            stalling: false,
         }
+    }
+
+    /// Cuts the body when the upstream sends nothing for `limit` while the client
+    /// waits (the route's `response_body_timeout`).
+    pub fn stalls_after(mut self, limit: Duration) -> Self {
+        self.stall_limit = limit;
+        self
     }
 
     /// A body no exchange is attached to (the exchange was counted elsewhere).
@@ -544,6 +565,9 @@ impl ObservedBody {
         ObservedBody {
             inner,
             exchange: None,
+            stall_limit: Duration::ZERO,
+            stall_timer: None,
+            stalling: false,
         }
     }
 
@@ -634,6 +658,13 @@ impl ObservedBody {
             #[cfg(test)]
             ResponseInner::Panics => panic!("response body bug"),
         };
+        let polled = match polled {
+            Poll::Pending => this.poll_stall(cx),
+            ready => {
+                this.stalling = false;
+                ready
+            }
+        };
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(data), Some(ex)) = (frame.data_ref(), this.exchange.as_mut()) {
@@ -651,12 +682,15 @@ impl ObservedBody {
                 // the upstream's status, which is what gets counted — once. Broken
                 // framing is the protocol's fault, a cut connection a reset.
                 if let Some(ex) = &this.exchange {
+                    let stalled = e.is::<BodyStalled>();
                     let malformed = e
                         .downcast_ref::<crate::fastclient::BodyError>()
                         .is_some_and(crate::fastclient::BodyError::is_malformed)
                         || e.downcast_ref::<hyper::Error>()
                             .is_some_and(hyper_malformed);
-                    ex.upstream_error(if malformed {
+                    ex.upstream_error(if stalled {
+                        UpstreamErrorKind::Timeout
+                    } else if malformed {
                         UpstreamErrorKind::Protocol
                     } else {
                         UpstreamErrorKind::Reset
@@ -670,6 +704,31 @@ impl ObservedBody {
                 Poll::Ready(None)
             }
             Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl ObservedBody {
+    /// The inner body has nothing yet: Pending, or the stall error once the client has
+    /// waited `stall_limit` without a byte. One timer per body, made at its first wait
+    /// (a body that arrives whole never makes one).
+    fn poll_stall(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.stall_limit.is_zero() {
+            return Poll::Pending;
+        }
+        if !self.stalling {
+            self.stalling = true;
+            let due = tokio::time::Instant::now() + self.stall_limit;
+            match self.stall_timer.as_mut() {
+                Some(timer) => timer.as_mut().reset(due),
+                None => self.stall_timer = Some(Box::pin(tokio::time::sleep_until(due))),
+            }
+        }
+        match self.stall_timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => {
+                Poll::Ready(Some(Err(Box::new(BodyStalled(self.stall_limit)))))
+            }
+            _ => Poll::Pending,
         }
     }
 }

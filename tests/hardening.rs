@@ -1357,3 +1357,60 @@ async fn a_log_reader_that_stops_reading_costs_lines_counted_not_the_proxy() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     assert_eq!(err.matches("log lines are being lost").count(), 1, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_silent_mid_body_is_cut_after_the_response_body_timeout() {
+    // As nginx's proxy_read_timeout: a response whose upstream stops sending must not
+    // hold the client (who may wait for ever), the upstream connection and the in-flight
+    // slot. The first chunk comes at once, the next after the delay in the path.
+    let up = upstream().await;
+    for (h2, fast) in [(false, true), (true, true), (false, false), (true, false)] {
+        let mode = format!("h2 {h2}, fast path {fast}");
+        let cfg = write_config(&format!(
+            "[proxy]\nfast_path = {fast}\n\n[[routes]]\nname = \"default\"\nupstream = \"http://{}\"\nresponse_body_timeout = \"2s\"\n",
+            up.addr
+        ));
+        let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+        let c = if h2 { h2_client() } else { client() };
+        // A body that keeps moving, if slowly, goes through whole.
+        let (parts, body) = get(&c, &p.url("/slowbody/100")).await;
+        assert_eq!((parts.status.as_u16(), body.len()), (200, 100), "{mode}");
+        // One that stops for longer is cut: the upstream's 200 and its first chunk, then
+        // an error, long before the upstream would send its next chunk (10 s) or end
+        // (100 s).
+        let req = Request::get(p.url("/slowbody/10000"))
+            .body(full(""))
+            .unwrap();
+        let resp = c.request(req).await.unwrap();
+        assert_eq!(resp.status(), 200, "{mode}");
+        let mut body = resp.into_body();
+        let mut got = 0;
+        let ended = tokio::time::timeout(DEADLINE, async {
+            while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+                match frame {
+                    Ok(f) => got += f.data_ref().map_or(0, |d| d.len()),
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        })
+        .await
+        .expect("cut before the upstream goes on");
+        assert!(ended.is_err(), "{mode}: the body ended whole");
+        assert_eq!(got, 10, "{mode}");
+        // Counted once, with the status the client got, and as the upstream's timeout.
+        let m = wait_metrics(&p, "two", |m| {
+            sum(m, "statuslens_responses_total", &[]) == 2.0
+        })
+        .await;
+        assert_eq!(responses(&m, "200", "upstream"), 2.0, "{mode}");
+        let errors = |kind| sum(&m, "statuslens_upstream_errors_total", &[("kind", kind)]);
+        assert_eq!(errors("timeout"), 1.0, "{mode}");
+        assert_eq!(
+            sum(&m, "statuslens_upstream_errors_total", &[]),
+            1.0,
+            "{mode}"
+        );
+        assert_eq!(sum(&m, "statuslens_requests_in_flight", &[]), 0.0, "{mode}");
+    }
+}
