@@ -687,7 +687,7 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
 
     // Phase 3: the response.
     ex.respond(head.status, Source::Upstream);
-    let stall = cfg.response_body_timeout;
+    let mut silence = std::pin::pin!(Silence::new(cfg.response_body_timeout));
     if let Some(map) = head.quota_headers.as_ref() {
         forward::note_upstream_headers(proxy.observer(), route, &mut ex, head.status, map);
     }
@@ -705,13 +705,17 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
             let mut collected = Ok(());
             if whole <= up.buf.capacity() as u64 {
                 while (up.buf.len() as u64) < whole {
-                    match read_more(c, &mut up, stall).await {
-                        Ok(n) if n > 0 => {}
-                        Ok(_) => {
+                    // Collecting holds the head back: no longer than the head's own
+                    // deadline, after which what came goes out and the rest streams.
+                    let more = read_more(c, &mut up, silence.as_mut());
+                    match tokio::time::timeout_at(deadline, more).await {
+                        Err(_) => break,
+                        Ok(Ok(n)) if n > 0 => {}
+                        Ok(Ok(_)) => {
                             collected = Err(Broken::Upstream);
                             break;
                         }
-                        Err(e) => {
+                        Ok(Err(e)) => {
                             collected = Err(e);
                             break;
                         }
@@ -729,7 +733,7 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
             match written {
                 Ok(()) => {
                     let left = n - first as u64;
-                    stream_length(c, &mut ex, &mut up, stall, left, &mut reusable).await
+                    stream_length(c, &mut ex, &mut up, silence.as_mut(), left, &mut reusable).await
                 }
                 Err(e) => Err(e),
             }
@@ -749,8 +753,15 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
                     match write_client(c, &mut ex, chunks.data as usize).await {
                         Ok(()) if chunks.done() => Ok(()),
                         Ok(()) => {
-                            stream_chunked(c, &mut ex, &mut up, stall, &mut chunks, &mut reusable)
-                                .await
+                            stream_chunked(
+                                c,
+                                &mut ex,
+                                &mut up,
+                                silence.as_mut(),
+                                &mut chunks,
+                                &mut reusable,
+                            )
+                            .await
                         }
                         Err(e) => Err(e),
                     }
@@ -766,7 +777,7 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
                 c.out.extend_from_slice(b"\r\n");
             }
             match write_client(c, &mut ex, rest).await {
-                Ok(()) => stream_until_close(c, &mut ex, &mut up, stall).await,
+                Ok(()) => stream_until_close(c, &mut ex, &mut up, silence.as_mut()).await,
                 Err(e) => Err(e),
             }
         }
@@ -798,6 +809,34 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
             ex.complete();
             Next::Close
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// How long the upstream may be silent mid-body (the route's
+    /// `response_body_timeout`): one timer per response, made at its first wait and
+    /// moved later at each (tokio extends a deadline in place, without the wheel's lock).
+    struct Silence {
+        limit: Duration,
+        #[pin]
+        timer: Option<tokio::time::Sleep>,
+    }
+}
+
+impl Silence {
+    fn new(limit: Duration) -> Silence {
+        Silence { limit, timer: None }
+    }
+
+    /// The timer for a wait on the upstream beginning now.
+    fn arm(self: Pin<&mut Self>) -> Pin<&mut tokio::time::Sleep> {
+        let mut this = self.project();
+        let due = tokio::time::Instant::now() + *this.limit;
+        match this.timer.as_mut().as_pin_mut() {
+            Some(timer) => timer.reset(due),
+            None => this.timer.set(Some(tokio::time::sleep_until(due))),
+        }
+        this.timer.as_pin_mut().expect("armed above")
     }
 }
 
@@ -847,26 +886,32 @@ async fn write_with_body(c: &mut Client, ex: &mut Exchange, body: &[u8]) -> Resu
 }
 
 /// Reads from the upstream into its buffer (from the start); 0 at its end.
-async fn read_up(c: &mut Client, up: &mut UpConn, stall: Duration) -> Result<usize, Broken> {
+async fn read_up(
+    c: &mut Client,
+    up: &mut UpConn,
+    silence: Pin<&mut Silence>,
+) -> Result<usize, Broken> {
     up.buf.clear();
-    read_more(c, up, stall).await
+    read_more(c, up, silence).await
 }
 
 /// Reads more of the upstream's response into its buffer, watching the client as the
 /// head's wait does: a client that hangs up mid-body is a 499 now — not when the
 /// upstream next sends, which a stalled one never does (it held the connection and its
 /// in-flight slot for as long). Pipelined bytes are kept for the next request. An
-/// upstream silent for `stall` (the route's `response_body_timeout`) is given up on.
-async fn read_more(c: &mut Client, up: &mut UpConn, stall: Duration) -> Result<usize, Broken> {
-    let silence = tokio::time::sleep(stall);
-    tokio::pin!(silence);
+/// upstream silent for the route's `response_body_timeout` is given up on.
+async fn read_more(
+    c: &mut Client,
+    up: &mut UpConn,
+    silence: Pin<&mut Silence>,
+) -> Result<usize, Broken> {
+    let mut silence = silence.arm();
     loop {
         let client_room = c.buf.len() < CLIENT_BUF;
         tokio::select! {
             biased;
             // Cancel-safe: when the client's branch wins, nothing was read.
             read = up.io.read_buf(&mut up.buf) => return read.map_err(|_| Broken::Upstream),
-            () = &mut silence => return Err(Broken::Stalled),
             ready = c.io.readable(), if client_room => {
                 if ready.is_err() {
                     return Err(Broken::Client);
@@ -878,6 +923,8 @@ async fn read_more(c: &mut Client, up: &mut UpConn, stall: Duration) -> Result<u
                     Err(_) => return Err(Broken::Client),
                 }
             }
+            // After the client's branch: a client that left at the same moment is a 499.
+            () = &mut silence => return Err(Broken::Stalled),
         }
     }
 }
@@ -886,7 +933,7 @@ async fn stream_length(
     c: &mut Client,
     ex: &mut Exchange,
     up: &mut UpConn,
-    stall: Duration,
+    mut silence: Pin<&mut Silence>,
     mut left: u64,
     reusable: &mut bool,
 ) -> Result<(), Broken> {
@@ -896,7 +943,7 @@ async fn stream_length(
         up.buf.reserve(want);
     }
     while left > 0 {
-        let n = read_up(c, up, stall).await?;
+        let n = read_up(c, up, silence.as_mut()).await?;
         if n == 0 {
             return Err(Broken::Upstream);
         }
@@ -916,12 +963,12 @@ async fn stream_chunked(
     c: &mut Client,
     ex: &mut Exchange,
     up: &mut UpConn,
-    stall: Duration,
+    mut silence: Pin<&mut Silence>,
     chunks: &mut Chunks,
     reusable: &mut bool,
 ) -> Result<(), Broken> {
     while !chunks.done() {
-        let n = read_up(c, up, stall).await?;
+        let n = read_up(c, up, silence.as_mut()).await?;
         if n == 0 {
             return Err(Broken::Upstream);
         }
@@ -945,10 +992,10 @@ async fn stream_until_close(
     c: &mut Client,
     ex: &mut Exchange,
     up: &mut UpConn,
-    stall: Duration,
+    mut silence: Pin<&mut Silence>,
 ) -> Result<(), Broken> {
     loop {
-        let n = read_up(c, up, stall).await?;
+        let n = read_up(c, up, silence.as_mut()).await?;
         c.out.clear();
         if n == 0 {
             c.out.extend_from_slice(b"0\r\n\r\n");

@@ -1414,3 +1414,65 @@ async fn an_upstream_silent_mid_body_is_cut_after_the_response_body_timeout() {
         assert_eq!(sum(&m, "statuslens_requests_in_flight", &[]), 0.0, "{mode}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fast_path_holds_a_small_body_back_no_longer_than_the_head_deadline() {
+    // The fast path sends a small Content-Length body with its head, in one write, so
+    // it waits for the whole body first. An upstream that sends part and goes silent
+    // must not hold the head back for the body's longer clock: past the head deadline
+    // (the route's `timeout`) what came goes out, and the rest waits out
+    // `response_body_timeout` as a streamed body does. A body that ends when the
+    // upstream closes is held to the same clock.
+    let cases: [(&str, &'static [u8]); 2] = [
+        (
+            "length",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+        ),
+        (
+            "until close",
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nabc",
+        ),
+    ];
+    for (what, reply) in cases {
+        // The upstream would close after a minute, well past DEADLINE.
+        let up = raw_upstream_lingering(reply, Duration::from_secs(60)).await;
+        let cfg = write_config(&format!(
+            "[[routes]]\nname = \"default\"\nupstream = \"http://{up}\"\ntimeout = \"1s\"\nresponse_body_timeout = \"6s\"\n"
+        ));
+        let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+        let started = Instant::now();
+        let mut s = TcpStream::connect(p.proxy).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        read_until(&mut s, &mut got, |b| {
+            b.ends_with(b"abc") || b.ends_with(b"abc\r\n")
+        })
+        .await;
+        let head_after = started.elapsed();
+        let text = String::from_utf8_lossy(&got).to_string();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{what}: {text}");
+        if what == "length" {
+            assert!(
+                head_after < Duration::from_secs(5),
+                "{what}: the head waited {head_after:?} for the body"
+            );
+        }
+        // Then the connection closes, the body cut short (no final chunk).
+        let rest = read_until_closed(&mut s, what).await;
+        let rest = String::from_utf8_lossy(&rest).to_string();
+        assert!(!rest.contains("0\r\n\r\n"), "{what}: {rest}");
+        let m = wait_metrics(&p, "one", |m| {
+            sum(m, "statuslens_responses_total", &[]) == 1.0
+        })
+        .await;
+        assert_eq!(responses(&m, "200", "upstream"), 1.0, "{what}");
+        let timeouts = sum(
+            &m,
+            "statuslens_upstream_errors_total",
+            &[("kind", "timeout")],
+        );
+        assert_eq!(timeouts, 1.0, "{what}");
+    }
+}
