@@ -217,6 +217,27 @@ async fn tls_connect(
 
 type ClientTls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
+/// An HTTP/2 client connection over `tls`, its connection task spawned.
+async fn h2_over(tls: ClientTls) -> hyper::client::conn::http2::SendRequest<TestBody> {
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+/// An HTTP/1.1 client connection over `tls`, its connection task spawned.
+async fn http1_over(tls: ClientTls) -> hyper::client::conn::http1::SendRequest<TestBody> {
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
 /// Connects with TLS trusting `ca_pem`, offering `alpn`: the handshake's error when the
 /// server's certificate is not one `ca_pem` issued.
 async fn try_tls_connect(
@@ -248,13 +269,7 @@ async fn tls_listener_speaks_h2_and_http11_by_alpn() {
     // HTTP/2 by ALPN.
     let (tls, proto) = tls_connect(p.proxy, &pki.ca_pem, &[b"h2", b"http/1.1"]).await;
     assert_eq!(proto.as_deref(), Some(&b"h2"[..]));
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut send = h2_over(tls).await;
     let resp = send
         .send_request(
             Request::get("https://localhost/status/201")
@@ -269,10 +284,7 @@ async fn tls_listener_speaks_h2_and_http11_by_alpn() {
     // HTTP/1.1 by ALPN.
     let (tls, proto) = tls_connect(p.proxy, &pki.ca_pem, &[b"http/1.1"]).await;
     assert_eq!(proto.as_deref(), Some(&b"http/1.1"[..]));
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut send = http1_over(tls).await;
     let resp = send
         .send_request(
             Request::get("/status/202")
@@ -377,10 +389,7 @@ async fn a_reload_serves_rotated_certificate_files_from_the_next_connection_on()
     };
     // A connection made under the old certificate, kept open across the rotation.
     let (tls, _) = tls_connect(p.proxy, &old.ca_pem, &[b"http/1.1"]).await;
-    let (mut kept, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut kept = http1_over(tls).await;
     let status = kept
         .send_request(get("/status/200"))
         .await
@@ -400,13 +409,7 @@ async fn a_reload_serves_rotated_certificate_files_from_the_next_connection_on()
         .await
         .expect("the rotated certificate");
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut send = h2_over(tls).await;
     let req = Request::get("https://localhost/status/202")
         .body(full(Bytes::new()))
         .unwrap();
