@@ -56,9 +56,9 @@ pub(crate) fn takes(
 }
 
 /// Sends `parts` (headers rewritten for the upstream, the client's URI) and `body` (its
-/// length in `parts`' `Content-Length`) on a pooled connection of route
-/// `route`, and reads the response head; a resend is told to `ex`. A failed body is reported as a `Reset`: the
-/// caller looks at the body's state to tell the client's fault (408, 413).
+/// length in `parts`' `Content-Length`) on a pooled connection of route `route`, and
+/// reads the response head; a resend is told to `ex`. A failed body is reported as a
+/// `Reset`: the caller looks at the body's state to tell the client's fault (408, 413).
 pub(crate) async fn send(
     proxy: Arc<Proxy>,
     route: usize,

@@ -544,9 +544,13 @@ pub struct ObservedBody {
 impl ObservedBody {
     /// Wraps `inner`; the exchange is recorded when the body ends or is dropped.
     pub fn new(inner: ResponseInner, exchange: Exchange) -> Self {
+        ObservedBody::with(inner, Some(exchange))
+    }
+
+    fn with(inner: ResponseInner, exchange: Option<Exchange>) -> Self {
         ObservedBody {
             inner,
-            exchange: Some(exchange),
+            exchange,
             stall_limit: Duration::ZERO,
             stall_timer: None,
             stalling: false,
@@ -562,13 +566,7 @@ impl ObservedBody {
 
     /// A body no exchange is attached to (the exchange was counted elsewhere).
     pub fn unobserved(inner: ResponseInner) -> Self {
-        ObservedBody {
-            inner,
-            exchange: None,
-            stall_limit: Duration::ZERO,
-            stall_timer: None,
-            stalling: false,
-        }
+        ObservedBody::with(inner, None)
     }
 
     fn inner_ended(&self) -> bool {
