@@ -652,9 +652,12 @@ async fn recorder_with(
                         }
                         break;
                     }
-                    let _ = s
-                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                        .await;
+                    // A HEAD's answer has no body, whatever its Content-Length says.
+                    let answer: &[u8] = match method {
+                        "HEAD" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n",
+                        _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                    };
+                    let _ = s.write_all(answer).await;
                     answered = true;
                 }
                 drop(s);
@@ -771,6 +774,8 @@ async fn safe_requests_a_pooled_connection_dropped_unanswered_go_once_more() {
             ("GET", "/warm", "", 200, 1),
             ("GET", "/stale-get", "", 200, 2),
             ("OPTIONS", "/stale-options", "", 200, 2),
+            ("HEAD", "/stale-head", "", 200, 2),
+            ("TRACE", "/stale-trace", "", 200, 2),
             // Idempotent, but not safe: a DELETE carried out would come back 404.
             ("DELETE", "/stale-delete", "", 502, 1),
             ("GET", "/warm", "", 200, 1),
@@ -787,8 +792,8 @@ async fn safe_requests_a_pooled_connection_dropped_unanswered_go_once_more() {
         }
         let want: Vec<u16> = plan.iter().map(|r| r.3).collect();
         assert_eq!(got, want, "{mode}");
-        let m = wait_metrics(&p, "ten", |m| {
-            sum(m, "statuslens_responses_total", &[]) == 10.0
+        let m = wait_metrics(&p, "all", |m| {
+            sum(m, "statuslens_responses_total", &[]) == plan.len() as f64
         })
         .await;
         assert_eq!(responses(&m, "502", "proxy"), 4.0, "{mode}");
@@ -803,7 +808,7 @@ async fn safe_requests_a_pooled_connection_dropped_unanswered_go_once_more() {
                 "statuslens_upstream_retries_total",
                 &[("route", "default")]
             ),
-            2.0,
+            4.0,
             "{mode}"
         );
         // Each resent request on a new connection, which answers; every other request
@@ -821,14 +826,14 @@ async fn safe_requests_a_pooled_connection_dropped_unanswered_go_once_more() {
         }
         let seen = up.seen.lock().unwrap().clone();
         assert_eq!(seen, want, "{mode}");
-        // The access log tells the two resent requests apart; no other line has the field.
+        // The access log tells the resent requests apart; no other line has the field.
         let start = Instant::now();
         let lines = loop {
             let lines = p.access_lines();
             if lines.len() >= plan.len() {
                 break lines;
             }
-            assert!(start.elapsed() < DEADLINE, "{mode}: ten access lines");
+            assert!(start.elapsed() < DEADLINE, "{mode}: every access line");
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         let resent: Vec<(&str, serde_json::Value)> = lines
@@ -837,7 +842,15 @@ async fn safe_requests_a_pooled_connection_dropped_unanswered_go_once_more() {
             .filter(|(_, r)| !r.is_null())
             .collect();
         let true_ = serde_json::Value::Bool(true);
-        let want_resent = vec![("/stale-get", true_.clone()), ("/stale-options", true_)];
+        let want_resent: Vec<_> = [
+            "/stale-get",
+            "/stale-options",
+            "/stale-head",
+            "/stale-trace",
+        ]
+        .into_iter()
+        .map(|path| (path, true_.clone()))
+        .collect();
         assert_eq!(resent, want_resent, "{mode}");
     }
 }
