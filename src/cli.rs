@@ -221,7 +221,6 @@ fn route_table(c: &Config, origin: &str) -> String {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        let (y, mo, d, h, mi, s) = crate::detect::webhook::civil(tls.not_after.max(0) as u64);
         let span = |secs: i64| {
             let (n, unit) = match secs {
                 0..=172_799 => (secs / 3600, "hour"),
@@ -236,8 +235,9 @@ fn route_table(c: &Config, origin: &str) -> String {
         };
         let _ = writeln!(
             t,
-            "tls    {}  expires {y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z ({when})",
-            tls.cert_file.display()
+            "tls    {}  expires {} ({when})",
+            tls.cert_file.display(),
+            crate::detect::webhook::rfc3339(tls.not_after.max(0) as u64)
         );
     }
     let _ = writeln!(t, "signals {}", signals.join(", "));

@@ -64,15 +64,12 @@ impl LoadMetrics {
             )
             .expect("valid metric")
         });
-        let all = [
-            Box::new(successful.clone()) as Box<dyn Collector>,
-            Box::new(success_time.clone()),
-        ];
-        let expiry = certificate_expiry
-            .iter()
-            .map(|g| Box::new(g.clone()) as Box<dyn Collector>);
-        for c in all.into_iter().chain(expiry) {
-            registry.register(c).expect("metric names are unique");
+        let register =
+            |g: Box<dyn Collector>| registry.register(g).expect("metric names are unique");
+        register(Box::new(successful.clone()));
+        register(Box::new(success_time.clone()));
+        if let Some(g) = &certificate_expiry {
+            register(Box::new(g.clone()));
         }
         LoadMetrics {
             successful,
