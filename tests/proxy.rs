@@ -37,7 +37,7 @@ async fn every_status_passes_through_and_is_counted_exactly() {
         assert_eq!(parts.status, 201);
     }
     let total = codes.len() as f64 + 5.0;
-    let m = wait_responses(&p, total).await;
+    let m = wait_settled(&p, total).await;
     assert_eq!(sum(&m, "statuslens_responses_total", &[]), total);
     for code in codes {
         let c = code.to_string();

@@ -71,7 +71,7 @@ async fn sighup_swaps_routes_keeping_in_flight_requests_and_counters() {
     assert_eq!((parts.status.as_u16(), body), (200, Bytes::from("gated")));
     assert_eq!(a.seen.0.lock().unwrap().len(), 4);
     // ...and counters carry on: nothing reset, everything counted once.
-    let m = wait_responses(&p, 6.0).await;
+    let m = wait_settled(&p, 6.0).await;
     assert_eq!(
         sum(
             &m,
