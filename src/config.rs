@@ -26,6 +26,12 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// nginx's `proxy_read_timeout`: long enough for any response that is still moving,
 /// short enough that a stalled upstream does not hold a client for ever.
 const DEFAULT_RESPONSE_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Envoy's default is 60 KiB, nginx's 4–8 KiB: a head this large is already a fault
+/// somewhere (a cookie jar gone wild), and HTTP/2 clients refuse much larger ones.
+const DEFAULT_MAX_RESPONSE_HEADER_BYTES: usize = 64 * 1024;
+/// `routes[].max_response_header_bytes`' range: hyper's client reads no less than 8 KiB
+/// at a time, and curl and nghttp2 drop HTTP/2 responses with heads above ~128 KiB.
+const RESPONSE_HEADER_BYTES: std::ops::RangeInclusive<usize> = 8 * 1024..=256 * 1024;
 /// Most worker threads `proxy.workers` accepts.
 pub const MAX_WORKERS: usize = 1024;
 /// Most ended spikes `detection.history` may keep for `/api/spikes`.
@@ -300,6 +306,7 @@ struct FileRoute {
     idle_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "duration::serde_str::option")]
     response_body_timeout: Option<Duration>,
+    max_response_header_bytes: Option<usize>,
     max_body_bytes: Option<u64>,
     max_in_flight: Option<usize>,
     host_header: Option<String>,
@@ -466,6 +473,8 @@ pub struct RouteConfig {
     pub idle_timeout: Duration,
     /// Longest pause in the upstream's response body before the response is cut.
     pub response_body_timeout: Duration,
+    /// Largest upstream response head (status line and fields) accepted; 502 beyond.
+    pub max_response_header_bytes: usize,
     /// Largest request body accepted (413 beyond), if limited.
     pub max_body_bytes: Option<u64>,
     /// Requests in flight on this route beyond which new ones get 503, if limited.
@@ -837,6 +846,7 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(90),
             response_body_timeout: DEFAULT_RESPONSE_BODY_TIMEOUT,
+            max_response_header_bytes: DEFAULT_MAX_RESPONSE_HEADER_BYTES,
             max_body_bytes: None,
             max_in_flight: None,
             host_header: zero_config_host,
@@ -1007,6 +1017,21 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
                 r.response_body_timeout,
                 DEFAULT_RESPONSE_BODY_TIMEOUT,
             )?,
+            max_response_header_bytes: match r.max_response_header_bytes {
+                None => DEFAULT_MAX_RESPONSE_HEADER_BYTES,
+                Some(n) if RESPONSE_HEADER_BYTES.contains(&n) => n,
+                Some(n) => {
+                    return Err(field_err(
+                        origin,
+                        at("max_response_header_bytes"),
+                        format!(
+                            "{n} is out of range: {} to {}",
+                            RESPONSE_HEADER_BYTES.start(),
+                            RESPONSE_HEADER_BYTES.end()
+                        ),
+                    ))
+                }
+            },
             max_body_bytes: r.max_body_bytes,
             max_in_flight: match r.max_in_flight {
                 Some(0) => {
@@ -1410,6 +1435,13 @@ upstream = "http://127.0.0.1:3001"
             (
                 "[[routes]]\nname='a'\nupstream='http://x'\n[routes.detect.server_error]\nclear_after='0s'\n",
                 "routes[0].detect.server_error.clear_after",
+            ),            (
+                "[[routes]]\nname='a'\nupstream='http://x'\nmax_response_header_bytes=4096\n",
+                "routes[0].max_response_header_bytes: 4096 is out of range: 8192 to 262144",
+            ),
+            (
+                "[[routes]]\nname='a'\nupstream='http://x'\nmax_response_header_bytes=262145\n",
+                "routes[0].max_response_header_bytes: 262145 is out of range",
             ),
         ];
         // One bit per signal in the hot path's mask: a 33rd would alias the first.

@@ -105,7 +105,8 @@ pub(crate) async fn send(
             sent_whole = Box::pin(send_body(&mut up, body)).await?;
         }
         let mut heard = false;
-        let reading = fastpath::read_response(&mut up, &mut heard, |buf| {
+        let limit = cfg.max_response_header_bytes;
+        let reading = fastpath::read_response(&mut up, &mut heard, limit, |buf| {
             fastpath::parse_parts(buf, head_only)
         });
         match reading.await {
@@ -114,7 +115,7 @@ pub(crate) async fn send(
                 ex.resent();
                 resent = true;
             }
-            Err(no_head) => return Err(failure(no_head.kind())),
+            Err(no_head) => return Err((no_head.kind(), no_head.detail().to_string())),
         }
     };
 
@@ -161,10 +162,6 @@ async fn send_body(up: &mut UpConn, body: &mut RequestBody) -> Result<bool, Fail
         }
     }
     Ok(true)
-}
-
-fn failure(kind: UpstreamErrorKind) -> Failure {
-    (kind, kind.label().to_string())
 }
 
 /// The upstream request head, as hyper's client writes it: lower-case names in the

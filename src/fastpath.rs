@@ -43,8 +43,9 @@ use crate::observe::{Exchange, RequestBodyState};
 const CLIENT_BUF: usize = 8 * 1024;
 /// Upstream read buffer, kept with its pooled connection.
 const UPSTREAM_BUF: usize = 16 * 1024;
-/// Largest upstream response head accepted (hyper's client allows about as much).
-const MAX_RESPONSE_HEAD: usize = 256 * 1024;
+/// The log's word for a response head over `max_response_header_bytes` (nginx: "upstream
+/// sent too big header").
+pub(crate) const RESPONSE_HEAD_TOO_LARGE: &str = "response head over max_response_header_bytes";
 /// Largest upstream read buffer while a long body streams.
 const MAX_STREAM_BUF: usize = 64 * 1024;
 /// Most request headers parsed here (more: hyper's path, which answers 431 when needed).
@@ -654,7 +655,14 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
         let mut heard = false;
         let head = loop {
             let client_room = c.buf.len() < CLIENT_BUF;
-            let reading = read_head(&mut up, &mut heard, head_only, closing, &mut c.out);
+            let reading = read_head(
+                &mut up,
+                &mut heard,
+                cfg.max_response_header_bytes,
+                head_only,
+                closing,
+                &mut c.out,
+            );
             tokio::select! {
                 biased;
                 head = tokio::time::timeout_at(deadline, reading) => break head,
@@ -678,8 +686,8 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
                 resent = true;
             }
             Ok(Err(no_head)) => {
-                let kind = no_head.kind();
-                return fail(c, ex, cfg, kind, kind.label(), client_close).await;
+                let (kind, detail) = (no_head.kind(), no_head.detail());
+                return fail(c, ex, cfg, kind, detail, client_close).await;
             }
             Err(_) => return fail(c, ex, cfg, UpstreamErrorKind::Timeout, "", client_close).await,
         }
@@ -1097,24 +1105,32 @@ struct Head {
 async fn read_head(
     up: &mut UpConn,
     heard: &mut bool,
+    limit: usize,
     head_only: bool,
     close: bool,
     out: &mut Vec<u8>,
 ) -> Result<Head, NoHead> {
-    read_response(up, heard, |buf| parse_head(buf, head_only, close, out)).await
+    read_response(up, heard, limit, |buf| {
+        parse_head(buf, head_only, close, out)
+    })
+    .await
 }
 
 /// Reads until `parse` finds a final (non-1xx) response head at the front of the
-/// connection's buffer; 1xx heads are dropped. `heard` becomes true with the first
-/// byte of answer (the caller's, so that it outlives a read begun again).
+/// connection's buffer; 1xx heads are dropped, and a head longer than `limit` bytes is a
+/// `Protocol` fault. `heard` becomes true with the first byte of answer (the caller's,
+/// so that it outlives a read begun again).
 pub(crate) async fn read_response<T>(
     up: &mut UpConn,
     heard: &mut bool,
+    limit: usize,
     mut parse: impl FnMut(&[u8]) -> Result<Parsed<T>, UpstreamErrorKind>,
 ) -> Result<T, NoHead> {
     loop {
         if !up.buf.is_empty() {
-            match parse(&up.buf)? {
+            // Only the first `limit` bytes are parsed, so a longer head never completes,
+            // however much of it one read brought.
+            match parse(&up.buf[..up.buf.len().min(limit)])? {
                 Parsed::Final(head) => return Ok(head),
                 Parsed::Interim(len) => {
                     up.buf.drain(..len);
@@ -1122,8 +1138,8 @@ pub(crate) async fn read_response<T>(
                 }
                 Parsed::Partial => {}
             }
-            if up.buf.len() >= MAX_RESPONSE_HEAD {
-                return Err(NoHead::Fault(UpstreamErrorKind::Protocol));
+            if up.buf.len() >= limit {
+                return Err(NoHead::TooLarge);
             }
         }
         if up.buf.len() == up.buf.capacity() {
@@ -1142,7 +1158,9 @@ pub(crate) async fn read_response<T>(
 pub(crate) enum NoHead {
     /// The connection closed or reset before a single byte of answer (see `may_resend`).
     Unanswered,
-    /// Anything else: a broken or oversized head, or a close part-way.
+    /// A head longer than the route's `max_response_header_bytes`.
+    TooLarge,
+    /// Anything else: a broken head, or a close part-way.
     Fault(UpstreamErrorKind),
 }
 
@@ -1151,7 +1169,16 @@ impl NoHead {
     pub(crate) fn kind(self) -> UpstreamErrorKind {
         match self {
             NoHead::Unanswered => UpstreamErrorKind::Reset,
+            NoHead::TooLarge => UpstreamErrorKind::Protocol,
             NoHead::Fault(kind) => kind,
+        }
+    }
+
+    /// What the log says of it.
+    pub(crate) fn detail(self) -> &'static str {
+        match self {
+            NoHead::TooLarge => RESPONSE_HEAD_TOO_LARGE,
+            other => other.kind().label(),
         }
     }
 }

@@ -166,6 +166,8 @@ impl Proxy {
                             .pool_idle_timeout(r.idle_timeout)
                             .pool_timer(TokioTimer::new())
                             .pool_max_idle_per_host(1024)
+                            // Counted as 502 `protocol` beyond this, as the fast path does.
+                            .http1_max_buf_size(r.max_response_header_bytes)
                             // The client's own Host (from the absolute URI) only applies
                             // when the forwarder did not set one: the `upstream` policy.
                             .set_host(true)
@@ -515,6 +517,13 @@ impl Proxy {
             }
             Err(_elapsed) => return failed(ex, &up.cfg, UpstreamErrorKind::Timeout, ""),
         };
+        // hyper's read limit (`http1_max_buf_size`) only bounds memory: one read may bring
+        // more. This is the rule, the same number the fast path holds heads to.
+        let size = head_size(&resp);
+        if size > up.cfg.max_response_header_bytes {
+            let detail = format!("{} ({size} bytes)", fastpath::RESPONSE_HEAD_TOO_LARGE);
+            return failed(ex, &up.cfg, UpstreamErrorKind::Protocol, &detail);
+        }
 
         // Phase 4: respond.
         self.note_response(route, &mut ex, resp.status(), resp.headers());
@@ -1122,6 +1131,21 @@ fn find_cause<'a, E: std::error::Error + 'static>(
         cur = e.source();
     }
     None
+}
+
+/// A response head's size as HTTP/1.1 carries it: status line, fields, blank line
+/// (whitespace around field values aside, which the parser drops).
+fn head_size<B>(resp: &Response<B>) -> usize {
+    let reason = match resp.extensions().get::<hyper::ext::ReasonPhrase>() {
+        Some(r) => r.as_bytes().len(),
+        None => resp.status().canonical_reason().map_or(0, str::len),
+    };
+    let fields: usize = resp
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + 2 + value.len() + 2)
+        .sum();
+    "HTTP/1.1 200 \r\n".len() + reason + fields + 2
 }
 
 /// Maps a client error onto the `kind` label.

@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use http::Request;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -1421,6 +1423,79 @@ async fn an_upstream_silent_mid_body_is_cut_after_the_response_body_timeout() {
         assert_eq!(
             sum(&m, "statuslens_upstream_errors_total", &[]),
             1.0,
+            "{mode}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_response_head_over_the_limit_is_a_counted_502() {
+    // Before the limit was 64 KiB, a 200 KB head went on: curl refused it and an HTTP/2
+    // client got an empty reply, while statuslens counted a 200. Both clients (hyper's
+    // and the fast pools) hold heads to the same number; a route may raise it.
+    let up = upstream().await;
+    for (h2, fast) in [(false, true), (true, true), (false, false), (true, false)] {
+        let mode = format!("h2 {h2}, fast path {fast}");
+        let cfg = write_config(&format!(
+            "[proxy]\nfast_path = {fast}\n\n[[routes]]\nname = \"default\"\nupstream = \"http://{a}\"\n\n\
+             [[routes]]\nname = \"roomy\"\nmatch = {{ path_prefix = \"/roomy/\" }}\nupstream = \"http://{a}\"\n\
+             max_response_header_bytes = 131072\n\n\
+             [[routes]]\nname = \"tight\"\nmatch = {{ path_prefix = \"/tight/\" }}\nupstream = \"http://{a}\"\n\
+             max_response_header_bytes = 8192\n",
+            a = up.addr
+        ));
+        let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+        // hyper's HTTP/2 client asks for heads of at most 16 KiB (SETTINGS_MAX_HEADER_LIST_SIZE);
+        // statuslens, as nginx, Envoy and nghttp2, does not cut a response to that advice.
+        let c = if h2 {
+            Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .http2_max_header_list_size(1 << 20)
+                .build(HttpConnector::new())
+        } else {
+            client()
+        };
+        // Over the default 64 KiB: the proxy's 502, and the connection with the rest of
+        // that head is not reused (the next request gets its own answer).
+        let (parts, _) = get(&c, &p.url("/bighead/70000")).await;
+        assert_eq!(parts.status, 502, "{mode}");
+        let (parts, body) = get(&c, &p.url("/status/201")).await;
+        assert_eq!(
+            (parts.status.as_u16(), &body[..]),
+            (201, &b"status 201"[..]),
+            "{mode}"
+        );
+        // Under it: forwarded whole.
+        let (parts, body) = get(&c, &p.url("/bighead/60000")).await;
+        assert_eq!(
+            (parts.status.as_u16(), &body[..]),
+            (200, &b"ok"[..]),
+            "{mode}"
+        );
+        assert_eq!(parts.headers["x-big"].len(), 60000, "{mode}");
+        // The route that allows 128 KiB forwards it.
+        let (parts, _) = get(&c, &p.url("/roomy/bighead/70000")).await;
+        assert_eq!(parts.status, 200, "{mode}");
+        assert_eq!(parts.headers["x-big"].len(), 70000, "{mode}");
+        // Exact even when one read brings the whole head: a large body first grows the
+        // pooled connection's buffer well past this route's 8 KiB.
+        let (parts, body) = get(&c, &p.url("/tight/big/200000")).await;
+        assert_eq!((parts.status.as_u16(), body.len()), (200, 200000), "{mode}");
+        let (parts, _) = get(&c, &p.url("/tight/bighead/9000")).await;
+        assert_eq!(parts.status, 502, "{mode}");
+
+        let m = wait_metrics(&p, "six", |m| {
+            sum(m, "statuslens_responses_total", &[]) == 6.0
+        })
+        .await;
+        assert_eq!(responses(&m, "502", "proxy"), 2.0, "{mode}");
+        assert_eq!(responses(&m, "200", "upstream"), 3.0, "{mode}");
+        assert_eq!(responses(&m, "201", "upstream"), 1.0, "{mode}");
+        let errors = |kind| sum(&m, "statuslens_upstream_errors_total", &[("kind", kind)]);
+        assert_eq!(errors("protocol"), 2.0, "{mode}");
+        assert_eq!(
+            sum(&m, "statuslens_upstream_errors_total", &[]),
+            2.0,
             "{mode}"
         );
     }

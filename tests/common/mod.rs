@@ -141,8 +141,8 @@ async fn upstream_handle(
     let path = req.uri().path().to_string();
     let mut parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     // Routes forward their prefix too (`/api/stall/5`): skip to the first command.
-    const COMMANDS: [&str; 9] = [
-        "status", "echo", "drain", "stall", "gate", "slowbody", "die", "big", "ws",
+    const COMMANDS: [&str; 10] = [
+        "status", "echo", "drain", "stall", "gate", "slowbody", "die", "big", "ws", "bighead",
     ];
     while parts.len() > 1 && !COMMANDS.contains(&parts[0]) {
         parts.remove(0);
@@ -199,6 +199,14 @@ async fn upstream_handle(
             let data = pattern(n.parse().unwrap());
             let chunks = data.chunks(64 * 1024).map(Bytes::copy_from_slice).collect();
             Response::new(chunked(chunks, Duration::ZERO, false))
+        }
+        ["bighead", n] => {
+            // A field of n bytes: a head just over that.
+            let mut r = Response::new(full("ok"));
+            let value = "h".repeat(n.parse().unwrap());
+            r.headers_mut()
+                .insert("x-big", http::HeaderValue::from_str(&value).unwrap());
+            r
         }
         ["ws"] => {
             let on = hyper::upgrade::on(&mut req);
