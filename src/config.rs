@@ -1435,7 +1435,8 @@ upstream = "http://127.0.0.1:3001"
             (
                 "[[routes]]\nname='a'\nupstream='http://x'\n[routes.detect.server_error]\nclear_after='0s'\n",
                 "routes[0].detect.server_error.clear_after",
-            ),            (
+            ),
+            (
                 "[[routes]]\nname='a'\nupstream='http://x'\nmax_response_header_bytes=4096\n",
                 "routes[0].max_response_header_bytes: 4096 is out of range: 8192 to 262144",
             ),

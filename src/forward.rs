@@ -166,8 +166,6 @@ impl Proxy {
                             .pool_idle_timeout(r.idle_timeout)
                             .pool_timer(TokioTimer::new())
                             .pool_max_idle_per_host(1024)
-                            // Counted as 502 `protocol` beyond this, as the fast path does.
-                            .http1_max_buf_size(r.max_response_header_bytes)
                             // The client's own Host (from the absolute URI) only applies
                             // when the forwarder did not set one: the `upstream` policy.
                             .set_host(true)
@@ -513,12 +511,20 @@ impl Proxy {
                 if find_cause::<BodyTooLarge>(&err).is_some() {
                     return local(ex, StatusCode::PAYLOAD_TOO_LARGE, BODY_TOO_LARGE);
                 }
-                return failed(ex, &up.cfg, classify(&err), &error_chain(&err));
+                let detail = match find_cause::<hyper::Error>(&err) {
+                    // Past ~400 KiB, or more than 100 fields (the fast path's limits too).
+                    Some(h) if h.is_parse_too_large() => {
+                        format!("{}, or over 100 fields", fastpath::RESPONSE_HEAD_TOO_LARGE)
+                    }
+                    _ => error_chain(&err),
+                };
+                return failed(ex, &up.cfg, classify(&err), &detail);
             }
             Err(_elapsed) => return failed(ex, &up.cfg, UpstreamErrorKind::Timeout, ""),
         };
-        // hyper's read limit (`http1_max_buf_size`) only bounds memory: one read may bring
-        // more. This is the rule, the same number the fast path holds heads to.
+        // The fast path's rule. Not hyper's `http1_max_buf_size`: one read may bring more
+        // than it, and it also caps body reads and the write buffer (8 KiB on a tight
+        // route). hyper's own limit (~400 KiB) only bounds memory.
         let size = head_size(&resp);
         if size > up.cfg.max_response_header_bytes {
             let detail = format!("{} ({size} bytes)", fastpath::RESPONSE_HEAD_TOO_LARGE);
@@ -1133,8 +1139,10 @@ fn find_cause<'a, E: std::error::Error + 'static>(
     None
 }
 
-/// A response head's size as HTTP/1.1 carries it: status line, fields, blank line
-/// (whitespace around field values aside, which the parser drops).
+/// A response head's size as HTTP/1.1 carries it: status line, fields, blank line. The
+/// parser keeps no whitespace around values: each field is taken as `name: value`, so
+/// an upstream that writes `name:value` is counted one byte more per field (and one
+/// with wider spacing less) than the fast path, which counts the bytes as sent.
 fn head_size<B>(resp: &Response<B>) -> usize {
     let reason = match resp.extensions().get::<hyper::ext::ReasonPhrase>() {
         Some(r) => r.as_bytes().len(),

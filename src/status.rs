@@ -1042,7 +1042,7 @@ const TABLE: [StatusInfo; REGISTERED_COUNT] = [
         "a proxy or gateway got an invalid reply from the server behind it",
         &[
             "upstream crashed, reset the connection or sent a garbled reply",
-            "if statuslens sent it: the proxy could not reach the upstream at all",
+            "if statuslens sent it: upstream unreachable, or its response head garbled or too large",
             "upstream restarting during a deploy",
             "broken link between services in a multi-system integration",
         ],
@@ -1050,6 +1050,7 @@ const TABLE: [StatusInfo; REGISTERED_COUNT] = [
             "check the upstream is running and listening on the configured address",
             "compare gateway and upstream logs at the same timestamp",
             "look for upstream crashes, restarts or TLS/protocol mismatches",
+            "statuslens_upstream_errors_total{kind} says which: connect, reset or protocol",
         ],
         Retry::IdempotentOnly,
         "Often transient: retry idempotent requests with backoff; others may have reached the upstream.",

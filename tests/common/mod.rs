@@ -561,17 +561,21 @@ pub async fn wait_responses(p: &Proc, n: f64) -> Vec<Sample> {
     .await
 }
 
-/// Whether no request is in flight. A scrape reads this gauge before the response
-/// counters (families go out in name order), so the scrape that first shows a request
-/// counted may still show it in flight: a test that asserts both waits for both.
+/// Whether no request is in flight. A scrape reads the collectors one by one (in the
+/// registry's hash order, which differs from process to process), so the scrape that
+/// first shows a request counted may have read this gauge before it fell: a test that
+/// asserts both waits for both.
 pub fn settled(samples: &[Sample]) -> bool {
     sum(samples, "statuslens_requests_in_flight", &[]) == 0.0
 }
 
-/// Polls until `n` responses are counted and none is in flight (see [`settled`]).
+/// Polls until `n` responses are counted, with their durations (recorded just after
+/// the count), and none is in flight (see [`settled`]).
 pub async fn wait_settled(p: &Proc, n: f64) -> Vec<Sample> {
     wait_metrics(p, &format!("{n} responses counted, none in flight"), |m| {
-        sum(m, "statuslens_responses_total", &[]) >= n && settled(m)
+        sum(m, "statuslens_responses_total", &[]) >= n
+            && sum(m, "statuslens_request_duration_seconds_count", &[]) >= n
+            && settled(m)
     })
     .await
 }
