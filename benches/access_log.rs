@@ -49,6 +49,7 @@ fn main() {
                         bytes_in: 0,
                         bytes_out: 1024,
                         client,
+                        forwarded_for: None,
                         request_id: &request_id,
                         retry_after: None,
                         consumer: Some(ConsumerId(i % 50)),

@@ -44,8 +44,11 @@ pub struct Entry<'a> {
     pub bytes_in: u64,
     /// Response body bytes.
     pub bytes_out: u64,
-    /// Client address.
+    /// The connection's peer.
     pub client: SocketAddr,
+    /// The client a trusted proxy's `X-Forwarded-For` named: logged as `client`, with
+    /// the peer as `via`.
+    pub forwarded_for: Option<std::net::IpAddr>,
     /// Request id.
     pub request_id: &'a HeaderValue,
     /// Seconds the upstream's `Retry-After` asked for, if it sent one.
@@ -82,8 +85,12 @@ impl AccessLog {
         // One division of whole nanoseconds: the nearest float to the exact value, so the
         // line shows 1.056148, not 1.0561479999999999.
         let duration_ms = e.duration.as_nanos() as f64 / 1e6;
-        let client = IpText::socket(e.client);
+        let (client, via) = match e.forwarded_for {
+            None => (IpText::socket(e.client), None),
+            Some(ip) => (IpText::ip(ip), Some(IpText::socket(e.client))),
+        };
         let client = client.as_str();
+        let via = via.as_ref().map(IpText::as_str);
         macro_rules! line {
             ($level:ident) => {
                 tracing::$level!(
@@ -101,6 +108,7 @@ impl AccessLog {
                     bytes_out = e.bytes_out,
                     upstream = e.upstream,
                     client,
+                    via,
                     request_id,
                     retry,
                     retry_after_s = e.retry_after,

@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use crate::detect::detector::DetectorConfig;
 use crate::duration;
+use crate::trusted::TrustedProxies;
 
 /// Default proxy listener.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -130,6 +131,8 @@ struct FileProxy {
     workers: Option<usize>,
     fast_path: Option<bool>,
     tls: Option<FileTls>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -375,6 +378,8 @@ pub struct ProxyConfig {
     pub fast_path: bool,
     /// The listener's certificate (read when this config was loaded) when it speaks TLS.
     pub tls: Option<crate::tls::ServerIdentity>,
+    /// Load balancers whose `X-Forwarded-For` names the client (see `trusted`).
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// How much the access log writes.
@@ -684,6 +689,18 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
                 Some(identity)
             }
         },
+        trusted_proxies: TrustedProxies::new(
+            file.proxy
+                .trusted_proxies
+                .iter()
+                .enumerate()
+                .map(|(i, range)| {
+                    range.parse().map_err(|e: String| {
+                        field_err(origin, format!("proxy.trusted_proxies[{i}]"), e)
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        ),
     };
     let admin_token = match (&file.admin.token, &file.admin.token_file) {
         (Some(_), Some(_)) => {
@@ -1439,6 +1456,10 @@ upstream = "http://127.0.0.1:3001"
             (
                 "[[routes]]\nname='a'\nupstream='http://x'\nmax_response_header_bytes=4096\n",
                 "routes[0].max_response_header_bytes: 4096 is out of range: 8192 to 262144",
+            ),
+            (
+                "[proxy]\ntrusted_proxies=['10.0.0.0/8', 'lb.internal']\n[[routes]]\nname='a'\nupstream='http://x'\n",
+                "proxy.trusted_proxies[1]: \"lb.internal\" is not an address or range",
             ),
             (
                 "[[routes]]\nname='a'\nupstream='http://x'\nmax_response_header_bytes=262145\n",

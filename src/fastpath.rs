@@ -420,6 +420,16 @@ fn plan(proxy: &Arc<Proxy>, c: &mut Client) -> Option<Planned> {
         Some(v) if forward::keeps_request_id(v) => HeaderValue::from_bytes(v).ok()?,
         _ => forward::next_request_id(),
     };
+    // Read only when load balancers are trusted: otherwise one branch per request.
+    let forwarded_for = if limits.trusted_proxies.is_empty() {
+        None
+    } else {
+        let lines = req.headers.iter().zip(fields.iter());
+        let lines = lines.filter(|(_, f)| **f == Field::ForwardedFor);
+        limits
+            .trusted_proxies
+            .client(c.peer.ip(), lines.map(|(h, _)| h.value))
+    };
     let consumer = match proxy.identifier(route) {
         Some(id) => {
             let mut map = HeaderMap::with_capacity(req.headers.len());
@@ -431,7 +441,7 @@ fn plan(proxy: &Arc<Proxy>, c: &mut Client) -> Option<Planned> {
                     map.append(n, v);
                 }
             }
-            id.identify(&map, c.peer.ip())
+            id.identify(&map, forwarded_for.unwrap_or(c.peer.ip()))
         }
         None => None,
     };
@@ -448,7 +458,8 @@ fn plan(proxy: &Arc<Proxy>, c: &mut Client) -> Option<Planned> {
         unmatched,
     };
     let Some((cfg, fast)) = forwarding else {
-        let ex = Exchange::start(observer.clone(), route, method, uri, request_id, c.peer);
+        let mut ex = Exchange::start(observer.clone(), route, method, uri, request_id, c.peer);
+        ex.set_forwarded_for(forwarded_for);
         c.buf.drain(..head_len);
         return Some(planned(ex));
     };
@@ -513,6 +524,7 @@ fn plan(proxy: &Arc<Proxy>, c: &mut Client) -> Option<Planned> {
     out.extend_from_slice(b"\r\n");
 
     let mut ex = Exchange::start(observer.clone(), route, method, uri, request_id, c.peer);
+    ex.set_forwarded_for(forwarded_for);
     ex.set_consumer(consumer);
     c.buf.drain(..head_len);
     Some(planned(ex))

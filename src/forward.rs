@@ -266,7 +266,7 @@ impl Proxy {
             Some(v) if keeps_request_id(v.as_bytes()) => v.clone(),
             _ => next_request_id(),
         };
-        let ex = Exchange::start(
+        let mut ex = Exchange::start(
             self.observer.clone(),
             route,
             req.method().clone(),
@@ -274,6 +274,11 @@ impl Proxy {
             request_id,
             arrival.client,
         );
+        let trusted = &self.limits.trusted_proxies;
+        if !trusted.is_empty() {
+            let lines = req.headers().get_all(X_FORWARDED_FOR).iter();
+            ex.set_forwarded_for(trusted.client(arrival.client.ip(), lines.map(|v| v.as_bytes())));
+        }
         self.prepare(req, ex, route, host, arrival)
     }
 
@@ -367,7 +372,7 @@ impl Proxy {
         // The consumer by the client's own fields, as the fast path sees them: before
         // X-Forwarded-For gains the client's address or hop-by-hop fields go.
         if let Some(id) = &up.identifier {
-            ex.set_consumer(id.identify(&parts.headers, client.ip()));
+            ex.set_consumer(id.identify(&parts.headers, ex.client_ip()));
         }
         rewrite_request_headers(
             &mut parts.headers,

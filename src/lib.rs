@@ -5,7 +5,8 @@
 //! 1. [`server`] accepts connections on the proxy listener (HTTP/1.1 and h2c) in one
 //!    single-threaded runtime per worker thread, [`framing`] watching HTTP/1 bytes for
 //!    heads hyper would accept but a proxy must refuse;
-//! 2. [`route`] picks the configured route (most specific host + path prefix wins);
+//! 2. [`route`] picks the configured route (most specific host + path prefix wins), and
+//!    [`trusted`] the client a trusted load balancer's `X-Forwarded-For` names;
 //! 3. [`forward`] answers what the proxy must (404, 413, 414, 431, 503) or streams the
 //!    request to the route's pooled upstream client, mapping failures to 502/504 —
 //!    except plain HTTP/1.1 requests, which [`fastpath`] forwards without
@@ -97,3 +98,4 @@ pub mod route;
 pub mod server;
 pub mod status;
 pub mod tls;
+pub mod trusted;

@@ -10,7 +10,7 @@
 //! drain timeout, [`cut_in_flight`]).
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -134,7 +134,10 @@ pub struct Exchange {
     method: Method,
     uri: Uri,
     request_id: HeaderValue,
+    /// The connection's peer.
     client: SocketAddr,
+    /// The client a trusted proxy's `X-Forwarded-For` names, when it does.
+    forwarded_for: Option<IpAddr>,
     start: Instant,
     status: u16,
     source: Source,
@@ -166,6 +169,7 @@ impl Exchange {
             uri,
             request_id,
             client,
+            forwarded_for: None,
             start: Instant::now(),
             status: 499,
             source: Source::Client,
@@ -189,6 +193,16 @@ impl Exchange {
             self.observer.in_flight.load(Ordering::Relaxed),
             self.observer.route_in_flight[self.route].load(Ordering::Relaxed),
         )
+    }
+
+    /// Attributes the request to the client a trusted proxy named (see `trusted`).
+    pub fn set_forwarded_for(&mut self, client: Option<IpAddr>) {
+        self.forwarded_for = client;
+    }
+
+    /// The client's address: the one a trusted proxy named, else the peer's.
+    pub fn client_ip(&self) -> IpAddr {
+        self.forwarded_for.unwrap_or(self.client.ip())
     }
 
     /// The request id (kept from `X-Request-Id` or made here).
@@ -296,6 +310,7 @@ impl Drop for Exchange {
             bytes_in,
             bytes_out: self.bytes_out,
             client: self.client,
+            forwarded_for: self.forwarded_for,
             request_id: &self.request_id,
             retry_after: self.retry_after,
             consumer: self.consumer,

@@ -121,6 +121,8 @@ fn access_log_lines_allocate_nothing_once_warm() {
     let uri: http::Uri = "/v1/accounts/42/orders?page=2&sort=desc".parse().unwrap();
     let request_id = http::HeaderValue::from_static("7f3a9c0e12345678");
     let client = "203.0.113.77:50123".parse().unwrap();
+    // Half the lines name a client behind a trusted balancer (`client` and `via`).
+    let forwarded: std::net::IpAddr = "198.51.100.7".parse().unwrap();
     let entry = |i: u32| Entry {
         route: "orders",
         upstream: "http://10.0.0.5:8080",
@@ -133,6 +135,7 @@ fn access_log_lines_allocate_nothing_once_warm() {
         bytes_in: 0,
         bytes_out: u64::from(i) * 31,
         client,
+        forwarded_for: (i % 2 == 1).then_some(forwarded),
         request_id: &request_id,
         retry_after: (i % 4 == 2).then_some(7.0),
         consumer: Some(ConsumerId(i % 50)),

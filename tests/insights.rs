@@ -275,3 +275,89 @@ async fn a_consumer_is_the_same_whichever_path_its_request_takes() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_balancers_forwarded_for_names_the_client() {
+    // Behind a load balancer every connection is the balancer's: the log's `client`, and
+    // a `client_ip` consumer, named it for every request. Here loopback plays the
+    // balancer, 192.0.2.0/24 a trusted hop before it, and 198.51.100.1 what a client
+    // wrote into its own X-Forwarded-For (never believed: it is left of the client).
+    for (balancer, trusted) in [("127.0.0.1", true), ("10.0.0.0/8", false)] {
+        let up = upstream().await;
+        let cfg = write_config(&format!(
+            "[proxy]\ntrusted_proxies = [\"{balancer}\", \"192.0.2.0/24\"]\n\n\
+             [[routes]]\nname = \"api\"\nupstream = \"http://{}\"\nconsumer = \"client_ip\"\n",
+            up.addr
+        ));
+        let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+        let c = client();
+        // Two X-Forwarded-For lines, read as one list: both paths must join them alike.
+        let req = |method: &str, xff: &str, id: &str| {
+            let (first, rest) = xff.split_once(", ").unwrap_or(("", xff));
+            let b = Request::builder().method(method).uri(p.url("/drain"));
+            let b = if first.is_empty() {
+                b
+            } else {
+                b.header("x-forwarded-for", first)
+            };
+            b.header("x-forwarded-for", rest).header("x-request-id", id)
+        };
+        let claimed = "198.51.100.1, 203.0.113.7, 192.0.2.9";
+        // The fast path (a bodiless GET), hyper's (a chunked POST), h2c; then another
+        // client through the same balancer.
+        let body = chunked(vec![Bytes::from_static(b"abc")], Duration::ZERO, false);
+        let get = req("GET", claimed, "r0").body(full(Bytes::new())).unwrap();
+        assert_eq!(send(&c, get).await.0.status, 200);
+        let post = req("POST", claimed, "r1").body(body).unwrap();
+        assert_eq!(send(&c, post).await.0.status, 200);
+        let h2 = req("GET", claimed, "r2").body(full(Bytes::new())).unwrap();
+        assert_eq!(send(&h2_client(), h2).await.0.status, 200);
+        let other = req("GET", "203.0.113.8", "r3")
+            .body(full(Bytes::new()))
+            .unwrap();
+        assert_eq!(send(&c, other).await.0.status, 200);
+
+        let start = Instant::now();
+        let mut lines = loop {
+            let lines = p.access_lines();
+            if lines.len() >= 4 {
+                break lines;
+            }
+            assert!(start.elapsed() < DEADLINE, "{balancer}: four access lines");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(lines.len(), 4, "{lines:#?}");
+        // In the order sent (a line is written when its exchange ends, not always first).
+        lines.sort_by_key(|l| l["request_id"].as_str().unwrap_or("").to_string());
+        let text = |l: &Value, k: &str| l[k].as_str().unwrap_or("").to_string();
+        let consumers: Vec<String> = lines.iter().map(|l| text(l, "consumer")).collect();
+        assert!(!consumers[0].is_empty(), "{lines:#?}");
+        for l in &lines[..3] {
+            assert_eq!(text(l, "consumer"), consumers[0], "{lines:#?}");
+        }
+        if trusted {
+            for l in &lines[..3] {
+                assert_eq!(text(l, "client"), "203.0.113.7", "{lines:#?}");
+                assert!(text(l, "via").starts_with("127.0.0.1:"), "{lines:#?}");
+            }
+            assert_eq!(text(&lines[3], "client"), "203.0.113.8", "{lines:#?}");
+            assert_ne!(consumers[3], consumers[0], "two clients, two consumers");
+        } else {
+            // An untrusted peer's header is only a claim: the peer is the client.
+            for l in &lines {
+                assert!(text(l, "client").starts_with("127.0.0.1:"), "{lines:#?}");
+                assert!(l.get("via").is_none(), "{lines:#?}");
+            }
+            assert_eq!(consumers[3], consumers[0], "{lines:#?}");
+        }
+        // Forwarding is not changed either way: the peer is appended, as always.
+        let seen = up.seen.0.lock().unwrap();
+        assert_eq!(seen.len(), 4);
+        for parts in seen.iter().filter(|p| p.headers["x-request-id"] != "r3") {
+            assert_eq!(
+                parts.headers["x-forwarded-for"],
+                format!("{claimed}, 127.0.0.1").as_str()
+            );
+        }
+    }
+}
