@@ -351,13 +351,38 @@ async fn a_trusted_balancers_forwarded_for_names_the_client() {
             assert_eq!(consumers[3], consumers[0], "{lines:#?}");
         }
         // Forwarding is not changed either way: the peer is appended, as always.
-        let seen = up.seen.0.lock().unwrap();
-        assert_eq!(seen.len(), 4);
-        for parts in seen.iter().filter(|p| p.headers["x-request-id"] != "r3") {
-            assert_eq!(
-                parts.headers["x-forwarded-for"],
-                format!("{claimed}, 127.0.0.1").as_str()
-            );
+        {
+            let seen = up.seen.0.lock().unwrap();
+            assert_eq!(seen.len(), 4);
+            for parts in seen.iter().filter(|p| p.headers["x-request-id"] != "r3") {
+                assert_eq!(
+                    parts.headers["x-forwarded-for"],
+                    format!("{claimed}, 127.0.0.1").as_str()
+                );
+            }
+        }
+        if !trusted {
+            // A reload that lists the balancer applies from the next request, on the
+            // connection already open.
+            let toml = std::fs::read_to_string(&cfg).unwrap();
+            std::fs::write(&cfg, toml.replace("10.0.0.0/8", "127.0.0.1")).unwrap();
+            p.signal("HUP");
+            p.wait_output("configuration reloaded");
+            let get = req("GET", claimed, "r4").body(full(Bytes::new())).unwrap();
+            assert_eq!(send(&c, get).await.0.status, 200);
+            let start = Instant::now();
+            let line = loop {
+                let found = p
+                    .access_lines()
+                    .into_iter()
+                    .find(|l| l["request_id"] == "r4");
+                if let Some(l) = found {
+                    break l;
+                }
+                assert!(start.elapsed() < DEADLINE, "the line of r4");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            assert_eq!(text(&line, "client"), "203.0.113.7", "{line:#?}");
         }
     }
 }
