@@ -147,6 +147,26 @@ pub fn alert(s: &Spike, instance: &str) -> Value {
         .ended_at
         .unwrap_or_else(|| unix_now() + ENDS_AHEAD_SECS)
         .max(s.started_at);
+    let mut description = format!(
+        "{} of {} responses in {} s were {} ({:.1}%, baseline {:.2}%). {}",
+        s.matched,
+        s.requests,
+        s.window_seconds,
+        s.signal,
+        s.observed_ratio * 100.0,
+        s.baseline_ratio * 100.0,
+        s.meaning
+    );
+    let mut annotations = json!({
+        "summary": format!("{} spike on route {}", s.signal, s.route),
+    });
+    // Who is behind it is what the person paged asks first ("whose token expired?"):
+    // in the text every receiver shows, and on its own for templates.
+    if let Some(who) = &s.attribution {
+        description.push_str(&format!(" {who}."));
+        annotations["attribution"] = json!(who);
+    }
+    annotations["description"] = json!(description);
     json!({
         "labels": {
             "alertname": "StatuslensSpike",
@@ -155,14 +175,7 @@ pub fn alert(s: &Spike, instance: &str) -> Value {
             "signal": s.signal,
             "instance": instance,
         },
-        "annotations": {
-            "summary": format!("{} spike on route {}", s.signal, s.route),
-            "description": format!(
-                "{} of {} responses in {} s were {} ({:.1}%, baseline {:.2}%). {}",
-                s.matched, s.requests, s.window_seconds, s.signal,
-                s.observed_ratio * 100.0, s.baseline_ratio * 100.0, s.meaning
-            ),
-        },
+        "annotations": annotations,
         "startsAt": rfc3339(s.started_at),
         "endsAt": rfc3339(ends),
     })
@@ -278,6 +291,30 @@ mod tests {
         let a = alert(&s, "i");
         assert!(
             a["endsAt"].as_str().unwrap() >= a["startsAt"].as_str().unwrap(),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn an_attributed_spike_says_who_in_its_alert() {
+        let mut s = spike("a", None);
+        s.meaning = "503 Service Unavailable: overloaded".into();
+        let plain = alert(&s, "i");
+        assert!(plain["annotations"].get("attribution").is_none(), "{plain}");
+        assert_eq!(
+            plain["annotations"]["description"],
+            "100 of 100 responses in 10 s were server_error (100.0%, baseline 1.00%). \
+             503 Service Unavailable: overloaded"
+        );
+        let who = "83% of the 503s in this spike came from consumer 7f3a09c1";
+        s.attribution = Some(who.into());
+        let a = alert(&s, "i");
+        assert_eq!(a["annotations"]["attribution"], who);
+        assert!(
+            a["annotations"]["description"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("overloaded {who}.")),
             "{a}"
         );
     }
