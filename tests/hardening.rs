@@ -829,15 +829,7 @@ async fn safe_requests_a_pooled_connection_dropped_unanswered_go_once_more() {
         let seen = up.seen.lock().unwrap().clone();
         assert_eq!(seen, want, "{mode}");
         // The access log tells the resent requests apart; no other line has the field.
-        let start = Instant::now();
-        let lines = loop {
-            let lines = p.access_lines();
-            if lines.len() >= plan.len() {
-                break lines;
-            }
-            assert!(start.elapsed() < DEADLINE, "{mode}: every access line");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let lines = p.wait_access_lines(plan.len()).await;
         let resent: Vec<(&str, serde_json::Value)> = lines
             .iter()
             .map(|l| (l["path"].as_str().unwrap(), l["resent"].clone()))

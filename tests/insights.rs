@@ -257,15 +257,7 @@ async fn a_consumer_is_the_same_whichever_path_its_request_takes() {
         assert_eq!(send(&c, post).await.0.status, 200);
         let h2 = req("GET", "/status/200").body(full(Bytes::new())).unwrap();
         assert_eq!(send(&h2_client(), h2).await.0.status, 200);
-        let start = Instant::now();
-        let lines = loop {
-            let lines = p.access_lines();
-            if lines.len() >= 3 {
-                break lines;
-            }
-            assert!(start.elapsed() < DEADLINE, "{name}: three access lines");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let lines = p.wait_access_lines(3).await;
         assert_eq!(lines.len(), 3, "{name}");
         let consumers: Vec<_> = lines.iter().map(|l| &l["consumer"]).collect();
         assert!(consumers[0].is_string(), "{name}: {lines:#?}");
@@ -317,15 +309,7 @@ async fn a_trusted_balancers_forwarded_for_names_the_client() {
             .unwrap();
         assert_eq!(send(&c, other).await.0.status, 200);
 
-        let start = Instant::now();
-        let mut lines = loop {
-            let lines = p.access_lines();
-            if lines.len() >= 4 {
-                break lines;
-            }
-            assert!(start.elapsed() < DEADLINE, "{balancer}: four access lines");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let mut lines = p.wait_access_lines(4).await;
         assert_eq!(lines.len(), 4, "{lines:#?}");
         // In the order sent (a line is written when its exchange ends, not always first).
         lines.sort_by_key(|l| l["request_id"].as_str().unwrap_or("").to_string());

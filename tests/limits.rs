@@ -201,14 +201,7 @@ async fn a_proxy_answer_the_client_left_names_no_upstream_status() {
             read_until_closed(&mut s, "request + FIN").await;
         }
         wait_responses(&p, 20.0).await;
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let lines = loop {
-            let lines = p.access_lines();
-            if lines.len() >= 20 || std::time::Instant::now() > deadline {
-                break lines;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let lines = p.wait_access_lines(20).await;
         assert_eq!(lines.len(), 20, "fast_path = {fast}");
         for line in &lines {
             let status = line["status"].as_u64().unwrap();

@@ -374,6 +374,25 @@ impl Proc {
             .collect()
     }
 
+    /// Polls until at least `n` access lines are written (lines are written by a
+    /// separate thread, after the response), and returns them all.
+    pub async fn wait_access_lines(&self, n: usize) -> Vec<serde_json::Value> {
+        let start = Instant::now();
+        loop {
+            let lines = self.access_lines();
+            if lines.len() >= n {
+                return lines;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "{n} access lines, got {}:\n{}",
+                lines.len(),
+                self.all_output()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn all_output(&self) -> String {
         self.lines.lock().unwrap().join("\n")
     }
