@@ -253,23 +253,15 @@ mod tests {
             client(&t, "10.0.0.5", &["unknown, 10.2.2.2"]),
             Some(ip("10.2.2.2"))
         );
-        // Ports some balancers add, and IPv6.
-        assert_eq!(
-            client(&t, "10.0.0.5", &["203.0.113.7:4711"]),
-            Some(ip("203.0.113.7"))
-        );
-        assert_eq!(
-            client(&t, "10.0.0.5", &["[2001:db8::1]:4711"]),
-            Some(ip("2001:db8::1"))
-        );
-        assert_eq!(
-            client(&t, "10.0.0.5", &["[2001:db8::1]"]),
-            Some(ip("2001:db8::1"))
-        );
-        assert_eq!(
-            client(&t, "::ffff:10.0.0.5", &["2001:db8::2"]),
-            Some(ip("2001:db8::2"))
-        );
+        // Ports and brackets some balancers write, IPv6, and a dual-stack peer.
+        for (peer, line, want) in [
+            ("10.0.0.5", "203.0.113.7:4711", "203.0.113.7"),
+            ("10.0.0.5", "[2001:db8::1]:4711", "2001:db8::1"),
+            ("10.0.0.5", "[2001:db8::1]", "2001:db8::1"),
+            ("::ffff:10.0.0.5", "2001:db8::2", "2001:db8::2"),
+        ] {
+            assert_eq!(client(&t, peer, &[line]), Some(ip(want)), "{line}");
+        }
         // Nothing trusted: never read.
         assert_eq!(
             client(&TrustedProxies::default(), "10.0.0.5", &["203.0.113.7"]),
