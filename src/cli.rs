@@ -240,6 +240,10 @@ fn route_table(c: &Config, origin: &str) -> String {
             crate::detect::webhook::rfc3339(tls.not_after.max(0) as u64)
         );
     }
+    if !c.proxy.trusted_proxies.is_empty() {
+        // As read: a mapped range shows as the IPv4 one it means.
+        let _ = writeln!(t, "trusted {}", c.proxy.trusted_proxies.describe());
+    }
     let _ = writeln!(t, "signals {}", signals.join(", "));
     let _ = writeln!(t);
     let _ = writeln!(

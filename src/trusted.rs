@@ -124,6 +124,12 @@ impl TrustedProxies {
         self.0.is_empty()
     }
 
+    /// The ranges as they were read: `10.0.0.0/8, 192.0.2.7/32`.
+    pub fn describe(&self) -> String {
+        let ranges: Vec<String> = self.0.iter().map(Cidr::to_string).collect();
+        ranges.join(", ")
+    }
+
     fn trusts(&self, ip: IpAddr) -> bool {
         self.0.iter().any(|c| c.contains(ip))
     }

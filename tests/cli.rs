@@ -35,6 +35,18 @@ fn check_prints_the_route_table() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("ROUTE"), "{out}");
     assert!(out.contains("crm"), "{out}");
+    assert!(!out.contains("trusted"), "none listed: {out}");
+    // Trusted load balancers, as statuslens reads them.
+    let cfg = common::write_config(
+        "[proxy]\ntrusted_proxies = [\"10.0.0.0/8\", \"::ffff:192.0.2.0/120\", \"2001:db8::7\"]\n\n\
+         [[routes]]\nname = \"a\"\nupstream = \"http://127.0.0.1:1\"\n",
+    );
+    let (code, out, err) = run(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("\ntrusted 10.0.0.0/8, 192.0.2.0/24, 2001:db8::7/128\n"),
+        "{out}"
+    );
 }
 
 #[test]
