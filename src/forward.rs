@@ -528,8 +528,8 @@ impl Proxy {
             Err(_elapsed) => return failed(ex, &up.cfg, UpstreamErrorKind::Timeout, ""),
         };
         // The fast path's rule. Not hyper's `http1_max_buf_size`: one read may bring more
-        // than it, and it also caps body reads and the write buffer (8 KiB on a tight
-        // route). hyper's own limit (~400 KiB) only bounds memory.
+        // than it, it also caps body reads and the write buffer, and it refuses less than
+        // 8 KiB. hyper's own limit (~400 KiB) only bounds memory.
         let size = head_size(&resp);
         if size > up.cfg.max_response_header_bytes {
             let detail = format!("{} ({size} bytes)", fastpath::RESPONSE_HEAD_TOO_LARGE);

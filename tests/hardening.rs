@@ -751,7 +751,7 @@ async fn safe_requests_a_pooled_connection_dropped_unanswered_go_once_more() {
     // of answer, which from the proxy's side is the same thing. A request with a safe
     // method and no body is sent once more, on a new connection; anything else is a
     // 502. Over the fast pools and over hyper's client (`fast_path = false`), alike.
-    for (h2, fast) in [(false, true), (true, true), (false, false), (true, false)] {
+    for (h2, fast) in CLIENT_PATHS {
         let up = recorder_with(DEADLINE, |path, answered| match path {
             // Part of a head is an answer begun: the upstream had the request.
             "/stale-partial" if answered => Some(b"HTTP/1.1 200 OK\r\n"),
@@ -1371,7 +1371,7 @@ async fn an_upstream_silent_mid_body_is_cut_after_the_response_body_timeout() {
     // hold the client (who may wait for ever), the upstream connection and the in-flight
     // slot. The first chunk comes at once, the next after the delay in the path.
     let up = upstream().await;
-    for (h2, fast) in [(false, true), (true, true), (false, false), (true, false)] {
+    for (h2, fast) in CLIENT_PATHS {
         let mode = format!("h2 {h2}, fast path {fast}");
         let cfg = write_config(&format!(
             "[proxy]\nfast_path = {fast}\n\n[[routes]]\nname = \"default\"\nupstream = \"http://{}\"\nresponse_body_timeout = \"2s\"\n",
@@ -1426,7 +1426,7 @@ async fn an_upstream_response_head_over_the_limit_is_a_counted_502() {
     // client got an empty reply, while statuslens counted a 200. Both clients (hyper's
     // and the fast pools) hold heads to the same number; a route may raise it.
     let up = upstream().await;
-    for (h2, fast) in [(false, true), (true, true), (false, false), (true, false)] {
+    for (h2, fast) in CLIENT_PATHS {
         let mode = format!("h2 {h2}, fast path {fast}");
         let cfg = write_config(&format!(
             "[proxy]\nfast_path = {fast}\n\n[[routes]]\nname = \"default\"\nupstream = \"http://{a}\"\n\n\

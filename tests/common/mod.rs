@@ -463,6 +463,11 @@ impl Drop for Proc {
 
 pub type HttpClient = Client<HttpConnector, TestBody>;
 
+/// (HTTP/2 client, `proxy.fast_path`) for every way a request reaches its upstream: the
+/// fast path, the fast pools behind h2c (`fastclient`), and hyper's client from either.
+pub const CLIENT_PATHS: [(bool, bool); 4] =
+    [(false, true), (true, true), (false, false), (true, false)];
+
 pub fn client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build(HttpConnector::new())
 }
