@@ -215,7 +215,12 @@ fn route_table(c: &Config, origin: &str) -> String {
     let mut t = String::new();
     let signals: Vec<&str> = c.signals.iter().map(|s| s.name.as_str()).collect();
     let _ = writeln!(t, "{origin}: ok");
-    let _ = writeln!(t, "proxy  {}", c.proxy.listen);
+    let header = if c.proxy.proxy_protocol {
+        "  (every connection begins with a PROXY protocol header)"
+    } else {
+        ""
+    };
+    let _ = writeln!(t, "proxy  {}{header}", c.proxy.listen);
     let _ = writeln!(t, "admin  {}", c.admin_listen);
     if let Some(tls) = &c.proxy.tls {
         let now = std::time::SystemTime::now()

@@ -134,6 +134,7 @@ struct FileProxy {
     tls: Option<FileTls>,
     #[serde(default)]
     trusted_proxies: Vec<String>,
+    proxy_protocol: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -381,6 +382,9 @@ pub struct ProxyConfig {
     pub tls: Option<crate::tls::ServerIdentity>,
     /// Load balancers whose `X-Forwarded-For` names the client (see `trusted`).
     pub trusted_proxies: TrustedProxies,
+    /// Every connection begins with a PROXY protocol header naming its client (see
+    /// `proxy_protocol`).
+    pub proxy_protocol: bool,
 }
 
 /// How much the access log writes.
@@ -702,6 +706,7 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
                 })
                 .collect::<Result<_, _>>()?,
         ),
+        proxy_protocol: file.proxy.proxy_protocol.unwrap_or(false),
     };
     let admin_token = match (&file.admin.token, &file.admin.token_file) {
         (Some(_), Some(_)) => {

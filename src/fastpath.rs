@@ -40,7 +40,7 @@ use crate::metrics::{Source, UpstreamErrorKind};
 use crate::observe::{Exchange, RequestBodyState};
 
 /// Client read buffer; a head that does not fit in the first read goes to hyper.
-const CLIENT_BUF: usize = 8 * 1024;
+pub const CLIENT_BUF: usize = 8 * 1024;
 /// Upstream read buffer, kept with its pooled connection.
 const UPSTREAM_BUF: usize = 16 * 1024;
 /// The log's word for a response head over `max_response_header_bytes` (nginx: "upstream
@@ -214,17 +214,21 @@ struct Client {
     wrote: bool,
 }
 
-/// Serves `io` on the fast path until it closes (None) or a request needs hyper.
+/// Serves `io` on the fast path until it closes (None) or a request needs hyper; `early`
+/// holds bytes of it already read (past a PROXY protocol header).
 pub async fn serve(
     io: TcpStream,
     peer: SocketAddr,
+    early: Vec<u8>,
     live: Arc<Live>,
     mut stop: watch::Receiver<bool>,
 ) -> Option<Handoff> {
+    let mut buf = early;
+    buf.reserve(CLIENT_BUF.saturating_sub(buf.len()));
     let mut c = Client {
         io,
         peer,
-        buf: Vec::with_capacity(CLIENT_BUF),
+        buf,
         out: Vec::with_capacity(1024),
         wrote: false,
     };

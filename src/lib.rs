@@ -3,7 +3,8 @@
 //! The life of a request, one module per phase:
 //!
 //! 1. [`server`] accepts connections on the proxy listener (HTTP/1.1 and h2c) in one
-//!    single-threaded runtime per worker thread, [`framing`] watching HTTP/1 bytes for
+//!    single-threaded runtime per worker thread, first reading the client an L4 balancer
+//!    names in a [`proxy_protocol`] header where configured, [`framing`] watching HTTP/1 bytes for
 //!    heads hyper would accept but a proxy must refuse;
 //! 2. [`route`] picks the configured route (most specific host + path prefix wins), and
 //!    [`trusted`] the client a trusted load balancer's `X-Forwarded-For` names;
@@ -92,6 +93,7 @@ pub mod logfmt;
 pub mod logsink;
 pub mod metrics;
 pub mod observe;
+pub mod proxy_protocol;
 pub mod quota;
 pub mod reuse;
 pub mod route;

@@ -102,14 +102,18 @@ pub enum ClientErrorKind {
     /// A request head (or HTTP/2 preface) was begun but not finished within
     /// `proxy.header_read_timeout` (a stalled or slowloris client); the connection was closed.
     HeadTimeout,
+    /// `proxy.proxy_protocol` is on and the connection did not begin with a valid PROXY
+    /// protocol header; it was closed.
+    ProxyProtocol,
 }
 
 impl ClientErrorKind {
     /// All kinds, in label order.
-    pub const ALL: [ClientErrorKind; 3] = [
+    pub const ALL: [ClientErrorKind; 4] = [
         ClientErrorKind::MalformedHead,
         ClientErrorKind::TlsHandshake,
         ClientErrorKind::HeadTimeout,
+        ClientErrorKind::ProxyProtocol,
     ];
     /// The `kind` label value.
     pub fn label(self) -> &'static str {
@@ -117,6 +121,7 @@ impl ClientErrorKind {
             ClientErrorKind::MalformedHead => "malformed_head",
             ClientErrorKind::TlsHandshake => "tls_handshake",
             ClientErrorKind::HeadTimeout => "head_timeout",
+            ClientErrorKind::ProxyProtocol => "proxy_protocol",
         }
     }
 }
@@ -333,7 +338,7 @@ impl Families {
         let client_errors = IntCounterVec::new(
             Opts::new(
                 "statuslens_client_errors_total",
-                "Client connections that ended before a request existed, by kind (malformed_head, tls_handshake, head_timeout).",
+                "Client connections that ended before a request existed, by kind (malformed_head, tls_handshake, head_timeout, proxy_protocol).",
             ),
             &["kind"],
         )

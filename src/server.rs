@@ -323,6 +323,33 @@ impl Accepting {
         drained
     }
 
+    /// Reads a connection's PROXY protocol header within `header_read_timeout`: the
+    /// client it names (`peer` for a health check) and the client's bytes read past it.
+    /// None when the connection is to be closed: counted, unless it closed or idled out
+    /// before sending a byte, as a TCP health check does.
+    async fn proxy_header(
+        &self,
+        stream: &mut TcpStream,
+        peer: SocketAddr,
+    ) -> Option<(SocketAddr, Vec<u8>)> {
+        use crate::proxy_protocol::{read, Header, HeaderError};
+        let mut buf = Vec::with_capacity(crate::fastpath::CLIENT_BUF);
+        let read = tokio::time::timeout(self.header_read_timeout, read(stream, &mut buf)).await;
+        let error = match read {
+            Ok(Ok(Header::Proxied(client))) => return Some((client, buf)),
+            Ok(Ok(Header::Local)) => return Some((peer, buf)),
+            Ok(Err(HeaderError::Closed(0))) => return None,
+            Err(_) if buf.is_empty() => return None,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no complete PROXY protocol header within proxy.header_read_timeout".into(),
+        };
+        // Debug, like a failed TLS handshake: a scanner must not flood the log; the count
+        // (and its alert) says that it happens, this says who and why.
+        tracing::debug!(client = %peer, error = %error, "PROXY protocol header refused");
+        self.client_error(ClientErrorKind::ProxyProtocol);
+        None
+    }
+
     fn connection(
         self: Arc<Self>,
         stream: TcpStream,
@@ -345,6 +372,7 @@ impl Accepting {
             .as_ref()
             .map(|t| t.config.clone());
         let fast = generation.config.proxy.fast_path && !overloaded && tls.is_none();
+        let proxy_protocol = generation.config.proxy.proxy_protocol;
         drop(generation);
         let guard = ConnectionGuard::new(self.clone());
         // The TLS handshake (if any) runs in the connection's task, bounded like a request
@@ -352,18 +380,29 @@ impl Accepting {
         // makes a drain wait for the fast path's connections too.
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let mut stream = stream;
+            // The balancer's header comes before everything, TLS included; the bytes read
+            // past it are the client's, and go to whichever side serves the connection.
+            let (peer, early) = if proxy_protocol {
+                match self.proxy_header(&mut stream, peer).await {
+                    Some(read) => read,
+                    None => return,
+                }
+            } else {
+                (peer, Vec::new())
+            };
             let is_tls = tls.is_some();
             let stream = match tls.map(tokio_rustls::TlsAcceptor::from) {
                 None if fast => {
                     let live = self.live.clone();
-                    match crate::fastpath::serve(stream, peer, live, stop.clone()).await {
+                    match crate::fastpath::serve(stream, peer, early, live, stop.clone()).await {
                         None => return,
                         Some(rest) => rest.map(|inner| ClientStream::Plain { inner }),
                     }
                 }
-                None => Replay::new(Vec::new(), ClientStream::Plain { inner: stream }),
+                None => Replay::new(early, ClientStream::Plain { inner: stream }),
                 Some(acceptor) => {
-                    let handshake = acceptor.accept(stream);
+                    let handshake = acceptor.accept(Replay::new(early, stream));
                     match tokio::time::timeout(self.header_read_timeout, handshake).await {
                         Ok(Ok(s)) => Replay::new(Vec::new(), ClientStream::Tls { inner: s }),
                         Ok(Err(e)) => {
@@ -481,7 +520,7 @@ pin_project_lite::pin_project! {
     #[project = ClientStreamProj]
     enum ClientStream {
         Plain { #[pin] inner: TcpStream },
-        Tls { #[pin] inner: tokio_rustls::server::TlsStream<TcpStream> },
+        Tls { #[pin] inner: tokio_rustls::server::TlsStream<Replay<TcpStream>> },
     }
 }
 

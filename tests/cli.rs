@@ -36,15 +36,23 @@ fn check_prints_the_route_table() {
     assert!(out.contains("ROUTE"), "{out}");
     assert!(out.contains("crm"), "{out}");
     assert!(!out.contains("trusted"), "none listed: {out}");
+    assert!(!out.contains("PROXY protocol"), "off: {out}");
     // Trusted load balancers, as statuslens reads them.
     let cfg = common::write_config(
-        "[proxy]\ntrusted_proxies = [\"10.0.0.0/8\", \"::ffff:192.0.2.0/120\", \"2001:db8::7\"]\n\n\
+        "[proxy]\nlisten = \"127.0.0.1:8080\"\nproxy_protocol = true\n\
+         trusted_proxies = [\"10.0.0.0/8\", \"::ffff:192.0.2.0/120\", \"2001:db8::7\"]\n\n\
          [[routes]]\nname = \"a\"\nupstream = \"http://127.0.0.1:1\"\n",
     );
     let (code, out, err) = run(&["check", "--config", cfg.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("\ntrusted 10.0.0.0/8, 192.0.2.0/24, 2001:db8::7/128\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "\nproxy  127.0.0.1:8080  (every connection begins with a PROXY protocol header)\n"
+        ),
         "{out}"
     );
 }

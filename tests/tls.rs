@@ -218,7 +218,10 @@ async fn tls_connect(
 type ClientTls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
 /// An HTTP/2 client connection over `tls`, its connection task spawned.
-async fn h2_over(tls: ClientTls) -> hyper::client::conn::http2::SendRequest<TestBody> {
+async fn h2_over<S>(tls: S) -> hyper::client::conn::http2::SendRequest<TestBody>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (send, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         TokioIo::new(tls),
@@ -230,7 +233,10 @@ async fn h2_over(tls: ClientTls) -> hyper::client::conn::http2::SendRequest<Test
 }
 
 /// An HTTP/1.1 client connection over `tls`, its connection task spawned.
-async fn http1_over(tls: ClientTls) -> hyper::client::conn::http1::SendRequest<TestBody> {
+async fn http1_over<S>(tls: S) -> hyper::client::conn::http1::SendRequest<TestBody>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .unwrap();
@@ -245,6 +251,19 @@ async fn try_tls_connect(
     ca_pem: &str,
     alpn: &[&[u8]],
 ) -> std::io::Result<ClientTls> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tls_over(tcp, ca_pem, alpn).await
+}
+
+/// A TLS handshake over `io` trusting `ca_pem`, offering `alpn`.
+async fn tls_over<S>(
+    io: S,
+    ca_pem: &str,
+    alpn: &[&[u8]],
+) -> std::io::Result<tokio_rustls::client::TlsStream<S>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
@@ -255,9 +274,8 @@ async fn try_tls_connect(
         .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    connector.connect(name, tcp).await
+    connector.connect(name, io).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -531,4 +549,99 @@ async fn tls_sessions_resume_across_a_reload() {
     p.signal("HUP");
     p.wait_output("configuration reloaded");
     assert_eq!(visit().await, Some(rustls::HandshakeKind::Resumed));
+}
+
+/// A TCP stream whose first write is preceded by `header`, in the same write: a balancer
+/// sends its PROXY header with the client's first bytes (here a TLS ClientHello).
+struct HeaderFirst {
+    inner: tokio::net::TcpStream,
+    header: Option<Vec<u8>>,
+}
+
+impl tokio::io::AsyncRead for HeaderFirst {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for HeaderFirst {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let Some(header) = self.header.take() else {
+            return std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        };
+        let both = [&header[..], buf].concat();
+        // A fresh loopback socket takes a few hundred bytes in one write.
+        let n = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_write(cx, &both))?;
+        assert_eq!(n, both.len(), "header and first bytes in one write");
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_protocol_header_comes_before_the_tls_handshake() {
+    // A TCP balancer in front of a TLS listener passes the handshake through: its header
+    // arrives first, often in the same segment as the ClientHello.
+    let pki = pki();
+    let up = upstream().await;
+    let p = tls_proxy(&pki, "proxy_protocol = true", up.addr);
+    let requests = [
+        (
+            &b"PROXY TCP4 203.0.113.7 10.0.0.5 51234 443\r\n"[..],
+            &b"http/1.1"[..],
+        ),
+        (b"PROXY TCP6 2001:db8::7 2001:db8::1 51235 443\r\n", b"h2"),
+    ];
+    for (header, alpn) in requests {
+        let inner = tokio::net::TcpStream::connect(p.proxy).await.unwrap();
+        let io = HeaderFirst {
+            inner,
+            header: Some(header.to_vec()),
+        };
+        let tls = tls_over(io, &pki.ca_pem, &[alpn]).await.unwrap();
+        let req = Request::get("https://localhost/status/200")
+            .header("host", "localhost")
+            .body(full(Bytes::new()))
+            .unwrap();
+        let status = if alpn == b"h2" {
+            h2_over(tls).await.send_request(req).await
+        } else {
+            http1_over(tls).await.send_request(req).await
+        };
+        assert_eq!(status.unwrap().status(), 200);
+    }
+    let seen = up.seen.0.lock().unwrap().clone();
+    let forwarded: Vec<&str> = seen
+        .iter()
+        .map(|r| r.headers["x-forwarded-for"].to_str().unwrap())
+        .collect();
+    assert_eq!(forwarded, ["203.0.113.7", "2001:db8::7"]);
+    let lines = p.wait_access_lines(2).await;
+    let mut clients: Vec<&str> = lines
+        .iter()
+        .map(|l| l["client"].as_str().unwrap())
+        .collect();
+    clients.sort();
+    assert_eq!(clients, ["203.0.113.7:51234", "[2001:db8::7]:51235"]);
 }
