@@ -34,6 +34,16 @@ const DEFAULT_MAX_RESPONSE_HEADER_BYTES: usize = 64 * 1024;
 /// (nginx's smallest common setting is 4 KiB) up to where clients give up: over HTTP/2,
 /// curl and h2load dropped a 200 KB head (100 KB went through).
 const RESPONSE_HEADER_BYTES: std::ops::RangeInclusive<usize> = 1024..=256 * 1024;
+/// `proxy.max_header_bytes`' range: below 1 KiB ordinary requests (a browser's, an SDK's
+/// with a bearer token) get 431; Envoy's ceiling is 8 MiB, and hyper buffers up to it
+/// per connection.
+const REQUEST_HEADER_BYTES: std::ops::RangeInclusive<usize> = 1024..=8 * 1024 * 1024;
+/// `proxy.max_headers`' range: beyond 100 (hyper's default) hyper and the fast path's
+/// parser allocate a slot per allowed header for every request.
+const REQUEST_HEADERS: std::ops::RangeInclusive<usize> = 1..=1000;
+/// `proxy.max_uri_bytes`' range: RFC 9112 asks for at least 8000 octets of request line;
+/// below 256 ordinary API paths with a query get 414.
+const REQUEST_URI_BYTES: std::ops::RangeInclusive<usize> = 256..=1024 * 1024;
 /// Most worker threads `proxy.workers` accepts.
 pub const MAX_WORKERS: usize = 1024;
 /// Most ended spikes `detection.history` may keep for `/api/spikes`.
@@ -643,6 +653,21 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
             None => Ok(default),
         }
     };
+    let within = |field: &str,
+                  v: Option<usize>,
+                  default: usize,
+                  range: std::ops::RangeInclusive<usize>|
+     -> Result<usize, ConfigError> {
+        match v {
+            Some(n) if !range.contains(&n) => Err(field_err(
+                origin,
+                field,
+                format!("{n} is out of range: {} to {}", range.start(), range.end()),
+            )),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        }
+    };
     let proxy = ProxyConfig {
         listen,
         drain_timeout: file.proxy.drain_timeout.unwrap_or(Duration::from_secs(30)),
@@ -652,13 +677,24 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
             10,
         )?,
         body_read_timeout: clock("proxy.body_read_timeout", file.proxy.body_read_timeout, 30)?,
-        max_header_bytes: positive(
+        max_header_bytes: within(
             "proxy.max_header_bytes",
             file.proxy.max_header_bytes,
             64 * 1024,
+            REQUEST_HEADER_BYTES,
         )?,
-        max_headers: positive("proxy.max_headers", file.proxy.max_headers, 100)?,
-        max_uri_bytes: positive("proxy.max_uri_bytes", file.proxy.max_uri_bytes, 8 * 1024)?,
+        max_headers: within(
+            "proxy.max_headers",
+            file.proxy.max_headers,
+            100,
+            REQUEST_HEADERS,
+        )?,
+        max_uri_bytes: within(
+            "proxy.max_uri_bytes",
+            file.proxy.max_uri_bytes,
+            8 * 1024,
+            REQUEST_URI_BYTES,
+        )?,
         max_connections: positive("proxy.max_connections", file.proxy.max_connections, 10_000)?,
         max_in_flight: positive("proxy.max_in_flight", file.proxy.max_in_flight, 10_000)?,
         workers: match ov.workers.or(file.proxy.workers) {
@@ -1470,6 +1506,27 @@ upstream = "http://127.0.0.1:3001"
             (
                 "[[routes]]\nname='a'\nupstream='http://x'\nmax_response_header_bytes=262145\n",
                 "routes[0].max_response_header_bytes: 262145 is out of range",
+            ),
+            // Limits every request would trip, or that overflow the buffers sized from them.
+            (
+                "[proxy]\nmax_header_bytes=100\n[[routes]]\nname='a'\nupstream='http://x'\n",
+                "proxy.max_header_bytes: 100 is out of range: 1024 to 8388608",
+            ),
+            (
+                "[proxy]\nmax_header_bytes=9223372036854775807\n[[routes]]\nname='a'\nupstream='http://x'\n",
+                "proxy.max_header_bytes: 9223372036854775807 is out of range",
+            ),
+            (
+                "[proxy]\nmax_headers=0\n[[routes]]\nname='a'\nupstream='http://x'\n",
+                "proxy.max_headers: 0 is out of range: 1 to 1000",
+            ),
+            (
+                "[proxy]\nmax_headers=100000\n[[routes]]\nname='a'\nupstream='http://x'\n",
+                "proxy.max_headers: 100000 is out of range",
+            ),
+            (
+                "[proxy]\nmax_uri_bytes=10\n[[routes]]\nname='a'\nupstream='http://x'\n",
+                "proxy.max_uri_bytes: 10 is out of range: 256 to 1048576",
             ),
         ];
         // One bit per signal in the hot path's mask: a 33rd would alias the first.

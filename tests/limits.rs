@@ -189,8 +189,8 @@ async fn a_proxy_answer_the_client_left_names_no_upstream_status() {
     let up = upstream().await;
     for fast in [false, true] {
         let p =
-            start_with_proxy_settings(&format!("max_uri_bytes = 64\nfast_path = {fast}"), up.addr);
-        let long = "a".repeat(100);
+            start_with_proxy_settings(&format!("max_uri_bytes = 256\nfast_path = {fast}"), up.addr);
+        let long = "a".repeat(300);
         for _ in 0..20 {
             let mut s = tokio::net::TcpStream::connect(p.proxy).await.unwrap();
             let req = format!("GET /{long} HTTP/1.1\r\nHost: x\r\n\r\n");
