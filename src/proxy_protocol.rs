@@ -21,6 +21,9 @@ use tokio::net::TcpStream;
 const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 /// Version 1's header, `PROXY` to CRLF, is at most 107 bytes (the specification's bound).
 const V1_MAX: usize = 107;
+const V1_PREFIX: &[u8] = b"PROXY ";
+/// Version 1's families, and the longest line each allows.
+const V1_FAMILIES: [(&[u8], usize); 3] = [(b"TCP4 ", 56), (b"TCP6 ", 104), (b"UNKNOWN", V1_MAX)];
 /// Version 2's header with its TLVs: addresses take at most 216 bytes, and balancers add
 /// a few small TLVs (AWS a VPC endpoint id, Azure a link id). Larger is refused rather
 /// than buffered for a peer that may not be a balancer at all.
@@ -33,7 +36,8 @@ pub enum Header {
     /// listener reports peers).
     Proxied(SocketAddr),
     /// The balancer's own connection (a health check: version 2's LOCAL) or one whose
-    /// source it cannot name (version 1's UNKNOWN, a UNIX socket): the peer stays the peer.
+    /// source names no TCP client (version 1's UNKNOWN; version 2's UNSPEC, UNIX, UDP):
+    /// the peer stays the peer.
     Local,
 }
 
@@ -76,18 +80,32 @@ pub async fn read(io: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Header, Heade
 /// still make one. Refuses as soon as the bytes seen cannot begin a header, so a client
 /// that is not a balancer is closed at its first read, not at the timeout.
 pub fn parse(bytes: &[u8]) -> Parsed {
-    let v1 = b"PROXY ";
     let seen = bytes.len().min(12);
     if bytes[..seen] == V2_SIGNATURE[..seen] {
         return if seen < 12 { Ok(None) } else { parse_v2(bytes) };
     }
-    let seen = bytes.len().min(v1.len());
-    if bytes[..seen] != v1[..seen] {
+    let seen = bytes.len().min(V1_PREFIX.len());
+    if bytes[..seen] != V1_PREFIX[..seen] {
         return Err(HeaderError::Missing);
     }
-    let Some(end) = bytes.iter().take(V1_MAX).position(|&b| b == b'\n') else {
-        return if bytes.len() >= V1_MAX {
-            Err(HeaderError::TooLong(V1_MAX))
+    // The family bounds the line: two dotted quads and two ports make at most 56 bytes
+    // with CRLF, two full IPv6 addresses 104, and UNKNOWN may use the whole 107.
+    let rest = &bytes[seen..];
+    let max = match V1_FAMILIES.iter().find(|(family, _)| {
+        let n = rest.len().min(family.len());
+        rest[..n] == family[..n]
+    }) {
+        None => {
+            return Err(HeaderError::Malformed(
+                "version 1 family is not TCP4, TCP6 or UNKNOWN",
+            ))
+        }
+        Some((family, max)) if rest.len() >= family.len() => *max,
+        Some(_) => V1_MAX,
+    };
+    let Some(end) = bytes.iter().take(max).position(|&b| b == b'\n') else {
+        return if bytes.len() >= max {
+            Err(HeaderError::TooLong(max))
         } else {
             Ok(None)
         };
@@ -101,15 +119,16 @@ pub fn parse(bytes: &[u8]) -> Parsed {
 }
 
 /// `PROXY TCP4|TCP6 source destination source-port destination-port`, or `PROXY UNKNOWN`
-/// followed by anything.
+/// followed by anything (which the specification has the receiver ignore).
 fn parse_v1(line: &[u8]) -> Result<Header, HeaderError> {
+    let unknown = b"PROXY UNKNOWN";
+    if line.starts_with(unknown) && matches!(line.get(unknown.len()), None | Some(b' ')) {
+        return Ok(Header::Local);
+    }
     let line = std::str::from_utf8(line).map_err(|_| HeaderError::Malformed("not ASCII"))?;
     let mut fields = line.split(' ');
     fields.next(); // "PROXY", checked by the caller
     let family = fields.next().unwrap_or("");
-    if family == "UNKNOWN" {
-        return Ok(Header::Local);
-    }
     let fields: Vec<&str> = fields.collect();
     let [source, destination, source_port, destination_port] = fields[..] else {
         return Err(HeaderError::Malformed(
@@ -160,29 +179,31 @@ fn v1_port(text: &str) -> Result<u16, HeaderError> {
 /// The binary header: signature, version and command, family and transport, length,
 /// addresses, then TLVs (skipped: nothing here needs them).
 fn parse_v2(bytes: &[u8]) -> Parsed {
-    if bytes.len() < 16 {
-        return Ok(None);
-    }
-    let version_command = bytes[12];
-    if version_command >> 4 != 2 {
-        return Err(HeaderError::Malformed(
-            "version 2 signature with a version other than 2",
-        ));
-    }
-    let local = match version_command & 0x0f {
-        0 => true,
-        1 => false,
-        _ => {
+    // Each byte is judged as it arrives, so a stray peer is refused at once.
+    let local = match bytes.get(12) {
+        None => return Ok(None),
+        Some(v) if v >> 4 != 2 => {
+            return Err(HeaderError::Malformed(
+                "version 2 signature with a version other than 2",
+            ))
+        }
+        Some(v) if v & 0x0f == 0 => true,
+        Some(v) if v & 0x0f == 1 => false,
+        Some(_) => {
             return Err(HeaderError::Malformed(
                 "version 2 command is neither LOCAL nor PROXY",
             ))
         }
     };
-    let (family, transport) = (bytes[13] >> 4, bytes[13] & 0x0f);
-    if family > 3 || transport > 2 {
-        return Err(HeaderError::Malformed(
-            "version 2 family or transport is unassigned",
-        ));
+    // LOCAL: the specification has the receiver ignore the family.
+    match bytes.get(13) {
+        Some(f) if !local && (f >> 4 > 3 || f & 0x0f > 2) => {
+            return Err(HeaderError::Malformed(
+                "version 2 family or transport is unassigned",
+            ))
+        }
+        _ if bytes.len() < 16 => return Ok(None),
+        _ => {}
     }
     let len = 16 + usize::from(u16::from_be_bytes([bytes[14], bytes[15]]));
     if len > V2_MAX {
@@ -192,19 +213,19 @@ fn parse_v2(bytes: &[u8]) -> Parsed {
         return Ok(None);
     }
     let block = &bytes[16..len];
-    // LOCAL: the specification has the receiver use the real endpoints and ignore the
-    // family. UNSPEC and UNIX name no IP address.
+    // Only TCP over IPv4 or IPv6 names a client of this TCP connection. LOCAL, UNSPEC,
+    // UNIX sockets, UDP: the real endpoints, as HAProxy's own receiver does.
     let source =
-        match family {
+        match bytes[13] {
             _ if local => return Ok(Some((Header::Local, len))),
-            1 => {
+            0x11 => {
                 let a: [u8; 12] = block.get(..12).and_then(|a| a.try_into().ok()).ok_or(
                     HeaderError::Malformed("version 2 IPv4 block shorter than 12 bytes"),
                 )?;
                 let ip = Ipv4Addr::new(a[0], a[1], a[2], a[3]);
                 SocketAddr::new(ip.into(), u16::from_be_bytes([a[8], a[9]]))
             }
-            2 => {
+            0x21 => {
                 let a: [u8; 36] = block.get(..36).and_then(|a| a.try_into().ok()).ok_or(
                     HeaderError::Malformed("version 2 IPv6 block shorter than 36 bytes"),
                 )?;
@@ -291,8 +312,35 @@ mod tests {
                 String::from_utf8_lossy(line)
             );
         }
-        let long = [b"PROXY ".as_slice(), &[b'x'; 200]].concat();
-        assert_eq!(parse(&long), Err(HeaderError::TooLong(V1_MAX)));
+    }
+
+    #[test]
+    fn version_1_is_held_to_each_familys_longest_line() {
+        // The longest lines each family can write are taken; a byte more is refused
+        // without waiting for a line end.
+        let v4 = b"PROXY TCP4 255.255.255.255 255.255.255.255 65535 65535\r\n";
+        let max6 = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff";
+        let v6 = format!("PROXY TCP6 {max6} {max6} 65535 65535\r\n");
+        let unknown = format!("PROXY UNKNOWN {}\r\n", "x".repeat(91));
+        for (line, max) in [
+            (&v4[..], 56),
+            (v6.as_bytes(), 104),
+            (unknown.as_bytes(), 107),
+        ] {
+            assert_eq!(line.len(), max);
+            assert!(matches!(parse(line), Ok(Some((_, n))) if n == max), "{max}");
+            let longer = [&line[..max - 2], b"00"].concat();
+            assert_eq!(parse(&longer), Err(HeaderError::TooLong(max)));
+        }
+        // Bytes after UNKNOWN are ignored, whatever they are.
+        assert_eq!(
+            parse(b"PROXY UNKNOWN \xff\xfe\r\n"),
+            Ok(Some((Header::Local, 18)))
+        );
+        // A family no line can have is refused at once.
+        assert!(parse(b"PROXY TCP5").is_err());
+        assert!(parse(b"PROXY tcp4").is_err());
+        assert_eq!(parse(b"PROXY TCP"), Ok(None));
     }
 
     #[test]
@@ -327,14 +375,27 @@ mod tests {
             Ok(Some((proxied("[2001:db8::7]:443"), 52)))
         );
 
-        // A health check (LOCAL), an unspecified family and a UNIX socket keep the peer.
+        // A health check (LOCAL, whatever its family), and what names no TCP client (an
+        // unspecified family or transport, a UNIX socket, UDP) keep the peer.
         assert_eq!(parse(&v2(0, 0x00, &[])), Ok(Some((Header::Local, 16))));
         assert_eq!(parse(&v2(0, 0x11, &v4)), Ok(Some((Header::Local, 28))));
+        assert_eq!(parse(&v2(0, 0xff, &[])), Ok(Some((Header::Local, 16))));
         assert_eq!(parse(&v2(1, 0x00, &[])), Ok(Some((Header::Local, 16))));
+        assert_eq!(parse(&v2(1, 0x10, &v4)), Ok(Some((Header::Local, 28))));
+        assert_eq!(parse(&v2(1, 0x12, &v4)), Ok(Some((Header::Local, 28))));
         assert_eq!(
             parse(&v2(1, 0x31, &[0; 216])),
             Ok(Some((Header::Local, 232)))
         );
+        // TLVs up to the bound are taken.
+        let mut big = v4.clone();
+        big.resize(V2_MAX - 16, 0);
+        assert_eq!(
+            parse(&v2(1, 0x11, &big)),
+            Ok(Some((proxied("203.0.113.7:51234"), V2_MAX)))
+        );
+        big.push(0);
+        assert_eq!(parse(&v2(1, 0x11, &big)), Err(HeaderError::TooLong(V2_MAX)));
     }
 
     #[test]
@@ -358,5 +419,14 @@ mod tests {
         assert_eq!(parse(&huge), Err(HeaderError::TooLong(V2_MAX)));
         // Part of the signature, then something else.
         assert_eq!(parse(b"\r\n\r\nGET"), Err(HeaderError::Missing));
+        // A bad version, command or family is refused as its byte arrives.
+        for bytes in [&[0x31][..], &[0x22], &[0x21, 0x41]] {
+            let h = [&V2_SIGNATURE[..], bytes].concat();
+            assert!(parse(&h).is_err(), "{bytes:?}");
+        }
+        assert_eq!(
+            parse(&[&V2_SIGNATURE[..], &[0x20, 0x41]].concat()),
+            Ok(None)
+        );
     }
 }

@@ -326,18 +326,26 @@ impl Accepting {
     /// Reads a connection's PROXY protocol header within `header_read_timeout`: the
     /// client it names (`peer` for a health check) and the client's bytes read past it.
     /// None when the connection is to be closed: counted, unless it closed or idled out
-    /// before sending a byte, as a TCP health check does.
+    /// before sending a byte, as a TCP health check does, or a drain began.
     async fn proxy_header(
         &self,
         stream: &mut TcpStream,
         peer: SocketAddr,
+        mut stop: watch::Receiver<bool>,
     ) -> Option<(SocketAddr, Vec<u8>)> {
         use crate::proxy_protocol::{read, Header, HeaderError};
         let mut buf = Vec::with_capacity(crate::fastpath::CLIENT_BUF);
-        let read = tokio::time::timeout(self.header_read_timeout, read(stream, &mut buf)).await;
+        let read = tokio::select! {
+            read = tokio::time::timeout(self.header_read_timeout, read(stream, &mut buf)) => read,
+            // No request exists yet: like an idle connection, it is closed at once.
+            _ = stop.wait_for(|stop| *stop) => return None,
+        };
+        // The rest is handed to a side that may keep it for the connection's life
+        // (hyper's through `Replay`): an empty one must hold no buffer.
+        let rest = |buf: Vec<u8>| if buf.is_empty() { Vec::new() } else { buf };
         let error = match read {
-            Ok(Ok(Header::Proxied(client))) => return Some((client, buf)),
-            Ok(Ok(Header::Local)) => return Some((peer, buf)),
+            Ok(Ok(Header::Proxied(client))) => return Some((client, rest(buf))),
+            Ok(Ok(Header::Local)) => return Some((peer, rest(buf))),
             Ok(Err(HeaderError::Closed(0))) => return None,
             Err(_) if buf.is_empty() => return None,
             Ok(Err(e)) => e.to_string(),
@@ -384,7 +392,7 @@ impl Accepting {
             // The balancer's header comes before everything, TLS included; the bytes read
             // past it are the client's, and go to whichever side serves the connection.
             let (peer, early) = if proxy_protocol {
-                match self.proxy_header(&mut stream, peer).await {
+                match self.proxy_header(&mut stream, peer, stop.clone()).await {
                     Some(read) => read,
                     None => return,
                 }

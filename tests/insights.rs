@@ -395,20 +395,21 @@ fn proxy_v2(source: Option<std::net::SocketAddr>) -> Vec<u8> {
     h
 }
 
-/// A connection to `addr` whose first bytes are `header`, and its own local address.
-async fn connect_after(
+/// A raw connection to `addr` that sends `bytes` (a header and a request, in one write).
+async fn connect_with(
     addr: std::net::SocketAddr,
-    header: &[u8],
+    bytes: &[u8],
 ) -> (tokio::net::TcpStream, std::net::SocketAddr) {
     use tokio::io::AsyncWriteExt;
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(header).await.unwrap();
+    s.write_all(bytes).await.unwrap();
     let local = s.local_addr().unwrap();
     (s, local)
 }
 
-/// One request over a fresh HTTP/1.1 (or HTTP/2) connection that began with `header`:
-/// its status, and the connection's local address.
+/// One request over a fresh HTTP/1.1 (or HTTP/2) connection that begins with `header`,
+/// in the same write as the request's first bytes: its status, and the connection's
+/// local address.
 async fn send_after(
     addr: std::net::SocketAddr,
     header: &[u8],
@@ -416,7 +417,8 @@ async fn send_after(
     req: Request<TestBody>,
 ) -> (http::StatusCode, std::net::SocketAddr) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    let (s, local) = connect_after(addr, header).await;
+    let s = HeaderFirst::connect(addr, header).await;
+    let local = s.local_addr();
     let io = TokioIo::new(s);
     let resp = if h2 {
         let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
@@ -437,27 +439,38 @@ async fn an_l4_balancers_proxy_protocol_header_names_the_client() {
     // Behind a TCP balancer (AWS NLB, HAProxy in mode tcp) every connection comes from
     // the balancer and no X-Forwarded-For names the client: the PROXY protocol header
     // does, and its source replaces the peer in the log, upstream and consumer identity.
-    // 192.0.2.0/24 plays a trusted L7 hop (a CDN) in front of the balancer.
-    use tokio::io::AsyncWriteExt;
-    let up = upstream().await;
-    let cfg = write_config(&format!(
-        "[proxy]\nproxy_protocol = true\nheader_read_timeout = \"2s\"\n\
-         trusted_proxies = [\"192.0.2.0/24\"]\n\n\
-         [[routes]]\nname = \"api\"\nupstream = \"http://{}\"\nconsumer = \"client_ip\"\n",
-        up.addr
-    ));
-    let p = Proc::start_env(
-        &["--config", cfg.to_str().unwrap()],
-        &[("RUST_LOG", "info,statuslens::server=debug")],
-    );
+    // 192.0.2.0/24 plays a trusted L7 hop (a CDN) in front of the balancer. Each header
+    // shares its segment with the first request bytes, which must reach whichever side
+    // serves the connection: the fast path, or hyper (fast_path off, and h2c and chunked
+    // bodies, which the fast path hands over).
+    for fast in [true, false] {
+        let up = upstream().await;
+        let cfg = write_config(&format!(
+            "[proxy]\nproxy_protocol = true\nfast_path = {fast}\nheader_read_timeout = \"2s\"\n\
+             trusted_proxies = [\"192.0.2.0/24\"]\n\n\
+             [[routes]]\nname = \"api\"\nupstream = \"http://{}\"\nconsumer = \"client_ip\"\n",
+            up.addr
+        ));
+        let p = Proc::start_env(
+            &["--config", cfg.to_str().unwrap()],
+            &[("RUST_LOG", "info,statuslens::server=debug")],
+        );
+        proxy_protocol_clients(&p, &up).await;
+        if fast {
+            proxy_protocol_refusals(&p).await;
+        }
+    }
+}
+
+/// Five connections, five clients named five ways (see the caller).
+async fn proxy_protocol_clients(p: &Proc, up: &Upstream) {
     let get = |id: &str| {
         Request::get("/drain")
             .header("host", "api")
             .header("x-request-id", id)
     };
-
-    // r0: version 1, the request in the same write (the fast path reads both at once).
-    let (mut s, _) = connect_after(
+    // r0: version 1, raw.
+    let (mut s, _) = connect_with(
         p.proxy,
         b"PROXY TCP4 203.0.113.7 10.0.0.5 51234 8080\r\n\
           GET /drain HTTP/1.1\r\nHost: api\r\nX-Request-Id: r0\r\nConnection: close\r\n\r\n",
@@ -469,7 +482,7 @@ async fn an_l4_balancers_proxy_protocol_header_names_the_client() {
         "{}",
         String::from_utf8_lossy(&got)
     );
-    // r1: version 2 from IPv6, a chunked POST (hyper's path).
+    // r1: version 2 from IPv6, a chunked POST.
     let v6: std::net::SocketAddr = "[2001:db8::7]:443".parse().unwrap();
     let body = chunked(vec![Bytes::from_static(b"abc")], Duration::ZERO, false);
     let post = Request::post("/drain")
@@ -477,12 +490,8 @@ async fn an_l4_balancers_proxy_protocol_header_names_the_client() {
         .header("x-request-id", "r1")
         .body(body)
         .unwrap();
-    assert_eq!(
-        send_after(p.proxy, &proxy_v2(Some(v6)), false, post)
-            .await
-            .0,
-        200
-    );
+    let sent = send_after(p.proxy, &proxy_v2(Some(v6)), false, post).await;
+    assert_eq!(sent.0, 200);
     // r2: version 2, h2c.
     let v4: std::net::SocketAddr = "203.0.113.8:40000".parse().unwrap();
     let h2 = Request::get("http://api/drain")
@@ -494,22 +503,9 @@ async fn an_l4_balancers_proxy_protocol_header_names_the_client() {
         200
     );
     // r3: the balancer's own connection (LOCAL, as its health checks send): the peer.
-    let (mut s, local) = connect_after(
-        p.proxy,
-        &[
-            proxy_v2(None),
-            b"GET /drain HTTP/1.1\r\nHost: api\r\nX-Request-Id: r3\r\nConnection: close\r\n\r\n"
-                .to_vec(),
-        ]
-        .concat(),
-    )
-    .await;
-    let got = read_until_closed(&mut s, "r3").await;
-    assert!(
-        got.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&got)
-    );
+    let get_r3 = get("r3").body(full(Bytes::new())).unwrap();
+    let (status, local) = send_after(p.proxy, &proxy_v2(None), false, get_r3).await;
+    assert_eq!(status, 200);
     // r4: the header names a trusted hop, whose X-Forwarded-For names the client.
     let via_cdn = get("r4")
         .header("x-forwarded-for", "203.0.113.50")
@@ -529,6 +525,7 @@ async fn an_l4_balancers_proxy_protocol_header_names_the_client() {
         ("203.0.113.50", Some("192.0.2.9:1234")),
     ]
     .map(|(c, v)| (c.to_string(), v));
+    assert_eq!(lines.len(), want.len(), "{lines:#?}");
     for (l, (client, via)) in lines.iter().zip(&want) {
         assert_eq!(&text(l, "client"), client, "{lines:#?}");
         assert_eq!(l.get("via").and_then(Value::as_str), *via, "{lines:#?}");
@@ -540,32 +537,33 @@ async fn an_l4_balancers_proxy_protocol_header_names_the_client() {
         5,
         "five clients, five consumers: {lines:#?}"
     );
-    {
-        let seen = up.seen.0.lock().unwrap();
-        let mut xff: Vec<(String, String)> = seen
-            .iter()
-            .map(|p| {
-                let h = |k: &str| p.headers[k].to_str().unwrap().to_string();
-                (h("x-request-id"), h("x-forwarded-for"))
-            })
-            .collect();
-        xff.sort();
-        let want = [
-            ("r0", "203.0.113.7"),
-            ("r1", "2001:db8::7"),
-            ("r2", "203.0.113.8"),
-            ("r3", "127.0.0.1"),
-            ("r4", "203.0.113.50, 192.0.2.9"),
-        ]
-        .map(|(a, b)| (a.to_string(), b.to_string()));
-        assert_eq!(xff, want);
-    }
+    let seen = up.seen.0.lock().unwrap();
+    let mut xff: Vec<(String, String)> = seen
+        .iter()
+        .map(|p| {
+            let h = |k: &str| p.headers[k].to_str().unwrap().to_string();
+            (h("x-request-id"), h("x-forwarded-for"))
+        })
+        .collect();
+    xff.sort();
+    let want = [
+        ("r0", "203.0.113.7"),
+        ("r1", "2001:db8::7"),
+        ("r2", "203.0.113.8"),
+        ("r3", "127.0.0.1"),
+        ("r4", "203.0.113.50, 192.0.2.9"),
+    ]
+    .map(|(a, b)| (a.to_string(), b.to_string()));
+    assert_eq!(xff, want);
+}
 
-    // Refused and counted: no header (a client speaking straight to the listener), a
-    // header cut short by a close, and one that stalls past header_read_timeout. Not
-    // counted: a connection closed, or left idle, before its first byte (a TCP health
-    // check). Each ends in a close with no byte sent back; the server counts before it
-    // closes, so the scrape after the last close sees every count.
+/// Refused and counted: no header (a client speaking straight to the listener), a
+/// header cut short by a close, and one that stalls past header_read_timeout. Not
+/// counted: a connection closed, or left idle, before its first byte (a TCP health
+/// check). Each ends in a close with no byte sent back; the server counts before it
+/// closes, so the scrape after each close sees its count.
+async fn proxy_protocol_refusals(p: &Proc) {
+    use tokio::io::AsyncWriteExt;
     let cases: [(&[u8], bool, &str); 5] = [
         (b"", true, "closed at once"),
         (b"", false, "idle"),
@@ -579,24 +577,23 @@ async fn an_l4_balancers_proxy_protocol_header_names_the_client() {
     ];
     let mut counted = Vec::new();
     for (bytes, close, what) in cases {
-        let (mut s, _) = connect_after(p.proxy, bytes).await;
+        let (mut s, _) = connect_with(p.proxy, bytes).await;
         if close {
             s.shutdown().await.unwrap();
         }
         let got = read_until_closed(&mut s, what).await;
         assert!(got.is_empty(), "{what}: {}", String::from_utf8_lossy(&got));
-        counted.push(client_errors(&metrics(&p).await, "proxy_protocol"));
+        counted.push(client_errors(&metrics(p).await, "proxy_protocol"));
     }
     assert_eq!(counted, [0.0, 0.0, 1.0, 2.0, 3.0]);
     assert_eq!(
-        sum(&metrics(&p).await, "statuslens_responses_total", &[]),
+        sum(&metrics(p).await, "statuslens_responses_total", &[]),
         5.0,
         "refused connections are not responses"
     );
     p.wait_output("does not begin with a PROXY protocol header");
     p.wait_output("within proxy.header_read_timeout");
 }
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haproxy_in_tcp_mode_is_read_in_both_versions() {
     // The real balancer, not hand-written headers: HAProxy relaying TCP with send-proxy
@@ -605,43 +602,7 @@ async fn haproxy_in_tcp_mode_is_read_in_both_versions() {
     // was read.
     let up = upstream().await;
     let p = start_with_proxy_settings("proxy_protocol = true", up.addr);
-    let (v1, v2) = (closed_port(), closed_port());
-    let dir = write_config("");
-    let cfg = dir.with_file_name("haproxy.cfg");
-    std::fs::write(
-        &cfg,
-        format!(
-            "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
-             frontend v1\n  bind {v1}\n  default_backend v1\n\
-             backend v1\n  server statuslens {proxy} send-proxy\n\
-             frontend v2\n  bind {v2}\n  default_backend v2\n\
-             backend v2\n  server statuslens {proxy} send-proxy-v2\n",
-            proxy = p.proxy
-        ),
-    )
-    .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _haproxy = Kill(
-        std::process::Command::new("haproxy")
-            .args(["-db", "-f"])
-            .arg(&cfg)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("haproxy is installed by .ci/run (Debian package haproxy)"),
-    );
-    let start = Instant::now();
-    for port in [v1, v2] {
-        while tokio::net::TcpStream::connect(port).await.is_err() {
-            assert!(start.elapsed() < DEADLINE, "haproxy listening on {port}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    let (_haproxy, v1, v2) = start_haproxy(p.proxy).await;
     let mut clients = Vec::new();
     for (front, id) in [(v1, "v1"), (v2, "v2")] {
         let req = Request::get("/drain")
@@ -660,6 +621,72 @@ async fn haproxy_in_tcp_mode_is_read_in_both_versions() {
         .map(|l| l["client"].as_str().unwrap())
         .collect();
     assert_eq!(logged, clients, "{lines:#?}");
-    // The readiness probes above reached statuslens as a header and a close: no error.
-    assert_eq!(client_errors(&metrics(&p).await, "proxy_protocol"), 0.0);
+}
+
+/// HAProxy, killed on drop.
+struct Haproxy(std::process::Child);
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// HAProxy in TCP mode in front of `target`: one frontend sending version 1 headers and
+/// one sending version 2, at the addresses returned. HAProxy cannot bind port 0 and say
+/// which port it got, so free ports are picked first; another test may take one in
+/// between, which makes HAProxy exit: then it is tried again on new ports.
+async fn start_haproxy(
+    target: std::net::SocketAddr,
+) -> (Haproxy, std::net::SocketAddr, std::net::SocketAddr) {
+    let dir = write_config("");
+    let cfg = dir.with_file_name("haproxy.cfg");
+    for _attempt in 0..5 {
+        let (v1, v2) = (closed_port(), closed_port());
+        std::fs::write(
+            &cfg,
+            format!(
+                "global\n  maxconn 256\n\
+                 defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+                 frontend v1\n  bind {v1}\n  default_backend v1\n\
+                 backend v1\n  server statuslens {target} send-proxy\n\
+                 frontend v2\n  bind {v2}\n  default_backend v2\n\
+                 backend v2\n  server statuslens {target} send-proxy-v2\n"
+            ),
+        )
+        .unwrap();
+        let mut haproxy = Haproxy(
+            std::process::Command::new("haproxy")
+                .args(["-db", "-f"])
+                .arg(&cfg)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("haproxy is installed by .ci/run (Debian package haproxy)"),
+        );
+        let start = Instant::now();
+        loop {
+            if haproxy.0.try_wait().unwrap().is_some() {
+                break; // a port was taken: again
+            }
+            let mut up = true;
+            for port in [v1, v2] {
+                up &= tokio::net::TcpStream::connect(port).await.is_ok();
+            }
+            // Listening, and still running: the listeners are HAProxy's.
+            if up && haproxy.0.try_wait().unwrap().is_none() {
+                return (haproxy, v1, v2);
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "haproxy listening on {v1} and {v2}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    panic!(
+        "haproxy exited at start five times; run `haproxy -c -f {}`",
+        cfg.display()
+    );
 }

@@ -551,54 +551,6 @@ async fn tls_sessions_resume_across_a_reload() {
     assert_eq!(visit().await, Some(rustls::HandshakeKind::Resumed));
 }
 
-/// A TCP stream whose first write is preceded by `header`, in the same write: a balancer
-/// sends its PROXY header with the client's first bytes (here a TLS ClientHello).
-struct HeaderFirst {
-    inner: tokio::net::TcpStream,
-    header: Option<Vec<u8>>,
-}
-
-impl tokio::io::AsyncRead for HeaderFirst {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for HeaderFirst {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let Some(header) = self.header.take() else {
-            return std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
-        };
-        let both = [&header[..], buf].concat();
-        // A fresh loopback socket takes a few hundred bytes in one write.
-        let n = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_write(cx, &both))?;
-        assert_eq!(n, both.len(), "header and first bytes in one write");
-        std::task::Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_protocol_header_comes_before_the_tls_handshake() {
     // A TCP balancer in front of a TLS listener passes the handshake through: its header
@@ -614,11 +566,7 @@ async fn a_proxy_protocol_header_comes_before_the_tls_handshake() {
         (b"PROXY TCP6 2001:db8::7 2001:db8::1 51235 443\r\n", b"h2"),
     ];
     for (header, alpn) in requests {
-        let inner = tokio::net::TcpStream::connect(p.proxy).await.unwrap();
-        let io = HeaderFirst {
-            inner,
-            header: Some(header.to_vec()),
-        };
+        let io = HeaderFirst::connect(p.proxy, header).await;
         let tls = tls_over(io, &pki.ca_pem, &[alpn]).await.unwrap();
         let req = Request::get("https://localhost/status/200")
             .header("host", "localhost")

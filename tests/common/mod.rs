@@ -708,3 +708,68 @@ pub async fn read_status_line(s: &mut tokio::net::TcpStream) -> String {
     }
     String::from_utf8_lossy(&got).trim_end().to_string()
 }
+
+/// A TCP stream whose first write is preceded by `header`, in the same write: an L4
+/// balancer sends its PROXY protocol header with the client's first bytes (a request
+/// head, a TLS ClientHello), so the server reads both at once.
+pub struct HeaderFirst {
+    inner: tokio::net::TcpStream,
+    header: Option<Vec<u8>>,
+}
+
+impl HeaderFirst {
+    /// Connects to `addr`; `header` goes out with the first write.
+    pub async fn connect(addr: SocketAddr, header: &[u8]) -> HeaderFirst {
+        HeaderFirst {
+            inner: tokio::net::TcpStream::connect(addr).await.unwrap(),
+            header: Some(header.to_vec()),
+        }
+    }
+
+    /// The connection's own address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr().unwrap()
+    }
+}
+
+impl tokio::io::AsyncRead for HeaderFirst {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for HeaderFirst {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let Some(header) = &self.header else {
+            return std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        };
+        let both = [&header[..], buf].concat();
+        let n = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_write(cx, &both))?;
+        // A fresh loopback socket takes a few hundred bytes in one write.
+        assert_eq!(n, both.len(), "header and first bytes in one write");
+        self.header = None;
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
