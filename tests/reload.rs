@@ -301,3 +301,112 @@ async fn a_reloaded_drain_timeout_is_the_one_shutdown_uses() {
     assert!(asked.elapsed() < Duration::from_secs(20));
     held.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_racing_each_other_and_traffic_lose_and_double_count_nothing() {
+    // Reloads while requests flow on every path (the fast path, hyper's with a chunked
+    // body, h2c), several at once (SIGHUP and POST /api/reload racing): no request
+    // fails, each is counted and logged exactly once, and the last file is the one in
+    // effect.
+    let a = upstream().await;
+    let b = upstream().await;
+    let version = |round: usize| {
+        let up = if round % 2 == 0 { a.addr } else { b.addr };
+        let extra = if round % 3 == 0 {
+            format!("\n[[routes]]\nname = \"extra\"\nmatch = {{ path_prefix = \"/extra/\" }}\nupstream = \"http://{}\"\n", a.addr)
+        } else {
+            String::new()
+        };
+        config(
+            "reload = true",
+            &format!("[[routes]]\nname = \"api\"\nupstream = \"http://{up}\"\n{extra}"),
+        )
+    };
+    let path = write_config(&version(0));
+    let p = Proc::start(&["--config", path.to_str().unwrap()]);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut traffic = Vec::new();
+    for kind in ["fast", "chunked", "h2c"] {
+        let (stop, url) = (stop.clone(), p.url("/status/200"));
+        traffic.push(tokio::spawn(async move {
+            let c = if kind == "h2c" { h2_client() } else { client() };
+            let mut sent = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let req = if kind == "chunked" {
+                    let body = chunked(vec![Bytes::from_static(b"abc")], Duration::ZERO, false);
+                    Request::post(&url).body(body).unwrap()
+                } else {
+                    Request::get(&url).body(full(Bytes::new())).unwrap()
+                };
+                let (parts, _) = send(&c, req).await;
+                assert_eq!(parts.status, 200, "{kind} request {sent}");
+                sent += 1;
+            }
+            sent
+        }));
+    }
+    let c = client();
+    let reload = || {
+        let c = c.clone();
+        let url = p.admin_url("/api/reload");
+        async move {
+            let (parts, body) =
+                send(&c, Request::post(url).body(full(Bytes::new())).unwrap()).await;
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(
+                (parts.status.as_u16(), &v["reloaded"]),
+                (200, &Value::Bool(true)),
+                "{v}"
+            );
+        }
+    };
+    let reloaded = |p: &Proc| p.all_output().matches("configuration reloaded").count();
+    let rounds = 12;
+    for round in 1..=rounds {
+        std::fs::write(&path, version(round)).unwrap();
+        let before = reloaded(&p);
+        p.signal("HUP");
+        tokio::join!(reload(), reload(), reload());
+        // The three POSTs are done; the signal's reload may still be running.
+        let start = Instant::now();
+        while reloaded(&p) < before + 4 {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "round {round}: {}",
+                p.all_output()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for t in traffic {
+        let sent = t.await.unwrap();
+        assert!(sent > 0, "traffic flowed during the reloads");
+        total += sent;
+    }
+    let upstream_saw = a.seen.0.lock().unwrap().len() + b.seen.0.lock().unwrap().len();
+    assert_eq!(upstream_saw, total);
+    let m = wait_settled(&p, total as f64).await;
+    assert_eq!(sum(&m, "statuslens_responses_total", &[]), total as f64);
+    assert_eq!(
+        sum(
+            &m,
+            "statuslens_responses_total",
+            &[("route", "api"), ("code", "200")]
+        ),
+        total as f64
+    );
+    assert_eq!(
+        sum(&m, "statuslens_config_last_reload_successful", &[]),
+        1.0
+    );
+    let lines = p.wait_access_lines(total).await;
+    assert_eq!(lines.len(), total);
+    // The last file (round 12: upstream a, with the extra route) is the one in effect.
+    let a_before = a.seen.0.lock().unwrap().len();
+    assert_eq!(get(&c, &p.url("/extra/status/201")).await.0.status, 201);
+    assert_eq!(get(&c, &p.url("/status/202")).await.0.status, 202);
+    assert_eq!(a.seen.0.lock().unwrap().len(), a_before + 2);
+}
