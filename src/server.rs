@@ -410,16 +410,21 @@ impl Accepting {
                 }
                 None => Replay::new(early, ClientStream::Plain { inner: stream }),
                 Some(acceptor) => {
-                    let handshake = acceptor.accept(Replay::new(early, stream));
+                    let handshake = async {
+                        // A client that closes before its first byte (a TCP health check)
+                        // did not fail a handshake; one that closes inside it did, though
+                        // rustls reports both as the same end of file.
+                        if early.is_empty() && !matches!(stream.peek(&mut [0]).await, Ok(1..)) {
+                            return None;
+                        }
+                        Some(acceptor.accept(Replay::new(early, stream)).await)
+                    };
                     match tokio::time::timeout(self.header_read_timeout, handshake).await {
-                        Ok(Ok(s)) => Replay::new(Vec::new(), ClientStream::Tls { inner: s }),
-                        Ok(Err(e)) => {
+                        Ok(None) => return,
+                        Ok(Some(Ok(s))) => Replay::new(Vec::new(), ClientStream::Tls { inner: s }),
+                        Ok(Some(Err(e))) => {
                             tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
-                            // A client that closes before saying anything (a TCP health
-                            // check) did not fail a handshake.
-                            if e.kind() != std::io::ErrorKind::UnexpectedEof {
-                                self.client_error(ClientErrorKind::TlsHandshake);
-                            }
+                            self.client_error(ClientErrorKind::TlsHandshake);
                             return;
                         }
                         Err(_) => {

@@ -378,9 +378,21 @@ async fn failed_tls_handshakes_are_counted_a_plain_disconnect_is_not() {
     let mut buf = [0u8; 64];
     let read = tokio::time::timeout(DEADLINE, silent.read(&mut buf)).await;
     assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "still open");
+    // A client that leaves inside its handshake (here: half a ClientHello record; in
+    // life, one that distrusts the certificate and closes without an alert): counted,
+    // though rustls sees the same end of file as for the first client.
+    let mut halfway = tokio::net::TcpStream::connect(p.proxy).await.unwrap();
+    halfway
+        .write_all(&[
+            0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+        ])
+        .await
+        .unwrap();
+    halfway.shutdown().await.unwrap();
+    read_until_closed(&mut halfway, "half a ClientHello").await;
     let handshakes = |m: &[Sample]| client_errors(m, "tls_handshake");
-    let m = wait_metrics(&p, "two failed handshakes", |m| handshakes(m) >= 2.0).await;
-    assert_eq!(handshakes(&m), 2.0);
+    let m = wait_metrics(&p, "three failed handshakes", |m| handshakes(m) >= 3.0).await;
+    assert_eq!(handshakes(&m), 3.0);
     assert_eq!(sum(&m, "statuslens_responses_total", &[]), 0.0);
     drop(plain);
 }
