@@ -323,20 +323,21 @@ impl Accepting {
         drained
     }
 
-    /// Reads a connection's PROXY protocol header within `header_read_timeout`: the
-    /// client it names (`peer` for a health check) and the client's bytes read past it.
+    /// Reads a connection's PROXY protocol header by `deadline`: the client it names
+    /// (`peer` for a health check) and the client's bytes read past it.
     /// None when the connection is to be closed: counted, unless it closed or idled out
     /// before sending a byte, as a TCP health check does, or a drain began.
     async fn proxy_header(
         &self,
         stream: &mut TcpStream,
         peer: SocketAddr,
+        deadline: tokio::time::Instant,
         mut stop: watch::Receiver<bool>,
     ) -> Option<(SocketAddr, Vec<u8>)> {
         use crate::proxy_protocol::{read, Header, HeaderError};
         let mut buf = Vec::with_capacity(crate::fastpath::CLIENT_BUF);
         let read = tokio::select! {
-            read = tokio::time::timeout(self.header_read_timeout, read(stream, &mut buf)) => read,
+            read = tokio::time::timeout_at(deadline, read(stream, &mut buf)) => read,
             // No request exists yet: like an idle connection, it is closed at once.
             _ = stop.wait_for(|stop| *stop) => return None,
         };
@@ -388,11 +389,17 @@ impl Accepting {
         // makes a drain wait for the fast path's connections too.
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            // A PROXY header and a TLS handshake share one header_read_timeout: a peer
+            // slow at both gets no more time than one slow at either.
+            let deadline = tokio::time::Instant::now() + self.header_read_timeout;
             let mut stream = stream;
             // The balancer's header comes before everything, TLS included; the bytes read
             // past it are the client's, and go to whichever side serves the connection.
             let (peer, early) = if proxy_protocol {
-                match self.proxy_header(&mut stream, peer, stop.clone()).await {
+                match self
+                    .proxy_header(&mut stream, peer, deadline, stop.clone())
+                    .await
+                {
                     Some(read) => read,
                     None => return,
                 }
@@ -419,7 +426,7 @@ impl Accepting {
                         }
                         Some(acceptor.accept(Replay::new(early, stream)).await)
                     };
-                    match tokio::time::timeout(self.header_read_timeout, handshake).await {
+                    match tokio::time::timeout_at(deadline, handshake).await {
                         Ok(None) => return,
                         Ok(Some(Ok(s))) => Replay::new(Vec::new(), ClientStream::Tls { inner: s }),
                         Ok(Some(Err(e))) => {
