@@ -386,12 +386,13 @@ impl Proxy {
             parts.headers.remove(header::HOST);
         }
         // The upstream speaks HTTP/1.1 whatever the client spoke (h2c included).
+        let http1 = parts.version < Version::HTTP_2;
         parts.version = Version::HTTP_11;
         if up.fast.is_some() && fastclient::takes(&parts.method, &parts.headers, &body, upgrade) {
             let (body, state) = if http_body::Body::is_end_stream(&body) {
                 (None, None)
             } else {
-                let (body, state) = self.request_body(&mut ex, route, &up.cfg, body);
+                let (body, state) = self.request_body(&mut ex, route, &up.cfg, body, http1);
                 (Some(body), Some(state))
             };
             let sent = Sent {
@@ -415,7 +416,7 @@ impl Proxy {
                 ))
             }
         };
-        let (body, state) = self.request_body(&mut ex, route, &up.cfg, body);
+        let (body, state) = self.request_body(&mut ex, route, &up.cfg, body, http1);
         let upstream_req = Request::from_parts(parts, body);
         // hyper's client future is large and this path is the less common one: boxed, so
         // that the fast path's future does not carry its size.
@@ -560,13 +561,15 @@ impl Proxy {
         )
     }
 
-    /// The client's body as the upstream gets it: counted, limited, timed.
+    /// The client's body as the upstream gets it: counted, limited, timed; `http1` if
+    /// the client sent it over HTTP/1.
     fn request_body(
         &self,
         ex: &mut Exchange,
         route: usize,
         cfg: &RouteConfig,
         body: Incoming,
+        http1: bool,
     ) -> (RequestBody, Arc<RequestBodyState>) {
         let state = Arc::new(RequestBodyState::default());
         ex.track_request_body(state.clone());
@@ -577,6 +580,7 @@ impl Proxy {
             counter,
             cfg.max_body_bytes,
             self.limits.body_read_timeout,
+            http1,
         );
         (body, state)
     }

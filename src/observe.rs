@@ -408,16 +408,23 @@ pub struct RequestBody {
     idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The last poll found no data from the client: a wait is being timed in `state`.
     waiting: bool,
+    /// An HTTP/1 body, whose unread rest holds up the connection (see `Drop`).
+    http1: bool,
 }
 
+/// Most of an HTTP/1 request body read and thrown away after the upstream let go of it,
+/// to keep the client's connection: past this, the connection closes instead.
+const DISCARD_LIMIT: usize = 1024 * 1024;
+
 impl RequestBody {
-    /// Wraps a client's body.
+    /// Wraps a client's body; `http1` if it came over HTTP/1.
     pub fn new(
         inner: hyper::body::Incoming,
         state: Arc<RequestBodyState>,
         counter: IntCounter,
         limit: Option<u64>,
         idle: std::time::Duration,
+        http1: bool,
     ) -> Self {
         RequestBody {
             inner: Some(inner),
@@ -427,6 +434,23 @@ impl RequestBody {
             idle,
             idle_timer: None,
             waiting: false,
+            http1,
+        }
+    }
+}
+
+/// Reads what is left of a client's HTTP/1 body and throws it away, each frame within
+/// `idle`, at most `DISCARD_LIMIT` bytes; then drops it (hyper closes the connection if
+/// it did not end).
+async fn discard(mut body: hyper::body::Incoming, idle: Duration) {
+    use http_body_util::BodyExt;
+    let mut left = DISCARD_LIMIT;
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout(idle, body.frame()).await {
+        if let Some(data) = frame.data_ref() {
+            match left.checked_sub(data.len()) {
+                Some(rest) => left = rest,
+                None => return,
+            }
         }
     }
 }
@@ -442,6 +466,7 @@ impl RequestBody {
             idle: self.idle,
             idle_timer: None,
             waiting: false,
+            http1: self.http1,
         }
     }
 
@@ -456,6 +481,24 @@ impl RequestBody {
 impl Drop for RequestBody {
     fn drop(&mut self) {
         self.end_wait();
+        // The upstream side let go of the body before its end: it answered without
+        // reading all of it and closed, say. hyper then closes the client's connection
+        // after the response, and that response may already have gone out without
+        // `Connection: close`: a client reusing the connection at once finds it closed
+        // under its next request (a POST it must not resend). So, as nginx discards a
+        // body its answer did not need, the rest is read and dropped, within bounds.
+        // Not after a refusal (too large, stalled, broken): those close on purpose.
+        let Some(inner) = self.inner.take() else {
+            return;
+        };
+        let refused = self.state.too_large.load(Ordering::Relaxed)
+            || self.state.idle.load(Ordering::Relaxed)
+            || self.state.client_gone.load(Ordering::Relaxed);
+        if self.http1 && !refused && !inner.is_end_stream() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(discard(inner, self.idle));
+            }
+        }
     }
 }
 

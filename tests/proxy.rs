@@ -1039,3 +1039,66 @@ async fn a_request_id_of_1_to_200_bytes_is_kept_others_are_replaced() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_answers_before_the_body_leaves_the_client_connection_open() {
+    // An API that refuses a POST by its head (a 401 for a missing key) answers before it
+    // reads the body, and closes. hyper then closed the client's connection after the
+    // answer; sent before the body was given up, the answer said so, sent after, it did
+    // not, and a client reusing the connection at once lost its next request. The rest
+    // of the body is now read and dropped (as nginx does), up to 1 MiB: past that, the
+    // connection closes after all.
+    let up = raw_upstream(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 6\r\n\r\nno key").await;
+    let p = start_with_proxy_settings("", up);
+    let answered = |g: &[u8]| g.ends_with(b"no key");
+    let cases = [
+        (
+            "Transfer-Encoding: chunked",
+            b"3\r\nabc\r\n0\r\n\r\n".to_vec(),
+            true,
+        ),
+        ("Content-Length: 100000", vec![b'a'; 100_000], true),
+        ("Content-Length: 2000000", vec![b'a'; 2_000_000], false),
+    ];
+    for (framing, body, kept) in cases {
+        let mut s = TcpStream::connect(p.proxy).await.unwrap();
+        let head = format!("POST /x HTTP/1.1\r\nHost: x\r\n{framing}\r\n\r\n");
+        s.write_all(head.as_bytes()).await.unwrap();
+        // The answer comes before the body is sent, keeping the connection...
+        let mut got = Vec::new();
+        read_until(&mut s, &mut got, answered).await;
+        let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 401"), "{framing}: {text}");
+        assert!(!text.contains("connection: close"), "{framing}: {text}");
+        // ...which, once the body is in, takes the next request.
+        let next = b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n";
+        let sent = async {
+            s.write_all(&body).await?;
+            s.write_all(next).await
+        };
+        if kept {
+            sent.await.unwrap();
+            let mut got = Vec::new();
+            read_until(&mut s, &mut got, answered).await;
+            assert!(got.starts_with(b"HTTP/1.1 401"), "{framing}");
+        } else {
+            // Past the limit the write may meet the close, and the close may be a reset
+            // (the body's unread rest still in the socket).
+            let _ = sent.await;
+            let mut rest = Vec::new();
+            let read = tokio::time::timeout(DEADLINE, s.read_to_end(&mut rest))
+                .await
+                .expect("closed within the deadline");
+            if let Err(e) = read {
+                assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{framing}");
+            }
+            assert!(
+                rest.is_empty(),
+                "{framing}: {}",
+                String::from_utf8_lossy(&rest)
+            );
+        }
+    }
+    let m = wait_settled(&p, 5.0).await;
+    assert_eq!(responses(&m, "401", "upstream"), 5.0);
+}
