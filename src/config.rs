@@ -38,8 +38,8 @@ const RESPONSE_HEADER_BYTES: std::ops::RangeInclusive<usize> = 1024..=256 * 1024
 /// with a bearer token) get 431; Envoy's ceiling is 8 MiB, and hyper buffers up to it
 /// per connection.
 const REQUEST_HEADER_BYTES: std::ops::RangeInclusive<usize> = 1024..=8 * 1024 * 1024;
-/// `proxy.max_headers`' range: beyond 100 (hyper's default) hyper and the fast path's
-/// parser allocate a slot per allowed header for every request.
+/// `proxy.max_headers`' range: hyper's HTTP/1.1 parser is given `max_headers` + 100
+/// slots, allocated per request past its default of 100.
 const REQUEST_HEADERS: std::ops::RangeInclusive<usize> = 1..=1000;
 /// `proxy.max_uri_bytes`' range: RFC 9112 asks for at least 8000 octets of request line;
 /// below 256 ordinary API paths with a query get 414.

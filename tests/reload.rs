@@ -317,9 +317,15 @@ async fn reloads_racing_each_other_and_traffic_lose_and_double_count_nothing() {
         } else {
             String::new()
         };
+        // A route of this round's own: only the last file has the last one.
         config(
             "reload = true",
-            &format!("[[routes]]\nname = \"api\"\nupstream = \"http://{up}\"\n{extra}"),
+            &format!(
+                "[[routes]]\nname = \"api\"\nupstream = \"http://{up}\"\n{extra}\n\
+                 [[routes]]\nname = \"r{round}\"\nmatch = {{ path_prefix = \"/r{round}/\" }}\n\
+                 upstream = \"http://{}\"\n",
+                b.addr
+            ),
         )
     };
     let path = write_config(&version(0));
@@ -339,8 +345,14 @@ async fn reloads_racing_each_other_and_traffic_lose_and_double_count_nothing() {
                 } else {
                     Request::get(&url).body(full(Bytes::new())).unwrap()
                 };
-                let (parts, _) = send(&c, req).await;
-                assert_eq!(parts.status, 200, "{kind} request {sent}");
+                let resp = tokio::time::timeout(DEADLINE, c.request(req)).await;
+                let resp = resp
+                    .unwrap_or_else(|_| panic!("{kind} request {sent}: no answer"))
+                    .unwrap_or_else(|e| panic!("{kind} request {sent}: {e:?}"));
+                assert_eq!(resp.status(), 200, "{kind} request {sent}");
+                http_body_util::BodyExt::collect(resp.into_body())
+                    .await
+                    .unwrap_or_else(|e| panic!("{kind} request {sent}: body {e:?}"));
                 sent += 1;
             }
             sent
@@ -404,9 +416,23 @@ async fn reloads_racing_each_other_and_traffic_lose_and_double_count_nothing() {
     );
     let lines = p.wait_access_lines(total).await;
     assert_eq!(lines.len(), total);
-    // The last file (round 12: upstream a, with the extra route) is the one in effect.
+    // The last file (round 12: api on upstream a, the extra route, route r12) is the one
+    // in effect: r11's prefix is api's now.
     let a_before = a.seen.0.lock().unwrap().len();
     assert_eq!(get(&c, &p.url("/extra/status/201")).await.0.status, 201);
-    assert_eq!(get(&c, &p.url("/status/202")).await.0.status, 202);
+    assert_eq!(get(&c, &p.url("/r11/status/202")).await.0.status, 202);
+    assert_eq!(get(&c, &p.url("/r12/status/203")).await.0.status, 203);
     assert_eq!(a.seen.0.lock().unwrap().len(), a_before + 2);
+    let m = wait_settled(&p, total as f64 + 3.0).await;
+    let code = |route: &str, code: &str| {
+        sum(
+            &m,
+            "statuslens_responses_total",
+            &[("route", route), ("code", code)],
+        )
+    };
+    assert_eq!(
+        (code("extra", "201"), code("api", "202"), code("r12", "203")),
+        (1.0, 1.0, 1.0)
+    );
 }
