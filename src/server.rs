@@ -426,7 +426,14 @@ impl Accepting {
                         }
                         Some(acceptor.accept(Replay::new(early, stream)).await)
                     };
-                    match tokio::time::timeout_at(deadline, handshake).await {
+                    let mut stopping = stop.clone();
+                    let outcome = tokio::select! {
+                        outcome = tokio::time::timeout_at(deadline, handshake) => outcome,
+                        // No request exists yet: a drain closes it at once, uncounted, as
+                        // it does an idle connection or one owing its PROXY header.
+                        _ = stopping.wait_for(|stop| *stop) => return,
+                    };
+                    match outcome {
                         Ok(None) => return,
                         Ok(Some(Ok(s))) => Replay::new(Vec::new(), ClientStream::Tls { inner: s }),
                         Ok(Some(Err(e))) => {

@@ -605,3 +605,39 @@ async fn a_proxy_protocol_header_comes_before_the_tls_handshake() {
     clients.sort();
     assert_eq!(clients, ["203.0.113.7:51234", "[2001:db8::7]:51235"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_closes_connections_that_have_not_spoken_at_once() {
+    // No request exists on a connection still owing its PROXY header or its TLS
+    // handshake, so a drain has nothing to wait for: it closes them at once, as it does
+    // idle ones, rather than holding shutdown for header_read_timeout (60 s here, longer
+    // than the 20 s drain, which would end in "drain timeout reached").
+    let pki = pki();
+    let p = tls_proxy(
+        &pki,
+        "proxy_protocol = true\nheader_read_timeout = \"60s\"\ndrain_timeout = \"20s\"",
+        closed_port(),
+    );
+    let mut silent = tokio::net::TcpStream::connect(p.proxy).await.unwrap();
+    let mut header_only = tokio::net::TcpStream::connect(p.proxy).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut header_only, b"PROXY UNKNOWN\r\n")
+        .await
+        .unwrap();
+    // Both accepted and waiting before the signal (were one not yet, the test would
+    // pass without proving anything, not fail).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut p = p;
+    p.sigterm();
+    assert_eq!(p.wait_exit(), Some(0), "{}", p.all_output());
+    let out = p.all_output();
+    assert!(out.contains("drained; exiting"), "{out}");
+    assert!(!out.contains("drain timeout reached"), "{out}");
+    for s in [&mut silent, &mut header_only] {
+        // Closed with nothing sent (a reset, had the listener closed before accepting).
+        let mut rest = Vec::new();
+        let read =
+            tokio::time::timeout(DEADLINE, tokio::io::AsyncReadExt::read_to_end(s, &mut rest));
+        assert!(read.await.is_ok(), "left open");
+        assert!(rest.is_empty());
+    }
+}
