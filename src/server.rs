@@ -389,8 +389,9 @@ impl Accepting {
         // makes a drain wait for the fast path's connections too.
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            // A PROXY header and a TLS handshake share one header_read_timeout: a peer
-            // slow at both gets no more time than one slow at either.
+            // The PROXY header and the TLS handshake share one header_read_timeout, so a
+            // peer slow at both gets no more time than one slow at either; hyper's clock
+            // for the first request head starts after them.
             let deadline = tokio::time::Instant::now() + self.header_read_timeout;
             let mut stream = stream;
             // The balancer's header comes before everything, TLS included; the bytes read
