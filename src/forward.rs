@@ -32,14 +32,15 @@ use crate::fastpath::{self, FastRoute};
 use crate::framing::Defect;
 use crate::metrics::{Source, UpstreamErrorKind};
 use crate::observe::{
-    BodyTooLarge, Exchange, ObservedBody, Observer, RequestBody, RequestBodyState, ResponseInner,
+    BodyTooLarge, Discard, Exchange, ObservedBody, Observer, RequestBody, RequestBodyState,
+    ResponseInner,
 };
 use crate::quota;
 use crate::reuse::{self, Watching};
 use crate::route::Router;
 
 /// What the connection knows about a request as it arrives.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Arrival {
     /// The client's address.
     pub client: SocketAddr,
@@ -49,6 +50,9 @@ pub struct Arrival {
     pub tls: bool,
     /// What is wrong with its head, though hyper accepted it (see `framing`).
     pub defect: Option<Defect>,
+    /// The connection's requests in progress (see `idle`), for a body read to its end
+    /// after the response (see `observe::Discard`).
+    pub activity: Option<Arc<crate::idle::Activity>>,
 }
 
 /// A request sent over a fast pool, as its wait for the response needs it.
@@ -299,6 +303,7 @@ impl Proxy {
             overloaded,
             tls,
             defect,
+            activity,
         } = arrival;
         // Phase 2: what the proxy answers itself.
         if let Some(defect) = defect {
@@ -354,6 +359,16 @@ impl Proxy {
 
         // Phase 3: the request as the upstream gets it.
         let client_version = req.version();
+        // An HTTP/1.1 body the upstream leaves unread is read to its end where the
+        // connection would otherwise stay open (see `observe::Discard`).
+        let discard =
+            (client_version == Version::HTTP_11 && !asks_close(req.headers())).then(|| Discard {
+                expect: req
+                    .headers()
+                    .get(header::EXPECT)
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")),
+                activity,
+            });
         let upgrade = is_upgrade(req.headers()) && client_version == Version::HTTP_11;
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
@@ -386,13 +401,12 @@ impl Proxy {
             parts.headers.remove(header::HOST);
         }
         // The upstream speaks HTTP/1.1 whatever the client spoke (h2c included).
-        let http1 = parts.version < Version::HTTP_2;
         parts.version = Version::HTTP_11;
         if up.fast.is_some() && fastclient::takes(&parts.method, &parts.headers, &body, upgrade) {
             let (body, state) = if http_body::Body::is_end_stream(&body) {
                 (None, None)
             } else {
-                let (body, state) = self.request_body(&mut ex, route, &up.cfg, body, http1);
+                let (body, state) = self.request_body(&mut ex, route, &up.cfg, body, discard);
                 (Some(body), Some(state))
             };
             let sent = Sent {
@@ -416,7 +430,7 @@ impl Proxy {
                 ))
             }
         };
-        let (body, state) = self.request_body(&mut ex, route, &up.cfg, body, http1);
+        let (body, state) = self.request_body(&mut ex, route, &up.cfg, body, discard);
         let upstream_req = Request::from_parts(parts, body);
         // hyper's client future is large and this path is the less common one: boxed, so
         // that the fast path's future does not carry its size.
@@ -561,15 +575,15 @@ impl Proxy {
         )
     }
 
-    /// The client's body as the upstream gets it: counted, limited, timed; `http1` if
-    /// the client sent it over HTTP/1.
+    /// The client's body as the upstream gets it: counted, limited, timed, and read to
+    /// its end after the response per `discard`.
     fn request_body(
         &self,
         ex: &mut Exchange,
         route: usize,
         cfg: &RouteConfig,
         body: Incoming,
-        http1: bool,
+        discard: Option<Discard>,
     ) -> (RequestBody, Arc<RequestBodyState>) {
         let state = Arc::new(RequestBodyState::default());
         ex.track_request_body(state.clone());
@@ -580,7 +594,7 @@ impl Proxy {
             counter,
             cfg.max_body_bytes,
             self.limits.body_read_timeout,
-            http1,
+            discard,
         );
         (body, state)
     }
@@ -898,6 +912,11 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers.get_all(header::CONNECTION).iter().flat_map(tokens)
+}
+
+/// The client's `Connection` asks to close after this request (hyper then closes).
+fn asks_close(headers: &HeaderMap) -> bool {
+    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("close"))
 }
 
 /// The comma-separated tokens of a list value (none if it is not text).

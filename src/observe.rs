@@ -408,8 +408,22 @@ pub struct RequestBody {
     idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The last poll found no data from the client: a wait is being timed in `state`.
     waiting: bool,
-    /// An HTTP/1 body, whose unread rest holds up the connection (see `Drop`).
-    http1: bool,
+    /// The upstream side has polled the body at least once.
+    polled: bool,
+    /// Set for a body whose unread rest would close a keep-alive HTTP/1.1 connection
+    /// (see `Drop`).
+    discard: Option<Discard>,
+}
+
+/// What reading the rest of an unfinished HTTP/1.1 body needs (see `RequestBody`'s
+/// `Drop`).
+pub struct Discard {
+    /// The client sent `Expect: 100-continue`: until the body is first polled hyper has
+    /// not said 100, and the client may rightly never send it.
+    pub expect: bool,
+    /// The connection's requests in progress: the discard counts as one, so that the idle
+    /// clock does not close the connection under it.
+    pub activity: Option<Arc<crate::idle::Activity>>,
 }
 
 /// Most of an HTTP/1 request body read and thrown away after the upstream let go of it,
@@ -417,14 +431,14 @@ pub struct RequestBody {
 const DISCARD_LIMIT: usize = 1024 * 1024;
 
 impl RequestBody {
-    /// Wraps a client's body; `http1` if it came over HTTP/1.
+    /// Wraps a client's body; `discard` for an HTTP/1.1 one on a keep-alive connection.
     pub fn new(
         inner: hyper::body::Incoming,
         state: Arc<RequestBodyState>,
         counter: IntCounter,
         limit: Option<u64>,
         idle: std::time::Duration,
-        http1: bool,
+        discard: Option<Discard>,
     ) -> Self {
         RequestBody {
             inner: Some(inner),
@@ -434,7 +448,8 @@ impl RequestBody {
             idle,
             idle_timer: None,
             waiting: false,
-            http1,
+            polled: false,
+            discard,
         }
     }
 }
@@ -466,7 +481,8 @@ impl RequestBody {
             idle: self.idle,
             idle_timer: None,
             waiting: false,
-            http1: self.http1,
+            polled: false,
+            discard: None,
         }
     }
 
@@ -488,16 +504,25 @@ impl Drop for RequestBody {
         // under its next request (a POST it must not resend). So, as nginx discards a
         // body its answer did not need, the rest is read and dropped, within bounds.
         // Not after a refusal (too large, stalled, broken): those close on purpose.
-        let Some(inner) = self.inner.take() else {
+        let (Some(inner), Some(how)) = (self.inner.take(), self.discard.take()) else {
             return;
         };
         let refused = self.state.too_large.load(Ordering::Relaxed)
             || self.state.idle.load(Ordering::Relaxed)
             || self.state.client_gone.load(Ordering::Relaxed);
-        if self.http1 && !refused && !inner.is_end_stream() {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(discard(inner, self.idle));
-            }
+        // A client that asked for 100 Continue and never got it need not send the body:
+        // hyper's own close is right for it.
+        let withheld = how.expect && !self.polled;
+        if refused || withheld || inner.is_end_stream() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let busy = how.activity.as_ref().map(|a| a.enter());
+            let idle = self.idle;
+            runtime.spawn(async move {
+                discard(inner, idle).await;
+                drop(busy);
+            });
         }
     }
 }
@@ -514,6 +539,7 @@ impl Body for RequestBody {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
+        this.polled = true;
         let polled = Pin::new(inner).poll_frame(cx);
         if polled.is_pending() {
             if !this.waiting {
@@ -556,7 +582,13 @@ impl Body for RequestBody {
                 this.state.client_gone.store(true, Ordering::Relaxed);
                 Poll::Ready(Some(Err(Box::new(e))))
             }
-            other => other.map(|_| None),
+            Poll::Ready(None) => {
+                // Ended: nothing is left to discard (a chunked body never reports its
+                // end through `is_end_stream`).
+                this.inner = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 

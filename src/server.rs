@@ -465,6 +465,7 @@ impl Accepting {
                     overloaded,
                     tls: is_tls,
                     defect: framing.next_request_defect(),
+                    activity: Some(requests.clone()),
                 };
                 let proxy = live.load().proxy.clone();
                 let method = method_index(req.method());

@@ -1102,3 +1102,54 @@ async fn an_upstream_that_answers_before_the_body_leaves_the_client_connection_o
     let m = wait_settled(&p, 5.0).await;
     assert_eq!(responses(&m, "401", "upstream"), 5.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_is_read_to_its_end_only_where_the_connection_stays_open() {
+    // The rest of a body the upstream did not take is read so that the connection can
+    // go on (see the test above) — but not where it closes anyway, and not from a client
+    // that asked for 100 Continue and never got it: each of those would hold the
+    // connection open waiting for bytes no one needs.
+    use tokio::io::AsyncWriteExt;
+    let up = raw_upstream(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 6\r\n\r\nno key").await;
+    let p = start_with_proxy_settings(
+        "header_read_timeout = \"1s\"\nbody_read_timeout = \"60s\"",
+        up,
+    );
+    let down = start_with_proxy_settings("body_read_timeout = \"60s\"", closed_port());
+    let answered = |g: &[u8]| g.windows(4).any(|w| w == b"\r\n\r\n");
+    let head = |extra: &str| {
+        format!("POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n{extra}\r\n")
+    };
+    // Closing cases: `Connection: close`; `Expect: 100-continue` with an upstream that
+    // cannot be reached (the body is never asked for, so no 100 goes out).
+    for (at, extra, what) in [
+        (p.proxy, "Connection: close\r\n", "Connection: close"),
+        (down.proxy, "Expect: 100-continue\r\n", "Expect, no 100"),
+    ] {
+        let mut s = TcpStream::connect(at).await.unwrap();
+        s.write_all(head(extra).as_bytes()).await.unwrap();
+        let got = read_until_closed(&mut s, what).await;
+        assert!(answered(&got), "{what}: {}", String::from_utf8_lossy(&got));
+    }
+    // Kept: the same unreachable upstream without Expect (the 502 keeps the connection
+    // for the next request), and a client slower to send its body than the idle clock
+    // (header_read_timeout, 1 s), which must not close the connection under the discard.
+    for (at, pause, what) in [
+        (down.proxy, Duration::ZERO, "502"),
+        (p.proxy, Duration::from_millis(2500), "slow body"),
+    ] {
+        let mut s = TcpStream::connect(at).await.unwrap();
+        s.write_all(head("").as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        read_until(&mut s, &mut got, answered).await;
+        // A slow client, on purpose: the pause is what is tested.
+        tokio::time::sleep(pause).await;
+        s.write_all(&vec![b'a'; 100_000]).await.unwrap();
+        s.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut next = Vec::new();
+        read_until(&mut s, &mut next, answered).await;
+        assert!(next.starts_with(b"HTTP/1.1 "), "{what}");
+    }
+}
