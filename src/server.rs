@@ -465,7 +465,9 @@ impl Accepting {
                     overloaded,
                     tls: is_tls,
                     defect: framing.next_request_defect(),
-                    activity: Some(requests.clone()),
+                    // Only a body can be left to read after its response.
+                    activity: (!http_body::Body::is_end_stream(req.body()))
+                        .then(|| requests.clone()),
                 };
                 let proxy = live.load().proxy.clone();
                 let method = method_index(req.method());
