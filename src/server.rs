@@ -465,9 +465,10 @@ impl Accepting {
                     overloaded,
                     tls: is_tls,
                     defect: framing.next_request_defect(),
-                    // Only a body can be left to read after its response.
-                    activity: (!http_body::Body::is_end_stream(req.body()))
-                        .then(|| requests.clone()),
+                    // Only an HTTP/1.1 body can be left to read after its response.
+                    activity: (req.version() == http::Version::HTTP_11
+                        && !http_body::Body::is_end_stream(req.body()))
+                    .then(|| requests.clone()),
                 };
                 let proxy = live.load().proxy.clone();
                 let method = method_index(req.method());

@@ -623,23 +623,13 @@ async fn haproxy_in_tcp_mode_is_read_in_both_versions() {
     assert_eq!(logged, clients, "{lines:#?}");
 }
 
-/// HAProxy, killed on drop.
-struct Haproxy(std::process::Child);
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// HAProxy in TCP mode in front of `target`: one frontend sending version 1 headers and
 /// one sending version 2, at the addresses returned. HAProxy cannot bind port 0 and say
 /// which port it got, so free ports are picked first; another test may take one in
 /// between, which makes HAProxy exit: then it is tried again on new ports.
 async fn start_haproxy(
     target: std::net::SocketAddr,
-) -> (Haproxy, std::net::SocketAddr, std::net::SocketAddr) {
+) -> (Killed, std::net::SocketAddr, std::net::SocketAddr) {
     let dir = write_config("");
     let cfg = dir.with_file_name("haproxy.cfg");
     for _attempt in 0..5 {
@@ -656,7 +646,7 @@ async fn start_haproxy(
             ),
         )
         .unwrap();
-        let mut haproxy = Haproxy(
+        let mut haproxy = Killed(
             std::process::Command::new("haproxy")
                 .args(["-db", "-f"])
                 .arg(&cfg)

@@ -244,14 +244,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     )
     .unwrap();
     let port = closed_port().port();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut prom = Kill(
+    let mut prom = Killed(
         Command::new("prometheus")
             .arg(format!(
                 "--config.file={}",

@@ -381,14 +381,7 @@ async fn a_real_alertmanager_shows_the_alert() {
         "route:\n  receiver: 'null'\nreceivers:\n  - name: 'null'\n",
     )
     .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut am = Kill(
+    let mut am = Killed(
         std::process::Command::new("prometheus-alertmanager")
             .arg(format!(
                 "--config.file={}",

@@ -773,3 +773,14 @@ impl tokio::io::AsyncWrite for HeaderFirst {
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+/// A helper program (Prometheus, Alertmanager, HAProxy) killed and reaped on drop, so a
+/// failing test leaves none behind.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
