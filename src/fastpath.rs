@@ -19,6 +19,7 @@
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, IoSlice};
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -324,9 +325,10 @@ struct Planned {
 /// untouched for hyper.
 fn plan(proxy: &Arc<Proxy>, c: &mut Client) -> Option<Planned> {
     let limits = proxy.limits();
-    let mut headers = [httparse::EMPTY_HEADER; MAX_REQUEST_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let head_len = match req.parse(&c.buf) {
+    // Slots left uninitialised: filling 100 of them costs more than parsing a small head.
+    let mut headers = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_REQUEST_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let head_len = match req.parse_with_uninit_headers(&c.buf, &mut headers) {
         Ok(httparse::Status::Complete(n)) => n,
         _ => return None,
     };
@@ -1255,9 +1257,13 @@ fn parse_response<T>(
     head_only: bool,
     finish: impl FnOnce(Final<'_, '_>) -> Result<T, UpstreamErrorKind>,
 ) -> Result<Parsed<T>, UpstreamErrorKind> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(buf) {
+    let mut headers = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut headers,
+    ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
         Err(_) => return Err(UpstreamErrorKind::Protocol),
