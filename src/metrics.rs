@@ -199,6 +199,10 @@ pub struct Families {
     client_errors: [IntCounter; ClientErrorKind::ALL.len()],
     /// Follows [`crate::logsink::lost_lines`] when rendered.
     log_lines_lost: IntCounter,
+    /// Client connections open on the proxy listener (what `max_connections` limits).
+    connections_open: IntGauge,
+    /// Client connections accepted on the proxy listener.
+    connections_total: IntCounter,
 }
 
 /// The handles of one route (or of `unmatched`).
@@ -361,6 +365,16 @@ impl Families {
             ),
         ];
 
+        let connections_open = IntGauge::new(
+            "statuslens_connections_open",
+            "Client connections open on the proxy listener now, all workers (what proxy.max_connections limits).",
+        )
+        .expect("valid metric");
+        let connections_total = IntCounter::new(
+            "statuslens_connections_total",
+            "Client connections accepted on the proxy listener.",
+        )
+        .expect("valid metric");
         let log_lines_lost = IntCounter::new(
             "statuslens_log_lines_lost_total",
             "Log lines the output refused (closed pipe, full disk) or that were shed while it took nothing for 2 s.",
@@ -380,6 +394,8 @@ impl Families {
             Box::new(quota_vecs[1].clone()),
             Box::new(quota_vecs[2].clone()),
             Box::new(client_errors.clone()),
+            Box::new(connections_open.clone()),
+            Box::new(connections_total.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -397,6 +413,8 @@ impl Families {
             client_errors: ClientErrorKind::ALL
                 .map(|k| client_errors.with_label_values(&[k.label()])),
             log_lines_lost,
+            connections_open,
+            connections_total,
         })
     }
 
@@ -408,6 +426,22 @@ impl Families {
     /// Counts a client connection that ended before a request existed.
     pub fn client_error(&self, kind: ClientErrorKind) {
         self.client_errors[kind as usize].inc();
+    }
+
+    /// Counts a client connection accepted; [`Families::connection_closed`] when it ends.
+    pub fn connection_opened(&self) {
+        self.connections_total.inc();
+        self.connections_open.inc();
+    }
+
+    /// Counts the end of a connection [`Families::connection_opened`] counted.
+    pub fn connection_closed(&self) {
+        self.connections_open.dec();
+    }
+
+    /// Client connections open now.
+    pub fn connections_open(&self) -> u64 {
+        self.connections_open.get().max(0) as u64
     }
 
     /// The Prometheus text exposition of everything registered.

@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -140,7 +139,6 @@ pub async fn serve(
     let accepting = Arc::new(Accepting {
         live: live.clone(),
         builder,
-        connections: AtomicUsize::new(0),
         header_read_timeout: config.proxy.header_read_timeout,
     });
     let mut workers = Vec::with_capacity(proxy_listeners.len());
@@ -265,8 +263,6 @@ fn bind_proxy(addr: SocketAddr, workers: usize) -> Result<Vec<std::net::TcpListe
 struct Accepting {
     live: Arc<Live>,
     builder: auto::Builder<TokioExecutor>,
-    /// Open client connections, all workers.
-    connections: AtomicUsize,
     /// Bounds a TLS handshake, and how long a connection hyper serves may go without a
     /// request (see `idle`), as it bounds a request head.
     header_read_timeout: Duration,
@@ -371,7 +367,7 @@ impl Accepting {
         // get a counted 503 with Retry-After instead of a silent reset.
         let generation = self.live.load();
         let max_connections = generation.config.proxy.max_connections;
-        let overloaded = self.connections.load(Ordering::Relaxed) >= max_connections;
+        let overloaded = self.live.families().connections_open() >= max_connections as u64;
         // The certificate of the generation current at accept: a reload that re-read
         // rotated files serves them from the next connection on.
         let tls = generation
@@ -625,19 +621,20 @@ async fn tick_detectors(live: Arc<Live>) {
     }
 }
 
-/// Counts an open client connection for `proxy.max_connections`.
+/// Counts an open client connection, for `proxy.max_connections` and the connection
+/// metrics, from accept to close.
 struct ConnectionGuard(Arc<Accepting>);
 
 impl ConnectionGuard {
     fn new(accepting: Arc<Accepting>) -> Self {
-        accepting.connections.fetch_add(1, Ordering::Relaxed);
+        accepting.live.families().connection_opened();
         ConnectionGuard(accepting)
     }
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+        self.0.live.families().connection_closed();
     }
 }
 

@@ -229,11 +229,15 @@ async fn connections_over_the_limit_get_503_and_close() {
         assert!(read_status_line(&mut s).await.starts_with("HTTP/1.1 200"));
         held.push(s);
     }
+    // What the limit reads is what the metrics show.
+    wait_metrics(&p, "two connections open", |m| connections(m) == (2.0, 2.0)).await;
     let (line, closed) = raw(p.proxy, b"GET /status/200 HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(line.starts_with("HTTP/1.1 503"), "{line}");
     assert!(closed);
     let m = wait_responses(&p, 3.0).await;
     assert_eq!(responses(&m, "503", "proxy"), 1.0);
+    let m = wait_metrics(&p, "the refused one closed", |m| connections(m).0 == 2.0).await;
+    assert_eq!(connections(&m), (2.0, 3.0));
     // Freeing a connection makes room again.
     drop(held.pop());
     let start = Instant::now();
@@ -251,6 +255,49 @@ async fn connections_over_the_limit_get_503_and_close() {
             "no room after a connection closed: {line}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Client connections counted: (open now, accepted in all).
+fn connections(m: &[Sample]) -> (f64, f64) {
+    (
+        sum(m, "statuslens_connections_open", &[]),
+        sum(m, "statuslens_connections_total", &[]),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_connections_are_counted_from_accept_to_close() {
+    let up = upstream().await;
+    for fast in [true, false] {
+        let p = start_with_proxy_settings(&format!("fast_path = {fast}"), up.addr);
+        let m = metrics(&p).await;
+        assert_eq!(connections(&m), (0.0, 0.0), "fast_path = {fast}");
+        // Kept alive over two requests, h2c over two, and one that never speaks (a TCP
+        // health check): three connections, whatever each carries.
+        let mut kept = TcpStream::connect(p.proxy).await.unwrap();
+        for _ in 0..2 {
+            kept.write_all(b"GET /status/200 HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut got = Vec::new();
+            read_until(&mut kept, &mut got, |g| g.ends_with(b"status 200")).await;
+            assert!(got.starts_with(b"HTTP/1.1 200"));
+        }
+        let h2 = h2_client();
+        for _ in 0..2 {
+            let (parts, _) = get(&h2, &p.url("/status/200")).await;
+            assert_eq!(parts.status, 200);
+        }
+        let silent = TcpStream::connect(p.proxy).await.unwrap();
+        wait_metrics(&p, "three connections open", |m| {
+            connections(m) == (3.0, 3.0)
+        })
+        .await;
+        drop((kept, h2, silent));
+        let m = wait_metrics(&p, "every connection closed", |m| connections(m).0 == 0.0).await;
+        assert_eq!(connections(&m), (0.0, 3.0), "fast_path = {fast}");
+        assert_eq!(responses(&m, "200", "upstream"), 4.0, "fast_path = {fast}");
     }
 }
 

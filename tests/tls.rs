@@ -623,9 +623,12 @@ async fn a_drain_closes_connections_that_have_not_spoken_at_once() {
     tokio::io::AsyncWriteExt::write_all(&mut header_only, b"PROXY UNKNOWN\r\n")
         .await
         .unwrap();
-    // Both accepted and waiting before the signal (were one not yet, the test would
-    // pass without proving anything, not fail).
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Both accepted before the signal: one not yet accepted would let the test pass
+    // without proving anything.
+    wait_metrics(&p, "both connections accepted", |m| {
+        sum(m, "statuslens_connections_open", &[]) == 2.0
+    })
+    .await;
     let mut p = p;
     p.sigterm();
     assert_eq!(p.wait_exit(), Some(0), "{}", p.all_output());
