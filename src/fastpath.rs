@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -76,6 +77,8 @@ pub struct FastRoute {
     /// own, so the lock is never contended (and a connection stays on the runtime whose
     /// reactor it is registered with).
     pools: Box<[Mutex<VecDeque<Idle>>]>,
+    /// Counts the connections opened (the route's `statuslens_upstream_connections_total`).
+    opened: IntCounter,
 }
 
 /// A pooled upstream connection with its read buffer.
@@ -91,7 +94,7 @@ struct Idle {
 
 impl FastRoute {
     /// The fast-path settings of a route, if its upstream is plain HTTP.
-    pub fn new(route: &RouteConfig, workers: usize) -> Option<FastRoute> {
+    pub fn new(route: &RouteConfig, workers: usize, opened: IntCounter) -> Option<FastRoute> {
         if route.scheme != http::uri::Scheme::HTTP {
             return None;
         }
@@ -108,6 +111,7 @@ impl FastRoute {
             pools: (0..workers.max(1))
                 .map(|_| Mutex::new(VecDeque::new()))
                 .collect(),
+            opened,
         })
     }
 
@@ -181,6 +185,7 @@ impl FastRoute {
         let io = tokio::time::timeout(timeout, attempt)
             .await
             .map_err(|_| std::io::Error::new(ErrorKind::TimedOut, "connect timed out"))??;
+        self.opened.inc();
         io.set_nodelay(true)?;
         // As hyper's connector: notice a peer that vanished without a FIN.
         let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));

@@ -156,7 +156,9 @@ impl Proxy {
         let upstreams = config
             .routes
             .iter()
-            .map(|r| {
+            .enumerate()
+            .map(|(i, r)| {
+                let opened = observer.metrics.route(i).upstream_connections.clone();
                 let mut connector = HttpConnector::new();
                 // The TLS layer on top decides per URI whether to wrap the stream.
                 connector.enforce_http(false);
@@ -173,12 +175,13 @@ impl Proxy {
                             // The client's own Host (from the absolute URI) only applies
                             // when the forwarder did not set one: the `upstream` policy.
                             .set_host(true)
-                            .build(Watching(
+                            .build(Watching::new(
                                 HttpsConnectorBuilder::new()
                                     .with_tls_config(tls.clone())
                                     .https_or_http()
                                     .enable_http1()
                                     .wrap_connector(connector.clone()),
+                                opened.clone(),
                             ))
                     })
                     .collect();
@@ -189,7 +192,7 @@ impl Proxy {
                     fast: config
                         .proxy
                         .fast_path
-                        .then(|| FastRoute::new(r, config.proxy.workers))
+                        .then(|| FastRoute::new(r, config.proxy.workers, opened))
                         .flatten(),
                 })
             })

@@ -192,6 +192,7 @@ pub struct Families {
     in_flight: IntGaugeVec,
     upstream_errors: IntCounterVec,
     upstream_retries: IntCounterVec,
+    upstream_connections: IntCounterVec,
     request_bytes: IntCounterVec,
     response_bytes: IntCounterVec,
     quota: [GaugeVec; 3],
@@ -217,6 +218,8 @@ pub struct RouteMetrics {
     upstream_errors: [IntCounter; 4],
     /// Requests sent again after the pooled connection they went on closed unanswered.
     pub upstream_retries: IntCounter,
+    /// Connections opened to the route's upstream.
+    pub upstream_connections: IntCounter,
     /// Request body bytes received from clients.
     pub request_bytes: IntCounter,
     /// Response body bytes sent to clients.
@@ -253,6 +256,7 @@ impl Metrics {
                 upstream_errors: UpstreamErrorKind::ALL
                     .map(|k| f.upstream_errors.with_label_values(&[name, k.label()])),
                 upstream_retries: f.upstream_retries.with_label_values(&[name]),
+                upstream_connections: f.upstream_connections.with_label_values(&[name]),
                 request_bytes: f.request_bytes.with_label_values(&[name]),
                 response_bytes: f.response_bytes.with_label_values(&[name]),
                 quota_vecs: f.quota.clone(),
@@ -308,6 +312,14 @@ impl Families {
             Opts::new(
                 "statuslens_upstream_retries_total",
                 "Requests sent again on another upstream connection because the pooled one they went on closed without a byte of answer (GET, HEAD, OPTIONS and TRACE without a body only).",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
+        let upstream_connections = IntCounterVec::new(
+            Opts::new(
+                "statuslens_upstream_connections_total",
+                "Connections opened to the upstream, by route (kept alive and reused while the upstream allows: a rate near the route's request rate means no reuse).",
             ),
             &["route"],
         )
@@ -387,6 +399,7 @@ impl Families {
             Box::new(in_flight.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(upstream_retries.clone()),
+            Box::new(upstream_connections.clone()),
             Box::new(req_bytes.clone()),
             Box::new(resp_bytes.clone()),
             Box::new(build_info),
@@ -407,6 +420,7 @@ impl Families {
             in_flight,
             upstream_errors,
             upstream_retries,
+            upstream_connections,
             request_bytes: req_bytes,
             response_bytes: resp_bytes,
             quota: quota_vecs,

@@ -16,6 +16,7 @@ use std::task::{Context, Poll};
 use http::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
+use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// One connection's request/response turns, as its bytes show them.
@@ -49,9 +50,20 @@ pub fn turns_of(err: &hyper_util::client::legacy::Error) -> Option<Arc<Turns>> {
     extensions.get::<Arc<Turns>>().cloned()
 }
 
-/// A connector whose connections keep their [`Turns`].
+/// A connector whose connections keep their [`Turns`], counting each one it opens.
 #[derive(Debug, Clone)]
-pub struct Watching<C>(pub C);
+pub struct Watching<C> {
+    inner: C,
+    opened: IntCounter,
+}
+
+impl<C> Watching<C> {
+    /// Wraps `inner`; `opened` counts its connections (the route's
+    /// `statuslens_upstream_connections_total`).
+    pub fn new(inner: C, opened: IntCounter) -> Self {
+        Watching { inner, opened }
+    }
+}
 
 /// A connection of [`Watching`]: hyper's IO in tokio's terms (safe byte counting), and
 /// back.
@@ -68,14 +80,16 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, C::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), C::Error>> {
-        self.0.poll_ready(cx)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         // Boxed: a connection is made far less often than a request is sent.
-        let connecting = self.0.call(uri);
+        let connecting = self.inner.call(uri);
+        let opened = self.opened.clone();
         Box::pin(async move {
             let io = connecting.await?;
+            opened.inc();
             Ok(TokioIo::new(Watched {
                 io: TokioIo::new(io),
                 turns: Arc::new(Turns::default()),

@@ -680,3 +680,63 @@ async fn start_haproxy(
         cfg.display()
     );
 }
+
+/// `statuslens_upstream_connections_total` per route.
+fn upstream_connections(m: &[Sample], route: &str) -> f64 {
+    sum(
+        m,
+        "statuslens_upstream_connections_total",
+        &[("route", route)],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_opened_to_the_upstream_show_whether_it_keeps_them_alive() {
+    // An upstream that closes after every answer costs a connection per request; one that
+    // keeps them alive costs one per pool. One worker: one set of pools.
+    let up = upstream().await;
+    let closing =
+        raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok").await;
+    for fast in [true, false] {
+        let cfg = write_config(&format!(
+            "[proxy]\nworkers = 1\nfast_path = {fast}\n\n[[routes]]\nname = \"closing\"\nmatch = {{ path_prefix = \"/closing/\" }}\nupstream = \"http://{closing}\"\n\n[[routes]]\nname = \"kept\"\nupstream = \"http://{}\"\n",
+            up.addr
+        ));
+        let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+        let m = metrics(&p).await;
+        assert_eq!(upstream_connections(&m, "kept"), 0.0);
+        assert_eq!(upstream_connections(&m, "closing"), 0.0);
+        let (h1, h2) = (client(), h2_client());
+        let post = || {
+            Request::post(p.url("/drain"))
+                .body(chunked(
+                    vec![Bytes::from_static(b"abc"); 3],
+                    Duration::ZERO,
+                    false,
+                ))
+                .unwrap()
+        };
+        // One after another, so each finds the last one's connection back in its pool.
+        for c in [&h1, &h2] {
+            for _ in 0..3 {
+                assert_eq!(get(c, &p.url("/status/200")).await.0.status, 200);
+                assert_eq!(get(c, &p.url("/closing/x")).await.0.status, 200);
+            }
+        }
+        // A body of unknown length goes over hyper's own pool.
+        for _ in 0..2 {
+            assert_eq!(send(&h1, post()).await.0.status, 200);
+        }
+        let m = wait_settled(&p, 14.0).await;
+        // Bodyless requests share the fast pool (both protocols) and bodies go over
+        // hyper's: two connections; without the fast path, hyper's pool alone: one.
+        let kept = if fast { 2.0 } else { 1.0 };
+        assert_eq!(upstream_connections(&m, "kept"), kept, "fast_path = {fast}");
+        assert_eq!(
+            upstream_connections(&m, "closing"),
+            6.0,
+            "fast_path = {fast}"
+        );
+        assert_eq!(upstream_connections(&m, "unmatched"), 0.0);
+    }
+}
