@@ -41,6 +41,8 @@ pub struct Shared {
 struct LoadMetrics {
     successful: IntGauge,
     success_time: Gauge,
+    /// `proxy.max_connections` in effect, next to `statuslens_connections_open`.
+    connections_limit: IntGauge,
     /// Registered only for a TLS listener (which stays one across reloads).
     certificate_expiry: Option<Gauge>,
 }
@@ -57,6 +59,11 @@ impl LoadMetrics {
             "When a configuration last took (start-up or reload), Unix seconds.",
         )
         .expect("valid metric");
+        let connections_limit = IntGauge::new(
+            "statuslens_connections_limit",
+            "proxy.max_connections in effect: client connections opened past it get 503 and are closed (compare statuslens_connections_open).",
+        )
+        .expect("valid metric");
         let certificate_expiry = tls.then(|| {
             Gauge::new(
                 "statuslens_tls_certificate_expiry_timestamp_seconds",
@@ -68,12 +75,14 @@ impl LoadMetrics {
             |g: Box<dyn Collector>| registry.register(g).expect("metric names are unique");
         register(Box::new(successful.clone()));
         register(Box::new(success_time.clone()));
+        register(Box::new(connections_limit.clone()));
         if let Some(g) = &certificate_expiry {
             register(Box::new(g.clone()));
         }
         LoadMetrics {
             successful,
             success_time,
+            connections_limit,
             certificate_expiry,
         }
     }
@@ -85,6 +94,8 @@ impl LoadMetrics {
             .unwrap_or_default();
         self.successful.set(1);
         self.success_time.set(now.as_secs_f64());
+        self.connections_limit
+            .set(i64::try_from(config.proxy.max_connections).unwrap_or(i64::MAX));
         if let (Some(gauge), Some(identity)) = (&self.certificate_expiry, &config.proxy.tls) {
             gauge.set(identity.not_after as f64);
             if identity.not_after <= now.as_secs() as i64 {

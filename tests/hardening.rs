@@ -230,7 +230,8 @@ async fn connections_over_the_limit_get_503_and_close() {
         held.push(s);
     }
     // What the limit reads is what the metrics show.
-    wait_metrics(&p, "two connections open", |m| connections(m) == (2.0, 2.0)).await;
+    let m = wait_metrics(&p, "two connections open", |m| connections(m) == (2.0, 2.0)).await;
+    assert_eq!(sum(&m, "statuslens_connections_limit", &[]), 2.0);
     let (line, closed) = raw(p.proxy, b"GET /status/200 HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(line.starts_with("HTTP/1.1 503"), "{line}");
     assert!(closed);
@@ -273,6 +274,7 @@ async fn client_connections_are_counted_from_accept_to_close() {
         let p = start_with_proxy_settings(&format!("fast_path = {fast}"), up.addr);
         let m = metrics(&p).await;
         assert_eq!(connections(&m), (0.0, 0.0), "fast_path = {fast}");
+        assert_eq!(sum(&m, "statuslens_connections_limit", &[]), 10000.0);
         // Kept alive over two requests, h2c over two, and one that never speaks (a TCP
         // health check): three connections, whatever each carries.
         let mut kept = TcpStream::connect(p.proxy).await.unwrap();

@@ -44,6 +44,34 @@ fn promtool_rule_tests_pass() {
     );
 }
 
+#[test]
+fn every_alert_has_a_rule_test_where_it_fires() {
+    // promtool passes a test file that never mentions an alert: each alert in rules.yml
+    // must be expected to fire somewhere in rules_test.yml (an `exp_alerts: []` case
+    // alone proves nothing).
+    let dir = root().join("config/prometheus");
+    let rules = std::fs::read_to_string(dir.join("rules.yml")).unwrap();
+    let tests = std::fs::read_to_string(dir.join("rules_test.yml")).unwrap();
+    let alerts: std::collections::BTreeSet<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .map(str::trim)
+        .collect();
+    assert!(alerts.len() >= 10, "{alerts:?}");
+    let lines: Vec<&str> = tests.lines().map(str::trim).collect();
+    let firing: std::collections::BTreeSet<&str> = lines
+        .windows(2)
+        .filter(|w| w[1] == "exp_alerts:")
+        .filter_map(|w| w[0].strip_prefix("alertname: "))
+        .map(str::trim)
+        .collect();
+    let untested: Vec<&&str> = alerts.difference(&firing).collect();
+    assert!(
+        untested.is_empty(),
+        "alerts no test expects to fire: {untested:?}"
+    );
+}
+
 fn dashboards() -> Vec<(PathBuf, Value)> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(root().join("dashboards")).unwrap() {

@@ -280,9 +280,17 @@ async fn a_reloaded_drain_timeout_is_the_one_shutdown_uses() {
     );
     let path = write_config(&format!("[proxy]\ndrain_timeout = \"60s\"\n{routes}"));
     let mut p = Proc::start(&["--config", path.to_str().unwrap()]);
-    std::fs::write(&path, format!("[proxy]\ndrain_timeout = \"1s\"\n{routes}")).unwrap();
+    let limit = |m: &[Sample]| sum(m, "statuslens_connections_limit", &[]);
+    assert_eq!(limit(&metrics(&p).await), 10000.0);
+    std::fs::write(
+        &path,
+        format!("[proxy]\ndrain_timeout = \"1s\"\nmax_connections = 500\n{routes}"),
+    )
+    .unwrap();
     p.signal("HUP");
     p.wait_output("configuration reloaded");
+    // The connection limit is another value a reload changes: its gauge follows.
+    assert_eq!(limit(&metrics(&p).await), 500.0);
     // Held by the upstream until the test ends: only the drain timeout ends it.
     let url = p.url("/gate");
     let held = tokio::spawn(async move { client().get(url.parse().unwrap()).await });
