@@ -46,6 +46,7 @@ fn main() {
                         source: Source::Upstream,
                         upstream_status: None,
                         duration: Duration::from_nanos(1_056_148 + u64::from(i)),
+                        upstream_header: Some(Duration::from_nanos(912_377 + u64::from(i))),
                         bytes_in: 0,
                         bytes_out: 1024,
                         client,

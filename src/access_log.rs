@@ -40,6 +40,8 @@ pub struct Entry<'a> {
     pub upstream_status: Option<u16>,
     /// Arrival to completion.
     pub duration: Duration,
+    /// Arrival to the upstream's response head, when one came.
+    pub upstream_header: Option<Duration>,
     /// Request body bytes.
     pub bytes_in: u64,
     /// Response body bytes.
@@ -85,6 +87,7 @@ impl AccessLog {
         // One division of whole nanoseconds: the nearest float to the exact value, so the
         // line shows 1.056148, not 1.0561479999999999.
         let duration_ms = e.duration.as_nanos() as f64 / 1e6;
+        let upstream_header_ms = e.upstream_header.map(|d| d.as_nanos() as f64 / 1e6);
         let (client, via) = match e.forwarded_for {
             None => (IpText::socket(e.client), None),
             Some(ip) => (IpText::ip(ip), Some(IpText::socket(e.client))),
@@ -104,6 +107,7 @@ impl AccessLog {
                     source = e.source.label(),
                     upstream_status = e.upstream_status,
                     duration_ms,
+                    upstream_header_ms,
                     bytes_in = e.bytes_in,
                     bytes_out = e.bytes_out,
                     upstream = e.upstream,

@@ -717,7 +717,7 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
     };
 
     // Phase 3: the response.
-    ex.respond(head.status, Source::Upstream);
+    ex.upstream_answered(head.status);
     let mut silence = std::pin::pin!(Silence::new(cfg.response_body_timeout));
     if let Some(map) = head.quota_headers.as_ref() {
         forward::note_upstream_headers(proxy.observer(), route, &mut ex, head.status, map);

@@ -610,7 +610,7 @@ impl Proxy {
         status: StatusCode,
         headers: &HeaderMap,
     ) {
-        ex.respond(status.as_u16(), Source::Upstream);
+        ex.upstream_answered(status.as_u16());
         note_upstream_headers(&self.observer, route, ex, status.as_u16(), headers);
     }
 

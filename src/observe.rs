@@ -147,6 +147,8 @@ pub struct Exchange {
     consumer: Option<ConsumerId>,
     retry_after: Option<f64>,
     resent: bool,
+    /// From arrival to the upstream's response head, when one came.
+    upstream_header: Option<Duration>,
 }
 
 impl Exchange {
@@ -179,6 +181,7 @@ impl Exchange {
             consumer: None,
             retry_after: None,
             resent: false,
+            upstream_header: None,
         }
     }
 
@@ -214,6 +217,12 @@ impl Exchange {
     pub fn respond(&mut self, status: u16, source: Source) {
         self.status = status;
         self.source = source;
+    }
+
+    /// Records the upstream's response head: its status, and how long it took to come.
+    pub fn upstream_answered(&mut self, status: u16) {
+        self.upstream_header = Some(self.start.elapsed());
+        self.respond(status, Source::Upstream);
     }
 
     /// Records a failed upstream exchange (the response status is set separately).
@@ -315,6 +324,7 @@ impl Drop for Exchange {
             retry_after: self.retry_after,
             consumer: self.consumer,
             resent: self.resent,
+            upstream_header: self.upstream_header,
         });
     }
 }

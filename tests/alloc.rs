@@ -132,6 +132,7 @@ fn access_log_lines_allocate_nothing_once_warm() {
         source: Source::Upstream,
         upstream_status: None,
         duration: Duration::from_nanos(1_056_148 + u64::from(i) * 7_919),
+        upstream_header: Some(Duration::from_nanos(912_377 + u64::from(i) * 7_919)),
         bytes_in: 0,
         bytes_out: u64::from(i) * 31,
         client,

@@ -782,6 +782,51 @@ async fn access_log_redacts_secrets() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_times_the_upstreams_head_apart_from_the_whole_request() {
+    // A slow upstream and a slow download look alike in duration_ms; upstream_header_ms
+    // (arrival to the upstream's response head, nginx's $upstream_header_time) tells
+    // them apart. Lower bounds only: sleeps are minimums, however slow the box.
+    let up = upstream().await;
+    for fast in [true, false] {
+        let p = start_with_proxy_settings(&format!("fast_path = {fast}"), up.addr);
+        let c = client();
+        assert_eq!(get(&c, &p.url("/stall/300")).await.0.status, 200);
+        assert_eq!(get(&c, &p.url("/slowbody/50")).await.0.status, 200);
+        let post = Request::post(p.url("/stall/300"))
+            .body(chunked(
+                vec![Bytes::from_static(b"abc")],
+                Duration::ZERO,
+                false,
+            ))
+            .unwrap();
+        assert_eq!(send(&c, post).await.0.status, 200);
+        let lines = p.wait_access_lines(3).await;
+        let ms = |l: &serde_json::Value, k: &str| {
+            l[k].as_f64()
+                .unwrap_or_else(|| panic!("no {k} (fast_path = {fast}): {l}"))
+        };
+        for l in [&lines[0], &lines[2]] {
+            // The head came after the stall; the 7-byte body right behind it.
+            assert!(ms(l, "upstream_header_ms") >= 300.0, "{l}");
+            assert!(ms(l, "upstream_header_ms") <= ms(l, "duration_ms"), "{l}");
+        }
+        // The head at once, then ten chunks 50 ms apart.
+        let slow = &lines[1];
+        assert!(
+            ms(slow, "duration_ms") - ms(slow, "upstream_header_ms") >= 400.0,
+            "{slow}"
+        );
+        // No upstream answered: no such field.
+        drop(p);
+        let p = start_with_proxy_settings(&format!("fast_path = {fast}"), closed_port());
+        assert_eq!(get(&c, &p.url("/x")).await.0.status, 502);
+        let lines = p.wait_access_lines(1).await;
+        assert!(lines[0].get("upstream_header_ms").is_none(), "{}", lines[0]);
+        assert!(ms(&lines[0], "duration_ms") >= 0.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_and_proxy_ports_stay_apart() {
     let up = upstream().await;
     let p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
