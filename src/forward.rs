@@ -1115,11 +1115,15 @@ pub(crate) struct Elapsed;
 /// lines, RFC 9110 §5.3), then `value`; when the header is absent the value goes in as
 /// it is, without a copy.
 fn append(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
-    let mut prev = headers
-        .get_all(&name)
-        .iter()
-        .filter(|v| !v.is_empty())
-        .peekable();
+    // One hash of the name: most requests carry none of these fields yet.
+    let mut entry = match headers.entry(name) {
+        http::header::Entry::Vacant(v) => {
+            v.insert(value);
+            return;
+        }
+        http::header::Entry::Occupied(o) => o,
+    };
+    let mut prev = entry.iter().filter(|v| !v.is_empty()).peekable();
     let joined = if prev.peek().is_none() {
         value
     } else {
@@ -1134,7 +1138,7 @@ fn append(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
             Err(_) => return,
         }
     };
-    headers.insert(name, joined);
+    entry.insert(joined);
 }
 
 /// A client IP as a header value, formatted on the stack (one copy, no String).
