@@ -53,6 +53,19 @@ pub struct Arrival {
     /// The connection's requests in progress (see `idle`), for a body read to its end
     /// after the response (see `observe::Discard`).
     pub activity: Option<Arc<crate::idle::Activity>>,
+    /// For a request that asks to upgrade: the connection's place in the open-connection
+    /// count, which its tunnel keeps after hyper lets go of the connection.
+    pub connection: Option<Hold>,
+}
+
+/// Something whose drop ends a count (see [`Arrival::connection`]).
+pub type Hold = Arc<dyn std::any::Any + Send + Sync>;
+
+/// A client's upgrade, once the upstream agrees: its side of the tunnel, and its
+/// connection's count, kept open as long as the tunnel is.
+struct ClientUpgrade {
+    on: hyper::upgrade::OnUpgrade,
+    hold: Option<Hold>,
 }
 
 /// A request sent over a fast pool, as its wait for the response needs it.
@@ -307,6 +320,7 @@ impl Proxy {
             tls,
             defect,
             activity,
+            connection,
         } = arrival;
         // Phase 2: what the proxy answers itself.
         if let Some(defect) = defect {
@@ -373,7 +387,10 @@ impl Proxy {
                 activity,
             });
         let upgrade = is_upgrade(req.headers()) && client_version == Version::HTTP_11;
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let client_upgrade = upgrade.then(|| ClientUpgrade {
+            on: hyper::upgrade::on(&mut req),
+            hold: connection,
+        });
         let (mut parts, body) = req.into_parts();
         // The host the request was routed by (and X-Forwarded-Host names): a target in
         // absolute form, or HTTP/2's :authority, wins over a Host field (RFC 9112
@@ -492,7 +509,7 @@ impl Proxy {
         route: usize,
         upstream_req: Request<RequestBody>,
         state: Arc<RequestBodyState>,
-        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        client_upgrade: Option<ClientUpgrade>,
         client_version: Version,
     ) -> Response<ObservedBody> {
         let up = &self.upstreams[route];
@@ -815,8 +832,11 @@ fn local(mut ex: Exchange, status: StatusCode, body: &'static str) -> Response<O
     resp
 }
 
-/// Copies bytes both ways once client and upstream have both switched protocols.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+/// Copies bytes both ways once client and upstream have both switched protocols; the
+/// client's connection counts as open until it ends.
+async fn tunnel(client: ClientUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let ClientUpgrade { on: client, hold } = client;
+    let _open = hold;
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(e) => {

@@ -379,7 +379,8 @@ impl Accepting {
         let fast = generation.config.proxy.fast_path && !overloaded && tls.is_none();
         let proxy_protocol = generation.config.proxy.proxy_protocol;
         drop(generation);
-        let guard = ConnectionGuard::new(self.clone());
+        // Shared: an upgraded connection's tunnel keeps it after hyper lets go.
+        let guard = Arc::new(ConnectionGuard::new(self.clone()));
         // The TLS handshake (if any) runs in the connection's task, bounded like a request
         // head, so a slow handshake never holds up accept(). The watcher, held from here,
         // makes a drain wait for the fast path's connections too.
@@ -452,6 +453,7 @@ impl Accepting {
             let live = self.live.clone();
             let activity = Activity::new();
             let requests = activity.clone();
+            let hold: crate::forward::Hold = guard.clone();
             // Each request takes the generation current when it arrives and keeps it to its
             // end: a reload never changes a request in flight.
             let service = service_fn(move |req| {
@@ -465,6 +467,12 @@ impl Accepting {
                     activity: (req.version() == http::Version::HTTP_11
                         && !http_body::Body::is_end_stream(req.body()))
                     .then(|| requests.clone()),
+                    // hyper marks the requests that ask to upgrade (HTTP/1.1 only).
+                    connection: req
+                        .extensions()
+                        .get::<hyper::upgrade::OnUpgrade>()
+                        .is_some()
+                        .then(|| hold.clone()),
                 };
                 let proxy = live.load().proxy.clone();
                 let method = method_index(req.method());

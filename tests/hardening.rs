@@ -275,8 +275,8 @@ async fn client_connections_are_counted_from_accept_to_close() {
         let m = metrics(&p).await;
         assert_eq!(connections(&m), (0.0, 0.0), "fast_path = {fast}");
         assert_eq!(sum(&m, "statuslens_connections_limit", &[]), 10000.0);
-        // Kept alive over two requests, h2c over two, and one that never speaks (a TCP
-        // health check): three connections, whatever each carries.
+        // Kept alive over two requests, h2c over two, one that never speaks (a TCP health
+        // check) and a WebSocket: four connections, whatever each carries.
         let mut kept = TcpStream::connect(p.proxy).await.unwrap();
         for _ in 0..2 {
             kept.write_all(b"GET /status/200 HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -292,13 +292,27 @@ async fn client_connections_are_counted_from_accept_to_close() {
             assert_eq!(parts.status, 200);
         }
         let silent = TcpStream::connect(p.proxy).await.unwrap();
-        wait_metrics(&p, "three connections open", |m| {
-            connections(m) == (3.0, 3.0)
+        // An upgraded one: hyper lets go of it at the 101, its tunnel keeps it open.
+        let mut ws = TcpStream::connect(p.proxy).await.unwrap();
+        ws.write_all(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut got = Vec::new();
+        read_until(&mut ws, &mut got, |g| g.ends_with(b"\r\n\r\n")).await;
+        assert!(got.starts_with(b"HTTP/1.1 101"));
+        // An echo through the tunnel: hyper's side of the connection has ended by now.
+        ws.write_all(b"ping").await.unwrap();
+        let mut got = Vec::new();
+        read_until(&mut ws, &mut got, |g| g == b"ping").await;
+        wait_metrics(&p, "four connections open", |m| {
+            connections(m) == (4.0, 4.0) && responses(m, "101", "upstream") == 1.0
         })
         .await;
-        drop((kept, h2, silent));
+        drop((kept, h2, silent, ws));
         let m = wait_metrics(&p, "every connection closed", |m| connections(m).0 == 0.0).await;
-        assert_eq!(connections(&m), (0.0, 3.0), "fast_path = {fast}");
+        assert_eq!(connections(&m), (0.0, 4.0), "fast_path = {fast}");
         assert_eq!(responses(&m, "200", "upstream"), 4.0, "fast_path = {fast}");
     }
 }
