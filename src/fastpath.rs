@@ -185,11 +185,11 @@ impl FastRoute {
         let io = tokio::time::timeout(timeout, attempt)
             .await
             .map_err(|_| std::io::Error::new(ErrorKind::TimedOut, "connect timed out"))??;
-        self.opened.inc();
         io.set_nodelay(true)?;
         // As hyper's connector: notice a peer that vanished without a FIN.
         let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
         socket2::SockRef::from(&io).set_tcp_keepalive(&keepalive)?;
+        self.opened.inc();
         Ok(UpConn {
             io,
             buf: Vec::with_capacity(UPSTREAM_BUF),

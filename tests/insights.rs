@@ -729,9 +729,15 @@ async fn connections_opened_to_the_upstream_show_whether_it_keeps_them_alive() {
         }
         let m = wait_settled(&p, 14.0).await;
         // Bodyless requests share the fast pool (both protocols) and bodies go over
-        // hyper's: two connections; without the fast path, hyper's pool alone: one.
+        // hyper's: two connections; without the fast path, hyper's pool alone: one. hyper
+        // hands a connection back to its pool from a task of its own, so a request on its
+        // heels may find the pool empty and open one more (a slow box): one at most.
         let kept = if fast { 2.0 } else { 1.0 };
-        assert_eq!(upstream_connections(&m, "kept"), kept, "fast_path = {fast}");
+        let opened = upstream_connections(&m, "kept");
+        assert!(
+            opened == kept || opened == kept + 1.0,
+            "fast_path = {fast}: {opened} connections, {kept} expected"
+        );
         assert_eq!(
             upstream_connections(&m, "closing"),
             6.0,
