@@ -835,8 +835,10 @@ fn local(mut ex: Exchange, status: StatusCode, body: &'static str) -> Response<O
 /// Copies bytes both ways once client and upstream have both switched protocols; the
 /// client's connection counts as open until it ends.
 async fn tunnel(client: ClientUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    let ClientUpgrade { on: client, hold } = client;
-    let _open = hold;
+    let ClientUpgrade {
+        on: client,
+        hold: _open,
+    } = client;
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(e) => {
