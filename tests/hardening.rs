@@ -293,15 +293,8 @@ async fn client_connections_are_counted_from_accept_to_close() {
         }
         let silent = TcpStream::connect(p.proxy).await.unwrap();
         // An upgraded one: hyper lets go of it at the 101, its tunnel keeps it open.
-        let mut ws = TcpStream::connect(p.proxy).await.unwrap();
-        ws.write_all(
-            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-        )
-        .await
-        .unwrap();
-        let mut got = Vec::new();
-        read_until(&mut ws, &mut got, |g| g.ends_with(b"\r\n\r\n")).await;
-        assert!(got.starts_with(b"HTTP/1.1 101"));
+        let (mut ws, head) = open_websocket(p.proxy).await;
+        assert!(head.starts_with("http/1.1 101"), "{head}");
         // An echo through the tunnel: hyper's side of the connection has ended by now.
         ws.write_all(b"ping").await.unwrap();
         let mut got = Vec::new();

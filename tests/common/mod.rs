@@ -709,6 +709,30 @@ pub async fn read_status_line(s: &mut tokio::net::TcpStream) -> String {
     String::from_utf8_lossy(&got).trim_end().to_string()
 }
 
+/// Opens a WebSocket to the test upstream's `/ws` (an echo) through the proxy at
+/// `addr`; returns the connection, past the response head, and that head, lower-cased.
+pub async fn open_websocket(addr: SocketAddr) -> (tokio::net::TcpStream, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // Byte by byte: what follows the head is the tunnel's, not the head's.
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(DEADLINE, tokio::io::AsyncReadExt::read(&mut s, &mut b))
+            .await
+            .expect("response head within the deadline")
+            .unwrap();
+        assert_eq!(n, 1, "connection closed during head");
+        head.push(b[0]);
+    }
+    (s, String::from_utf8(head).unwrap().to_ascii_lowercase())
+}
+
 /// A TCP stream whose first write is preceded by `header`, in the same write: an L4
 /// balancer sends its PROXY protocol header with the client's first bytes (a request
 /// head, a TLS ClientHello), so the server reads both at once.
