@@ -51,7 +51,7 @@ pub struct Arrival {
     /// What is wrong with its head, though hyper accepted it (see `framing`).
     pub defect: Option<Defect>,
     /// The connection's requests in progress (see `idle`), for a body read to its end
-    /// after the response (see `observe::Discard`).
+    /// after the response (see `observe::Discard`): given only with an HTTP/1.1 body.
     pub activity: Option<Arc<crate::idle::Activity>>,
     /// For a request that asks to upgrade: the connection's place in the open-connection
     /// count, which its tunnel keeps after hyper lets go of the connection.
@@ -377,9 +377,11 @@ impl Proxy {
         // Phase 3: the request as the upstream gets it.
         let client_version = req.version();
         // An HTTP/1.1 body the upstream leaves unread is read to its end where the
-        // connection would otherwise stay open (see `observe::Discard`).
-        let discard =
-            (client_version == Version::HTTP_11 && !asks_close(req.headers())).then(|| Discard {
+        // connection would otherwise stay open (see `observe::Discard`). `activity` comes
+        // only with such a body, so a bodyless request (most) looks up no field here.
+        let discard = activity
+            .filter(|_| !asks_close(req.headers()))
+            .map(|activity| Discard {
                 expect: req
                     .headers()
                     .get(header::EXPECT)

@@ -433,7 +433,7 @@ pub struct Discard {
     pub expect: bool,
     /// The connection's requests in progress: the discard counts as one, so that the idle
     /// clock does not close the connection under it.
-    pub activity: Option<Arc<crate::idle::Activity>>,
+    pub activity: Arc<crate::idle::Activity>,
 }
 
 /// Most of an HTTP/1 request body read and thrown away after the upstream let go of it,
@@ -527,7 +527,7 @@ impl Drop for RequestBody {
             return;
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let busy = how.activity.as_ref().map(|a| a.enter());
+            let busy = how.activity.enter();
             let idle = self.idle;
             runtime.spawn(async move {
                 discard(inner, idle).await;
