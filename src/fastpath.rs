@@ -366,10 +366,7 @@ fn plan(proxy: &Arc<Proxy>, c: &mut Client) -> Option<Planned> {
             // One plain decimal Content-Length is a body the fast path streams; a
             // second one, a list, or Transfer-Encoding is hyper's (and the watcher's).
             Field::Framing if h.name.len() == 14 && body.is_none() => {
-                if h.value.is_empty() || !h.value.iter().all(u8::is_ascii_digit) {
-                    return None;
-                }
-                body = Some(std::str::from_utf8(h.value).ok()?.parse::<u64>().ok()?);
+                body = Some(content_length(h.value)?);
             }
             Field::Framing | Field::Upgrade | Field::Expect => return None,
             Field::Connection => {
@@ -1446,11 +1443,18 @@ fn header_map(
 }
 
 /// A `Content-Length` value: 1*DIGIT (RFC 9110 §8.6; `parse` alone would take "+5").
+///
+/// Read digit by digit: through `str::parse` it was a UTF-8 check and a sign check per
+/// head, on every request with a body and every response.
 pub(crate) fn content_length(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+    if digits.is_empty() {
         return None;
     }
-    std::str::from_utf8(digits).ok()?.parse().ok()
+    digits.iter().try_fold(0u64, |n, &d| {
+        let d = d.wrapping_sub(b'0');
+        (d <= 9).then_some(())?;
+        n.checked_mul(10)?.checked_add(u64::from(d))
+    })
 }
 
 /// Parses a response head at the front of `buf`; for a final one, writes the client's
@@ -2097,6 +2101,31 @@ mod tests {
             let out = String::from_utf8(out).unwrap();
             assert_eq!(out.matches("content-length").count(), 1, "{out}");
             assert!(out.contains("content-length: 2\r\n"), "{out}");
+        }
+    }
+
+    #[test]
+    fn content_length_is_plain_digits_within_u64() {
+        assert_eq!(content_length(b"0"), Some(0));
+        assert_eq!(content_length(b"007"), Some(7));
+        assert_eq!(content_length(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            &b""[..],
+            b"18446744073709551616",
+            b"+5",
+            b"-0",
+            b"5 ",
+            b"1a",
+            b"/",
+            b":",
+            "\u{661}".as_bytes(),
+        ] {
+            assert_eq!(
+                content_length(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
