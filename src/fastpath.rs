@@ -1832,10 +1832,11 @@ impl Field {
     }
 }
 
+/// Whether a line of `head` ends in LF alone. memchr jumps from line end to line end: a
+/// byte-by-byte look was ~5 instructions a byte, 3.9k per request with a bearer token
+/// and a user agent in the head (an eighth of the request's cost; callgrind).
 fn has_bare_lf(head: &[u8]) -> bool {
-    head.iter()
-        .enumerate()
-        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+    memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r')
 }
 
 fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -2026,6 +2027,19 @@ mod tests {
     fn bare_lf_is_seen() {
         assert!(has_bare_lf(b"GET / HTTP/1.1\nHost: a\r\n\r\n"));
         assert!(!has_bare_lf(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(has_bare_lf(b"\nGET / HTTP/1.1\r\n\r\n"));
+        // A long head (past memchr's vector width) with a CR dropped before any one LF.
+        let mut head = b"GET /v1/contacts HTTP/1.1\r\nHost: api.example\r\n".to_vec();
+        for i in 0..12 {
+            head.extend_from_slice(format!("X-Field-{i}: {}\r\n", "v".repeat(i * 7)).as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
+        assert!(!has_bare_lf(&head));
+        for (i, _) in head.iter().enumerate().filter(|(_, &b)| b == b'\r') {
+            let mut bare = head.clone();
+            bare[i] = b'x';
+            assert!(has_bare_lf(&bare), "CR at {i} dropped");
+        }
     }
 
     #[test]
