@@ -1743,7 +1743,8 @@ fn hex(b: u8) -> Option<u64> {
 }
 
 /// Header names listed in `Connection` fields: hop-by-hop too. Up to 8 such fields (any
-/// number of names each); a request with more goes to hyper, a response is refused.
+/// number of names each; fields of only `keep-alive` are not counted); a request with
+/// more goes to hyper, a response is refused.
 #[derive(Default)]
 struct Named<'a> {
     /// Whole `Connection` values, as many names as each lists: a cap on names would
@@ -1753,12 +1754,13 @@ struct Named<'a> {
 }
 
 impl<'a> Named<'a> {
-    /// Adds one `Connection` field's value; false past eight such fields.
+    /// Adds one `Connection` field's value; false past eight fields that name more
+    /// than `keep-alive`.
     fn add(&mut self, value: &'a [u8]) -> bool {
         // `keep-alive` alone (what nginx sends on every response) names only
         // `Keep-Alive`, dropped as hop-by-hop anyway: not kept, every other field
-        // is spared a look through it (callgrind: −1.5% instructions on a response
-        // with eight fields).
+        // is spared a look through it (callgrind: −2.6% instructions on a response
+        // with eight fields, −1.5% on one with four).
         if value
             .split(|&b| b == b',')
             .all(|t| eq(t.trim_ascii(), b"keep-alive"))
@@ -2171,5 +2173,28 @@ mod tests {
             head(split),
             "HTTP/1.1 200 OK\r\nx-kept: yes\r\ndate: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
         );
+        // Eight fields that name something are the most a response may carry; fields of
+        // only `keep-alive` do not count towards them, and every named field is dropped.
+        let naming = |n: usize, keep_alive: usize| {
+            let mut up = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n".to_vec();
+            for i in 0..n {
+                up.extend_from_slice(
+                    format!("Connection: x-hop-{i}\r\nX-Hop-{i}: 1\r\n").as_bytes(),
+                );
+            }
+            for _ in 0..keep_alive {
+                up.extend_from_slice(b"Connection: keep-alive\r\n");
+            }
+            up.extend_from_slice(b"X-Kept: yes\r\nDate: x\r\n\r\n");
+            let mut out = Vec::new();
+            match parse_head(&up, false, false, &mut out) {
+                Ok(Parsed::Final(_)) => Ok(String::from_utf8(out).unwrap()),
+                Ok(_) => panic!("not final"),
+                Err(e) => Err(e),
+            }
+        };
+        let kept = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nx-kept: yes\r\ndate: x\r\n\r\n";
+        assert_eq!(naming(8, 3).as_deref(), Ok(kept));
+        assert_eq!(naming(9, 0), Err(UpstreamErrorKind::Protocol));
     }
 }
