@@ -13,12 +13,14 @@
 # Per target: req/s, p50, p99, p99.9, CPU seconds per request of the proxy process
 # (utime+stime from /proc, nginx: master+worker), peak RSS sampled during the run
 # (nginx: the worker). Also HTTP/2 (h2c prior knowledge, h2load) and RSS while holding
-# BIG_CONNECTIONS (1,000) concurrent connections. Prints a markdown table of medians
+# BIG_CONNECTIONS (1,000) concurrent connections. The `api` body kind is the 2-byte body
+# asked for as an API integration asks (benches/api_client.sh: a bearer token, a user
+# agent, a query; a ~1.2 KB head instead of wrk's 40 bytes). Prints a markdown table of medians
 # over rounds and ratios (medians of per-round ratios), and writes it to benches/results.md.
 #
 # Usage: bash benches/compare.sh            (defaults: ROUNDS=3 DURATION=8 CONNECTIONS=50)
 # Env:   ROUNDS DURATION CONNECTIONS WRK_THREADS H2_CONNECTIONS H2_STREAMS BIG_CONNECTIONS
-#        WARMUP BODIES ("small 1k 64k") BASE_PORT (18480; uses BASE_PORT..BASE_PORT+9)
+#        WARMUP BODIES ("small 1k 64k api") BASE_PORT (18480; uses BASE_PORT..BASE_PORT+11)
 #        SL_DEFAULT_THREADS (1: also run statuslens with its default workers; 0: skip)
 #        NGINX_LOG (1: also run nginx with a JSON access log; 0: skip)
 #        RESULTS (output file; default benches/results.md) KEEP=1 (keep the temp dir)
@@ -34,12 +36,15 @@ H2_CONNECTIONS=${H2_CONNECTIONS:-50}
 H2_STREAMS=${H2_STREAMS:-10}
 BIG_CONNECTIONS=${BIG_CONNECTIONS:-1000}
 WARMUP=${WARMUP:-2}
-BODIES=${BODIES:-"small 1k 64k"}
+BODIES=${BODIES:-"small 1k 64k api"}
 BASE_PORT=${BASE_PORT:-18480}
 SL_DEFAULT_THREADS=${SL_DEFAULT_THREADS:-1}
 NGINX_LOG=${NGINX_LOG:-1}
 RESULTS=${RESULTS:-$ROOT/benches/results.md}
 CMDLINE="SL_DEFAULT_THREADS=$SL_DEFAULT_THREADS NGINX_LOG=$NGINX_LOG ROUNDS=$ROUNDS DURATION=$DURATION CONNECTIONS=$CONNECTIONS bash benches/compare.sh"
+
+# shellcheck source=benches/api_client.sh
+source "$ROOT/benches/api_client.sh"
 
 log() { printf '[compare %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -334,13 +339,15 @@ rss_pid() {
     *) cpu_pids "$1" ;;
     esac
 }
-path_of() { case $1 in small) echo / ;; 1k) echo /1k ;; 64k) echo /64k ;; esac; }
-size_of() { case $1 in small) echo 2 ;; 1k) echo 1024 ;; 64k) echo 65536 ;; esac; }
+path_of() { case $1 in small) echo / ;; 1k) echo /1k ;; 64k) echo /64k ;; api) echo "$API_PATH" ;; esac; }
+size_of() { case $1 in small | api) echo 2 ;; 1k) echo 1024 ;; 64k) echo 65536 ;; esac; }
+head_of() { [ "$1" = api ] && printf '%s\n' "${API_HEAD[@]}"; true; } # wrk's -H arguments, one a line
 
 # sanity: every target answers 200 with the right body size, over h1 and h2c
 for t in "${TARGETS[@]}"; do
     for b in $BODIES; do
-        got=$(curl -sS -o /dev/null -w '%{http_code} %{size_download}' "http://127.0.0.1:$(port_of "$t" h1)$(path_of "$b")")
+        mapfile -t hdr < <(head_of "$b")
+        got=$(curl -sS -o /dev/null -w '%{http_code} %{size_download}' "${hdr[@]}" "http://127.0.0.1:$(port_of "$t" h1)$(path_of "$b")")
         [ "$got" = "200 $(size_of "$b")" ] || die "$t $b: got '$got'"
     done
     out=$(h2load -n 20 -c 1 "http://127.0.0.1:$(port_of "$t" h2)/" 2>&1 || true)
@@ -383,7 +390,8 @@ LOGLINES_sl1=0 LOGLINES_sl2=0
 # one measured run: proto(h1|h2|big) body target round
 measure() {
     local proto=$1 body=$2 t=$3 round=$4 port path out c0 c1 rss=0 rfile
-    local -a cp
+    local -a cp hdr
+    mapfile -t hdr < <(head_of "$body")
     port=$(port_of "$t" "${proto/big/h1}")
     path=$(path_of "$body")
     read -r -a cp <<<"$(cpu_pids "$t")"
@@ -398,7 +406,7 @@ measure() {
     h1 | big)
         local conns=$CONNECTIONS
         [ "$proto" = big ] && conns=$BIG_CONNECTIONS
-        out=$(wrk -t"$WRK_THREADS" -c"$conns" -d"${DURATION}s" -s "$WORK/report.lua" "http://127.0.0.1:$port$path" 2>&1)
+        out=$(wrk -t"$WRK_THREADS" -c"$conns" -d"${DURATION}s" -s "$WORK/report.lua" "${hdr[@]}" "http://127.0.0.1:$port$path" 2>&1)
         ;;
     h2)
         out=$(h2load -c "$H2_CONNECTIONS" -m "$H2_STREAMS" -D "$DURATION" "http://127.0.0.1:$port$path" 2>&1)
@@ -572,7 +580,12 @@ REPORT=$WORK/report.md
     echo "## HTTP/1.1, wrk -c$CONNECTIONS"
     echo
     for b in $BODIES; do
-        case $b in small) title="2-byte body (\`return 200 \"ok\"\`)" ;; 1k) title="1 KiB body" ;; 64k) title="64 KiB body" ;; esac
+        case $b in
+        small) title="2-byte body (\`return 200 \"ok\"\`)" ;;
+        1k) title="1 KiB body" ;;
+        64k) title="64 KiB body" ;;
+        api) title="2-byte body, an API client's request (benches/api_client.sh: bearer token, user agent, query; ~1.2 KB head)" ;;
+        esac
         table h1 "$b" "$title"
         ratios h1 "$b"
     done

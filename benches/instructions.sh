@@ -13,7 +13,7 @@
 #   h1: wrk -t1 -c50 for DURATION seconds (the HTTP/1.1 fast path)
 #   h2: h2load -c50 -m10 -n REQUESTS (h2c: hyper's HTTP/2 server and the fast pools)
 #   api: as h1, with what an API client sends: a JWT bearer token, a user agent, Accept,
-#        a tenant field, `Connection: keep-alive` and a two-parameter query (a ~900-byte
+#        a tenant field, `Connection: keep-alive` and a two-parameter query (a ~1.2 KB
 #        head; wrk's own 40-byte head hid a per-byte cost of 3.9k instructions here)
 # and the total is divided by the requests the client completed. valgrind slows the
 # proxy some 50x, so these are far fewer requests than the benchmarks send.
@@ -23,8 +23,6 @@
 #        BIN (default target/release/statuslens) SKIP_BUILD=1 TOP=n (also print the n
 #        functions with the most inclusive instructions) KEEP=1 (keep the callgrind files)
 set -euo pipefail
-# lib.sh sets BIN to the release build: keep the caller's.
-WANT_BIN=${BIN:-}
 # shellcheck source=benches/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -33,7 +31,6 @@ DURATION=${DURATION:-8}
 REQUESTS=${REQUESTS:-20000}
 PORT=${PORT:-18580}
 TOP=${TOP:-0}
-BIN=${WANT_BIN:-$BIN}
 
 # callgrind_control and callgrind_annotate come with valgrind.
 prepare nginx wrk valgrind
@@ -49,13 +46,8 @@ UP=$PORT PROXY=$((PORT + 1)) ADMIN=$((PORT + 2))
 upstream_nginx "$UP"
 wait_port "$UP"
 
-# The api kind's request: a JWT's size and shape (RS256, 2048-bit: ~700 bytes).
-TOKEN=$(head -c 520 /dev/zero | tr '\0' 'x' | base64 -w0 | tr '+/' '-_' | cut -c1-690)
-API_HEAD=(-H "Authorization: Bearer eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.$TOKEN"
-    -H "User-Agent: integration-sync/4.2.1 (python-requests/2.31.0)"
-    -H "Accept: application/json" -H "Accept-Encoding: gzip, deflate"
-    -H "Connection: keep-alive" -H "X-Tenant: acme-prod-eu")
-API_PATH="/v1/contacts?limit=100&page=2"
+# shellcheck source=benches/api_client.sh
+source "$(dirname "${BASH_SOURCE[0]}")/api_client.sh"
 
 for kind in $KINDS; do
     file=$OUT/callgrind.$kind.out

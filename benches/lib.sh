@@ -2,7 +2,7 @@
 # shellcheck shell=bash
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BIN=$ROOT/target/release/statuslens
+BIN=${BIN:-$ROOT/target/release/statuslens}
 NAME=$(basename "$0" .sh)
 PIDS=()
 
