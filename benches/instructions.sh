@@ -15,6 +15,9 @@
 #   api: as h1, with what an API client sends: a JWT bearer token, a user agent, Accept,
 #        a tenant field, `Connection: keep-alive` and a two-parameter query (a ~1.2 KB
 #        head; wrk's own 40-byte head hid a per-byte cost of 3.9k instructions here)
+#   h2api: as h2, with that request's fields (`Connection` aside: HTTP/2 forbids it).
+#        h2load, like nghttp2 everywhere, never indexes `authorization` in HPACK, so
+#        the token arrives Huffman-coded in every request
 # and the total is divided by the requests the client completed. valgrind slows the
 # proxy some 50x, so these are far fewer requests than the benchmarks send.
 #
@@ -26,7 +29,7 @@ set -euo pipefail
 # shellcheck source=benches/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-KINDS=${KINDS:-"h1 h2 api"}
+KINDS=${KINDS:-"h1 h2 api h2api"}
 DURATION=${DURATION:-8}
 REQUESTS=${REQUESTS:-20000}
 PORT=${PORT:-18580}
@@ -49,6 +52,11 @@ wait_port "$UP"
 # shellcheck source=benches/api_client.sh
 source "$(dirname "${BASH_SOURCE[0]}")/api_client.sh"
 
+H2_HEAD=()
+for ((i = 1; i < ${#API_HEAD[@]}; i += 2)); do
+    [[ ${API_HEAD[i]} == Connection:* ]] || H2_HEAD+=(-H "${API_HEAD[i]}")
+done
+
 for kind in $KINDS; do
     file=$OUT/callgrind.$kind.out
     valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$file" \
@@ -61,7 +69,8 @@ for kind in $KINDS; do
         h1) wrk -t1 -c50 -d3s "http://127.0.0.1:$PROXY/" >/dev/null ;;
         h2) h2load -c50 -m10 -n 5000 "http://127.0.0.1:$PROXY/" >/dev/null ;;
         api) wrk -t1 -c50 -d3s "${API_HEAD[@]}" "http://127.0.0.1:$PROXY$API_PATH" >/dev/null ;;
-        *) die "unknown kind $kind (h1, h2, api)" ;;
+        h2api) h2load -c50 -m10 -n 5000 "${H2_HEAD[@]}" "http://127.0.0.1:$PROXY$API_PATH" >/dev/null ;;
+        *) die "unknown kind $kind (h1, h2, api, h2api)" ;;
     esac
     callgrind_control -i on "$vg" >/dev/null 2>&1
     case $kind in
@@ -71,6 +80,8 @@ for kind in $KINDS; do
             n=$(awk '/^requests:/{print $8}' <<<"$out") ;;
         api) out=$(wrk -t1 -c50 -d"${DURATION}s" "${API_HEAD[@]}" "http://127.0.0.1:$PROXY$API_PATH")
             n=$(awk '/requests in/{print $1}' <<<"$out") ;;
+        h2api) out=$(h2load -c50 -m10 -n "$REQUESTS" "${H2_HEAD[@]}" "http://127.0.0.1:$PROXY$API_PATH")
+            n=$(awk '/^requests:/{print $8}' <<<"$out") ;;
     esac
     callgrind_control -i off "$vg" >/dev/null 2>&1
     kill -INT "$vg"
