@@ -21,8 +21,8 @@
 # and the total is divided by the requests the client completed. valgrind slows the
 # proxy some 50x, so these are far fewer requests than the benchmarks send.
 #
-# Usage: bash benches/instructions.sh          (all three kinds)
-# Env:   KINDS ("h1 h2 api") DURATION (8) REQUESTS (20000) PORT (18580; uses PORT..PORT+2)
+# Usage: bash benches/instructions.sh          (all four kinds)
+# Env:   KINDS ("h1 h2 api h2api") DURATION (8) REQUESTS (20000) PORT (18580; uses PORT..PORT+2)
 #        BIN (default target/release/statuslens) SKIP_BUILD=1 TOP=n (also print the n
 #        functions with the most inclusive instructions) KEEP=1 (keep the callgrind files)
 set -euo pipefail

@@ -235,11 +235,8 @@ fn needs_escape(s: &[u8]) -> bool {
         padded[..s.len()].copy_from_slice(s);
         return flags(u64::from_le_bytes(padded));
     }
-    let mut chunks = s.chunks_exact(8);
-    if chunks.any(|c| flags(word(c))) {
-        return true;
-    }
-    s.len() % 8 != 0 && flags(word(&s[s.len() - 8..]))
+    s.chunks_exact(8).any(|c| flags(word(c)))
+        || (s.len() % 8 != 0 && flags(word(&s[s.len() - 8..])))
 }
 
 thread_local! {
