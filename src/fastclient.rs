@@ -69,7 +69,7 @@ pub(crate) async fn send(
     let (cfg, fast) = proxy
         .fast_route(route)
         .expect("fastclient requests have a fast route");
-    let mut head_bytes = Vec::with_capacity(512);
+    let mut head_bytes = Vec::new();
     request_head(&mut head_bytes, parts, cfg, fast);
 
     let head_only = parts.method == Method::HEAD;
@@ -167,18 +167,20 @@ async fn send_body(up: &mut UpConn, body: &mut RequestBody) -> Result<bool, Fail
 /// The upstream request head, as hyper's client writes it: lower-case names in the
 /// map's order, a `Host` from the upstream URL when the forwarder set none.
 fn request_head(out: &mut Vec<u8>, parts: &Parts, cfg: &RouteConfig, fast: &FastRoute) {
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    // Sized once: a head with a bearer token outgrew a fixed guess twice (two copies).
+    let fields: usize = parts
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    out.reserve(fields + target.len() + cfg.base_path.len() + fast.host.len() + 40);
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     // The origin form, behind the upstream's base path, as the fast path writes it (no
     // absolute URI is built for this client).
     out.extend_from_slice(cfg.base_path.as_bytes());
-    out.extend_from_slice(
-        parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .as_bytes(),
-    );
+    out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &parts.headers {
         // Bodies go this way only with a Content-Length (as hyper's client would frame them).
