@@ -1103,29 +1103,61 @@ fn rewrite_request_headers(
 /// time: time its request body spent waiting for the client (`body`) does not count. A
 /// slow but steady upload is no upstream timeout, and a client that stalls mid-body
 /// meets `body_read_timeout` (408) first, not this clock (504 blamed on the upstream).
-pub(crate) async fn upstream_deadline<F: Future>(
+pub(crate) fn upstream_deadline<F: Future>(
     timeout: Duration,
     body: Option<&RequestBodyState>,
     fut: F,
-) -> Result<F::Output, Elapsed> {
+) -> UpstreamDeadline<'_, F> {
     let start = tokio::time::Instant::now();
-    let sleep = tokio::time::sleep_until(start + timeout);
-    tokio::pin!(fut, sleep);
-    loop {
-        tokio::select! {
-            biased;
-            out = &mut fut => return Ok(out),
-            () = &mut sleep => {
-                let now = tokio::time::Instant::now();
-                let due = start + timeout + body.map_or(Duration::ZERO, RequestBodyState::client_waited);
-                if due <= now {
-                    return Err(Elapsed);
-                }
-                // During a wait for the client `due` moves with the clock: a wait that began
-                // with little of the upstream's time left would wake this every millisecond.
-                // At most 20 wake-ups a second, and at most 50 ms past the upstream's time.
-                sleep.as_mut().reset(due.max(now + timeout.min(Duration::from_millis(50))));
+    UpstreamDeadline {
+        fut,
+        sleep: tokio::time::sleep_until(start + timeout),
+        start,
+        timeout,
+        body,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`upstream_deadline`]'s future. A struct, not an async fn: an async fn's future
+    /// keeps its argument and the pinned copy of it both, and this one wraps the send of
+    /// every request hyper's server takes (the fast pools' future was 632 bytes larger,
+    /// moved by hyper and tokio before its first poll).
+    pub(crate) struct UpstreamDeadline<'a, F> {
+        #[pin]
+        fut: F,
+        #[pin]
+        sleep: tokio::time::Sleep,
+        start: tokio::time::Instant,
+        timeout: Duration,
+        body: Option<&'a RequestBodyState>,
+    }
+}
+
+impl<F: Future> Future for UpstreamDeadline<'_, F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        // The exchange first: an answer that is ready when the clock runs out counts.
+        if let Poll::Ready(out) = this.fut.poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        loop {
+            ready!(this.sleep.as_mut().poll(cx));
+            let now = tokio::time::Instant::now();
+            let waited = this
+                .body
+                .map_or(Duration::ZERO, RequestBodyState::client_waited);
+            let due = *this.start + *this.timeout + waited;
+            if due <= now {
+                return Poll::Ready(Err(Elapsed));
             }
+            // During a wait for the client `due` moves with the clock: a wait that began
+            // with little of the upstream's time left would wake this every millisecond.
+            // At most 20 wake-ups a second, and at most 50 ms past the upstream's time.
+            let next = due.max(now + (*this.timeout).min(Duration::from_millis(50)));
+            this.sleep.as_mut().reset(next);
         }
     }
 }
