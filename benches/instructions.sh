@@ -4,7 +4,8 @@
 # CPU time on a shared box moves by 10% between runs, so a change of 1-3% per request
 # cannot be seen in req/s or CPU seconds. Instructions can: valgrind's callgrind counts
 # every user-space instruction statuslens executes while a fixed load runs (the kernel is
-# not counted), and the count per request repeats within about 0.5%. Run it before and
+# not counted), and the count per request repeats within about 0.5% (h1 and api, timed
+# rather than counted runs, within 2%: idle work is shared by the requests served). Run it before and
 # after a hot-path change (BIN=... for the other binary).
 #
 # statuslens runs `run --upstream` with its defaults (metrics, detection, JSON access log,
