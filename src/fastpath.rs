@@ -238,16 +238,25 @@ pub async fn serve(
         out: Vec::with_capacity(1024),
         wrote: false,
     };
+    // One timer for the connection's waits between requests, moved on at each: tokio
+    // extends a later deadline in place, where a timeout per wait put an entry into the
+    // timer wheel and took it out again under the driver's lock, every request.
+    let mut between = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
     loop {
         if c.buf.is_empty() {
             // Waiting for a request: bounded like hyper's head read, which also starts
             // while the connection is idle; a drain closes idle connections at once.
             let idle = live.load().config.proxy.header_read_timeout;
+            between.as_mut().reset(tokio::time::Instant::now() + idle);
             tokio::select! {
-                read = tokio::time::timeout(idle, c.io.read_buf(&mut c.buf)) => match read {
-                    Ok(Ok(n)) if n > 0 => {}
+                // A request that came as the clock ran out is read, as the timeout that
+                // polled its read first did.
+                biased;
+                read = c.io.read_buf(&mut c.buf) => match read {
+                    Ok(n) if n > 0 => {}
                     _ => return None,
                 },
+                () = &mut between => return None,
                 _ = stop.wait_for(|s| *s) => return None,
             }
         }
