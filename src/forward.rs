@@ -956,6 +956,21 @@ fn tokens(value: &HeaderValue) -> impl Iterator<Item = &str> {
         .filter(|t| !t.is_empty())
 }
 
+/// Whether a `Connection` token names a field to drop (RFC 9110 §7.6.1). The fast path
+/// asks the same, so both paths drop the same fields.
+///
+/// `keep-alive` and `close` (nearly every upstream response says one) are connection
+/// options: the field `Keep-Alive` goes as hop-by-hop anyway, and one named `Close` is
+/// reserved (RFC 9110 §16.3.2.2) and passed on like any other. Host is never
+/// hop-by-hop: a request must carry one (RFC 9112 §3.2), and dropping it let hyper's
+/// client put the upstream's name in under `host_header = "preserve"` where the fast
+/// path keeps the client's.
+pub(crate) fn names_field(token: &[u8]) -> bool {
+    !(token.eq_ignore_ascii_case(b"keep-alive")
+        || token.eq_ignore_ascii_case(b"close")
+        || token.eq_ignore_ascii_case(b"host"))
+}
+
 /// Removes the hop-by-hop headers of RFC 9110 §7.6.1, including those `Connection` names.
 /// For an upgrade, `Connection: upgrade` and `Upgrade` are kept so the upstream sees it.
 /// Returns whether a `TE` field listed `trailers`.
@@ -978,17 +993,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> bool {
             .get_all(header::TE)
             .iter()
             .any(|v| lists_trailers(v.as_bytes()));
-    // `Connection: keep-alive` or `close` (nearly every upstream response says one) names
-    // no field to remove beyond those dropped anyway: no need to look further.
-    // Host is never hop-by-hop: a request must carry one (RFC 9112 §3.2), and dropping
-    // it let hyper's client put the upstream's name in under `host_header = "preserve"`
-    // where the fast path keeps the client's.
-    let names_fields = |t: &str| {
-        !(t.eq_ignore_ascii_case("keep-alive")
-            || t.eq_ignore_ascii_case("close")
-            || t.eq_ignore_ascii_case("host")
-            || keep_upgrade && t.eq_ignore_ascii_case("upgrade"))
-    };
+    let names_fields =
+        |t: &str| names_field(t.as_bytes()) && !(keep_upgrade && t.eq_ignore_ascii_case("upgrade"));
     if has(CONNECTION_BIT) {
         // Owned copies of the values (shared bytes, not copied text) so the map can change
         // while their tokens are read, made only when some token names a field.

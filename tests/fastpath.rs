@@ -31,6 +31,7 @@ fn scripted(path: &str, head_only: bool) -> &'static [u8] {
         ("/close", _) => b"HTTP/1.0 200 OK\r\nx-kept: 4\r\n\r\nuntil the upstream closes",
         ("/split", _) => b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nlater!",
         ("/big", _) => big_response(),
+        ("/named", _) => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nConnection: keep-alive, Host, X-Gone\r\nConnection: close\r\nHost: upstream.test\r\nClose: said\r\nX-Gone: 1\r\nX-Kept: 5\r\n\r\nok",
         ("/trailers", _) => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\n\r\n3\r\nabc\r\n0\r\nx-checksum: 42\r\n\r\n",
         _ => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
     }
@@ -410,6 +411,51 @@ async fn an_unmatched_request_gets_404_and_the_connection_goes_on() {
         ),
         1.0
     );
+}
+
+/// `Connection` tokens that are connection options (`close`, `keep-alive`) or `Host`
+/// name no field to drop, on either path and in either direction: fields so named pass
+/// alike, and those a token does name go alike.
+#[tokio::test]
+async fn connection_options_name_no_field_on_either_path() {
+    async fn exchange(fast: bool) -> (Seen, BTreeMap<String, String>) {
+        let (up, seen) = recording_upstream().await;
+        let cfg = config(up, fast);
+        let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+        let mut s = TcpStream::connect(p.proxy).await.unwrap();
+        s.write_all(b"GET /named HTTP/1.1\r\nHost: api.test\r\nConnection: close, X-Hop-Req\r\nX-Hop-Req: 1\r\nClose: asked\r\nX-Request-Id: named-1\r\nAccept: */*\r\n\r\n")
+            .await
+            .unwrap();
+        let response = read_response(&mut s, &mut Vec::new(), false).await;
+        let head = seen.lock().unwrap()[0].iter().cloned().collect();
+        (response, head)
+    }
+    let (fast, fast_head) = exchange(true).await;
+    let (slow, slow_head) = exchange(false).await;
+    assert_eq!(fast, slow, "the client's response: fast vs hyper");
+    assert_eq!(
+        fast_head, slow_head,
+        "the upstream's request head: fast vs hyper"
+    );
+    assert_eq!(fast.body, b"ok");
+    for (name, value) in [
+        ("host", "upstream.test"),
+        ("close", "said"),
+        ("x-kept", "5"),
+    ] {
+        assert_eq!(
+            fast.headers.get(name).map(String::as_str),
+            Some(value),
+            "{name}: {fast:?}"
+        );
+    }
+    assert!(!fast.headers.contains_key("x-gone"), "{fast:?}");
+    assert_eq!(
+        fast_head.get("close").map(String::as_str),
+        Some("asked"),
+        "{fast_head:?}"
+    );
+    assert!(!fast_head.contains_key("x-hop-req"), "{fast_head:?}");
 }
 
 #[tokio::test]
