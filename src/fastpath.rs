@@ -242,6 +242,10 @@ pub async fn serve(
     // extends a later deadline in place, where a timeout per wait put an entry into the
     // timer wheel and took it out again under the driver's lock, every request.
     let mut between = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+    // And one for the upstream's deadline in each request, apart: each timer then only
+    // moves later, in place (one timer for both would move earlier at every request,
+    // which takes the wheel's lock again).
+    let mut clock = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
     loop {
         if c.buf.is_empty() {
             // Waiting for a request: bounded like hyper's head read, which also starts
@@ -276,7 +280,7 @@ pub async fn serve(
             }
         };
         match (Caught {
-            inner: Some(forward_one(&proxy, &mut c, planned)),
+            inner: Some(forward_one(&proxy, &mut c, planned, clock.as_mut())),
         })
         .await
         {
@@ -548,7 +552,13 @@ fn plan(proxy: &Arc<Proxy>, c: &mut Client) -> Option<Planned> {
 }
 
 /// Forwards one planned request and streams its response back.
-async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
+/// `clock` is the connection's timer for the upstream's deadline (see `serve`).
+async fn forward_one(
+    proxy: &Arc<Proxy>,
+    c: &mut Client,
+    p: Planned,
+    mut clock: Pin<&mut tokio::time::Sleep>,
+) -> Next {
     let Planned {
         route,
         mut ex,
@@ -682,6 +692,7 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
         // Outside the read, which is begun again each time the client has sent more: an
         // interim (1xx) head it already took from the buffer was an answer all the same.
         let mut heard = false;
+        clock.as_mut().reset(deadline);
         let head = loop {
             let client_room = c.buf.len() < CLIENT_BUF;
             let reading = read_head(
@@ -693,8 +704,10 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
                 &mut c.out,
             );
             tokio::select! {
+                // The head before the clock, as `timeout_at` polls them.
                 biased;
-                head = tokio::time::timeout_at(deadline, reading) => break head,
+                head = reading => break Some(head),
+                () = clock.as_mut() => break None,
                 ready = c.io.readable(), if client_room => {
                     if ready.is_err() {
                         return Next::Close;
@@ -709,16 +722,16 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
             }
         };
         match head {
-            Ok(Ok(head)) => break (up, head, closing),
-            Ok(Err(no_head)) if !resent && may_resend(no_head, !fresh, replayable) => {
+            Some(Ok(head)) => break (up, head, closing),
+            Some(Err(no_head)) if !resent && may_resend(no_head, !fresh, replayable) => {
                 ex.resent();
                 resent = true;
             }
-            Ok(Err(no_head)) => {
+            Some(Err(no_head)) => {
                 let (kind, detail) = (no_head.kind(), no_head.detail());
                 return fail(c, ex, cfg, kind, detail, client_close).await;
             }
-            Err(_) => return fail(c, ex, cfg, UpstreamErrorKind::Timeout, "", client_close).await,
+            None => return fail(c, ex, cfg, UpstreamErrorKind::Timeout, "", client_close).await,
         }
     };
 
@@ -743,16 +756,22 @@ async fn forward_one(proxy: &Arc<Proxy>, c: &mut Client, p: Planned) -> Next {
             if whole <= up.buf.capacity() as u64 {
                 while (up.buf.len() as u64) < whole {
                     // Collecting holds the head back: no longer than the head's own
-                    // deadline, after which what came goes out and the rest streams.
+                    // deadline (still `clock`'s), after which what came goes out and
+                    // the rest streams.
                     let more = read_more(c, &mut up, silence.as_mut());
-                    match tokio::time::timeout_at(deadline, more).await {
-                        Err(_) => break,
-                        Ok(Ok(n)) if n > 0 => {}
-                        Ok(Ok(_)) => {
+                    let read = tokio::select! {
+                        biased;
+                        read = more => Some(read),
+                        () = clock.as_mut() => None,
+                    };
+                    match read {
+                        None => break,
+                        Some(Ok(n)) if n > 0 => {}
+                        Some(Ok(_)) => {
                             collected = Err(Broken::Upstream);
                             break;
                         }
-                        Ok(Err(e)) => {
+                        Some(Err(e)) => {
                             collected = Err(e);
                             break;
                         }
