@@ -10,7 +10,7 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
@@ -379,12 +379,11 @@ impl Accepting {
         let fast = generation.config.proxy.fast_path && !overloaded && tls.is_none();
         let proxy_protocol = generation.config.proxy.proxy_protocol;
         drop(generation);
-        // Shared: an upgraded connection's tunnel keeps it after hyper lets go.
-        let guard = Arc::new(ConnectionGuard::new(self.clone()));
-        // The TLS handshake (if any) runs in the connection's task, bounded like a request
-        // head, so a slow handshake never holds up accept(). The watcher, held from here,
-        // makes a drain wait for the fast path's connections too.
-        let watcher = graceful.watcher();
+        // Shared: an upgraded connection's tunnel keeps it after hyper lets go. Its
+        // watcher, held from here, makes a drain wait for the connection — the fast
+        // path's and tunnels too. The TLS handshake (if any) runs in the connection's
+        // task, bounded like a request head, so a slow handshake never holds up accept().
+        let guard = Arc::new(ConnectionGuard::new(self.clone(), graceful.watcher()));
         tokio::spawn(async move {
             // The PROXY header and the TLS handshake share one header_read_timeout, so a
             // peer slow at both gets no more time than one slow at either; hyper's clock
@@ -492,8 +491,8 @@ impl Accepting {
             // or once no request has been in progress for the idle timeout. A connection
             // still open and idle for another timeout after that is dropped: hyper's
             // HTTP/2 close waits for the client to acknowledge a PING, which an idle
-            // client that holds connections open need not do. `watcher` is held until
-            // the connection ends, so a drain waits for it.
+            // client that holds connections open need not do. `guard` is held until
+            // the connection ends (or its tunnel does), so a drain waits for it.
             let timeout = self.header_read_timeout;
             let idle = tokio::time::sleep(timeout);
             tokio::pin!(idle);
@@ -545,7 +544,6 @@ impl Accepting {
             {
                 self.client_error(ClientErrorKind::HeadTimeout);
             }
-            drop(watcher);
             drop(guard);
         });
     }
@@ -629,20 +627,27 @@ async fn tick_detectors(live: Arc<Live>) {
     }
 }
 
-/// Counts an open client connection, for `proxy.max_connections` and the connection
-/// metrics, from accept to close.
-struct ConnectionGuard(Arc<Accepting>);
+/// An open client connection, from accept to close (an upgraded one's to its tunnel's
+/// end): counted for `proxy.max_connections` and the connection metrics, and waited
+/// for by a drain, up to `proxy.drain_timeout`.
+struct ConnectionGuard {
+    accepting: Arc<Accepting>,
+    _drain: Watcher,
+}
 
 impl ConnectionGuard {
-    fn new(accepting: Arc<Accepting>) -> Self {
+    fn new(accepting: Arc<Accepting>, drain: Watcher) -> Self {
         accepting.live.families().connection_opened();
-        ConnectionGuard(accepting)
+        ConnectionGuard {
+            accepting,
+            _drain: drain,
+        }
     }
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.0.live.families().connection_closed();
+        self.accepting.live.families().connection_closed();
     }
 }
 

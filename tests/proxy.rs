@@ -950,6 +950,62 @@ async fn requests_cut_at_the_drain_timeout_count_as_the_proxys_503() {
     }
 }
 
+/// A drain waits for upgraded connections as for requests in flight: a WebSocket tunnel
+/// carries on until it ends, or until the drain timeout closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_waits_for_websocket_tunnels_up_to_the_drain_timeout() {
+    async fn echo(s: &mut TcpStream, msg: &[u8]) {
+        s.write_all(msg).await.unwrap();
+        let mut got = vec![0u8; msg.len()];
+        tokio::time::timeout(DEADLINE, s.read_exact(&mut got))
+            .await
+            .expect("echo within the deadline")
+            .expect("the tunnel is still open");
+        assert_eq!(got, msg);
+    }
+    let up = upstream().await;
+
+    // Ended by the client mid-drain: the proxy exits as soon as it has, not at the
+    // (far) drain timeout — `wait_exit` gives up long before it.
+    let mut p = start_with_proxy_settings("drain_timeout = \"300s\"", up.addr);
+    let (mut s, head) = open_websocket(p.proxy).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    echo(&mut s, b"before").await;
+    p.sigterm();
+    // The listener closes as the drain begins.
+    let start = std::time::Instant::now();
+    while TcpStream::connect(p.proxy).await.is_ok() {
+        assert!(start.elapsed() < DEADLINE, "still accepting after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    echo(&mut s, b"while draining").await;
+    assert!(
+        !p.all_output().contains("drained; exiting"),
+        "drained with a tunnel open: {}",
+        p.all_output()
+    );
+    drop(s);
+    assert_eq!(p.wait_exit(), Some(0), "{}", p.all_output());
+    assert!(
+        p.all_output().contains("drained; exiting"),
+        "{}",
+        p.all_output()
+    );
+
+    // Never ended: closed at the drain timeout.
+    let mut p = start_with_proxy_settings("drain_timeout = \"1s\"", up.addr);
+    let (mut s, _) = open_websocket(p.proxy).await;
+    echo(&mut s, b"before").await;
+    p.sigterm();
+    assert_eq!(p.wait_exit(), Some(0), "{}", p.all_output());
+    read_until_closed(&mut s, "a tunnel past the drain timeout").await;
+    assert!(
+        p.all_output().contains("drain timeout reached"),
+        "{}",
+        p.all_output()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool_check() {
     let up = upstream().await;
