@@ -1785,8 +1785,8 @@ impl<'a> Named<'a> {
     /// Adds one `Connection` field's value; false past eight fields that name a field
     /// (see [`forward::names_field`]).
     fn add(&mut self, value: &'a [u8]) -> bool {
-        // A value that names no field (nginx's `keep-alive` on every response, a
-        // `close`) is not kept: every other field is spared a look through it
+        // A value that names no field (nginx's `keep-alive` on every response) is not
+        // kept: every other field is spared a look through it
         // (callgrind: −2.6% instructions on a response with eight fields, −1.5% on
         // one with four).
         if !value

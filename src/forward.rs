@@ -956,19 +956,18 @@ fn tokens(value: &HeaderValue) -> impl Iterator<Item = &str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Whether a `Connection` token names a field to drop (RFC 9110 §7.6.1). The fast path
-/// asks the same, so both paths drop the same fields.
+/// Whether a `Connection` token names a field to drop. RFC 9110 §7.6.1 drops the field
+/// each connection option names, a field called `Close` beside `close` too (the name is
+/// reserved for that reason, §16.3.2.2). The fast path asks the same, so both paths
+/// drop the same fields.
 ///
-/// `keep-alive` and `close` (nearly every upstream response says one) are connection
-/// options: the field `Keep-Alive` goes as hop-by-hop anyway, and one named `Close` is
-/// reserved (RFC 9110 §16.3.2.2) and passed on like any other. Host is never
+/// Two tokens name none: `keep-alive` (nearly every upstream response says it), whose
+/// field goes as hop-by-hop anyway, so nothing is looked for; and `host`. Host is never
 /// hop-by-hop: a request must carry one (RFC 9112 §3.2), and dropping it let hyper's
 /// client put the upstream's name in under `host_header = "preserve"` where the fast
 /// path keeps the client's.
 pub(crate) fn names_field(token: &[u8]) -> bool {
-    !(token.eq_ignore_ascii_case(b"keep-alive")
-        || token.eq_ignore_ascii_case(b"close")
-        || token.eq_ignore_ascii_case(b"host"))
+    !(token.eq_ignore_ascii_case(b"keep-alive") || token.eq_ignore_ascii_case(b"host"))
 }
 
 /// Removes the hop-by-hop headers of RFC 9110 §7.6.1, including those `Connection` names.
