@@ -509,7 +509,7 @@ ratio() { # proto body targetA targetB column -> median over rounds of A/B
     vals=$(awk -F'\t' -v p="$1" -v b="$2" -v a="$3" -v o="$4" -v c="$5" '
         $1==p && $2==b && $3==a {x[$4]=$c}
         $1==p && $2==b && $3==o {y[$4]=$c}
-        END {for (r in x) if ((r in y) && x[r]!="-" && y[r]!="-" && y[r]>0) printf "%.3f\n", x[r]/y[r]}' "$TSV")
+        END {for (r in x) if ((r in y) && x[r]!="-" && y[r]!="-" && y[r]>0) printf "%.6f\n", x[r]/y[r]}' "$TSV")
     [ -n "$vals" ] || { echo "-"; return; }
     # shellcheck disable=SC2086
     median $vals | awk '{ if ($1=="-") print "-"; else printf "%.2f×\n", $1 }'
