@@ -704,10 +704,13 @@ async fn forward_one(
                 &mut c.out,
             );
             tokio::select! {
-                // The head before the clock, as `timeout_at` polls them.
+                // The head before the clock, as `timeout_at` polls them; the clock
+                // outside tokio's task budget, as `timeout_at` looks at its own, so
+                // that reads which use the budget up at every poll (an upstream
+                // streaming 1xx heads) cannot keep it from being seen.
                 biased;
                 head = reading => break Some(head),
-                () = clock.as_mut() => break None,
+                () = tokio::task::unconstrained(clock.as_mut()) => break None,
                 ready = c.io.readable(), if client_room => {
                     if ready.is_err() {
                         return Next::Close;
@@ -762,7 +765,7 @@ async fn forward_one(
                     let read = tokio::select! {
                         biased;
                         read = more => Some(read),
-                        () = clock.as_mut() => None,
+                        () = tokio::task::unconstrained(clock.as_mut()) => None,
                     };
                     match read {
                         None => break,

@@ -1149,7 +1149,10 @@ impl<F: Future> Future for UpstreamDeadline<'_, F> {
             return Poll::Ready(Ok(out));
         }
         loop {
-            ready!(this.sleep.as_mut().poll(cx));
+            // Outside tokio's task budget, as `timeout_at` polls its clock: an exchange
+            // that used the budget up (reads of a stream of 1xx heads) cannot keep the
+            // clock from being seen.
+            ready!(std::pin::pin!(tokio::task::unconstrained(this.sleep.as_mut())).poll(cx));
             let now = tokio::time::Instant::now();
             let waited = this
                 .body

@@ -1619,3 +1619,53 @@ async fn the_fast_path_holds_a_small_body_back_no_longer_than_the_head_deadline(
         assert_eq!(timeouts, 1.0, "{what}");
     }
 }
+
+/// An upstream that never stops sending interim (1xx) heads still gets its 504 at the
+/// route's timeout, on every path. Reading them can use up the task's tokio budget at
+/// every poll; the clock must be looked at all the same, as `timeout_at` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_flooding_interim_heads_gets_504_at_the_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let flood = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(2048);
+                while s.write_all(&flood).await.is_ok() {}
+            });
+        }
+    });
+    for fast in [true, false] {
+        let cfg = write_config(&format!(
+            "[proxy]\nfast_path = {fast}\n[[routes]]\nname = \"default\"\nupstream = \"http://{up}\"\ntimeout = \"1s\"\n"
+        ));
+        let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+        // HTTP/1.1 (the fast path, when on) and h2c (the fast pools, when on).
+        for (c, proto) in [(client(), "http/1.1"), (h2_client(), "h2c")] {
+            let req = Request::get(p.url("/"))
+                .body(full(bytes::Bytes::new()))
+                .unwrap();
+            let resp = tokio::time::timeout(DEADLINE, c.request(req))
+                .await
+                .unwrap_or_else(|_| panic!("fast_path = {fast}, {proto}: no answer"))
+                .unwrap();
+            assert_eq!(resp.status(), 504, "fast_path = {fast}, {proto}");
+        }
+        wait_metrics(&p, "two upstream timeouts", |m| {
+            sum(
+                m,
+                "statuslens_upstream_errors_total",
+                &[("kind", "timeout")],
+            ) == 2.0
+        })
+        .await;
+    }
+}
