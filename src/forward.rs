@@ -54,15 +54,16 @@ pub struct Arrival {
     /// after the response (see `observe::Discard`): given only with an HTTP/1.1 body.
     pub activity: Option<Arc<crate::idle::Activity>>,
     /// For a request that asks to upgrade: the connection's place in the open-connection
-    /// count, which its tunnel keeps after hyper lets go of the connection.
+    /// count and in a drain's wait, which its tunnel keeps after hyper lets go of the
+    /// connection.
     pub connection: Option<Hold>,
 }
 
-/// Something whose drop ends a count (see [`Arrival::connection`]).
+/// Something whose drop ends a count and a drain's wait (see [`Arrival::connection`]).
 pub type Hold = Arc<dyn std::any::Any + Send + Sync>;
 
 /// A client's upgrade, once the upstream agrees: its side of the tunnel, and its
-/// connection's count, kept open as long as the tunnel is.
+/// connection's count (and a drain's wait for it), kept open as long as the tunnel is.
 struct ClientUpgrade {
     on: hyper::upgrade::OnUpgrade,
     hold: Option<Hold>,
@@ -835,7 +836,7 @@ fn local(mut ex: Exchange, status: StatusCode, body: &'static str) -> Response<O
 }
 
 /// Copies bytes both ways once client and upstream have both switched protocols; the
-/// client's connection counts as open until it ends.
+/// client's connection counts as open, and a drain waits, until it ends.
 async fn tunnel(client: ClientUpgrade, upstream: hyper::upgrade::OnUpgrade) {
     let ClientUpgrade {
         on: client,
@@ -946,14 +947,17 @@ fn asks_close(headers: &HeaderMap) -> bool {
     connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("close"))
 }
 
-/// The comma-separated tokens of a list value (none if it is not text).
+/// The comma-separated tokens of a list value. Split as bytes, as the fast path splits
+/// them: a value with obs-text (bytes past 0x7F, which hyper accepts) still yields its
+/// plain tokens — through `to_str` it yielded none, and a field it named passed on —
+/// and a token that is not text is no field name anyway.
 fn tokens(value: &HeaderValue) -> impl Iterator<Item = &str> {
     value
-        .to_str()
-        .unwrap_or("")
-        .split(',')
-        .map(str::trim)
+        .as_bytes()
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
         .filter(|t| !t.is_empty())
+        .filter_map(|t| std::str::from_utf8(t).ok())
 }
 
 /// Whether a `Connection` token names a field to drop. RFC 9110 §7.6.1 drops the field
