@@ -13,6 +13,7 @@ use http::{HeaderValue, Method, Uri};
 use crate::config::LogVolume;
 use crate::consumer::ConsumerId;
 use crate::iptext::IpText;
+use crate::logfmt;
 use crate::metrics::Source;
 use crate::status;
 
@@ -23,6 +24,7 @@ pub struct AccessLog {
 }
 
 /// One finished request, as the log sees it.
+#[derive(Clone, Copy)]
 pub struct Entry<'a> {
     /// Route label.
     pub route: &'a str,
@@ -78,54 +80,173 @@ impl AccessLog {
         if !(wanted || proxy_error) {
             return;
         }
-        let class = status::Class::of(e.status).map_or("invalid", |c| c.label());
-        let path = Redacted(e.uri).text();
-        let path = &*path;
-        let request_id = e.request_id.to_str().unwrap_or("(non-ascii)");
-        let retry = status::lookup(e.status).map_or("", |i| i.retry.label());
-        let consumer = e.consumer.map(tracing::field::display);
-        // One division of whole nanoseconds: the nearest float to the exact value, so the
-        // line shows 1.056148, not 1.0561479999999999.
-        let duration_ms = e.duration.as_nanos() as f64 / 1e6;
-        let upstream_header_ms = e.upstream_header.map(|d| d.as_nanos() as f64 / 1e6);
+        let line = Line::of(e);
+        let warn = proxy_error && e.status >= 500;
+        logfmt::with_prerendered(TARGET, |out| line.write_json(out), || line.emit(warn));
+    }
+}
+
+/// The access log's `tracing` target.
+const TARGET: &str = "statuslens::access";
+
+/// One line's values, worked out once for the event and for its pre-rendered JSON.
+struct Line<'a> {
+    route: &'a str,
+    method: &'a str,
+    path: std::borrow::Cow<'a, str>,
+    status: u16,
+    class: &'static str,
+    meaning: &'static str,
+    source: &'static str,
+    upstream_status: Option<u16>,
+    duration: Duration,
+    upstream_header: Option<Duration>,
+    bytes_in: u64,
+    bytes_out: u64,
+    upstream: &'a str,
+    client: IpText,
+    via: Option<IpText>,
+    request_id: &'a str,
+    retry: &'static str,
+    retry_after_s: Option<f64>,
+    consumer: Option<ConsumerId>,
+    resent: bool,
+}
+
+impl<'a> Line<'a> {
+    fn of(e: &Entry<'a>) -> Self {
         let (client, via) = match e.forwarded_for {
             None => (IpText::socket(e.client), None),
             Some(ip) => (IpText::ip(ip), Some(IpText::socket(e.client))),
         };
-        let client = client.as_str();
-        let via = via.as_ref().map(IpText::as_str);
+        Line {
+            route: e.route,
+            method: e.method.as_str(),
+            path: Redacted(e.uri).text(),
+            status: e.status,
+            class: status::Class::of(e.status).map_or("invalid", |c| c.label()),
+            meaning: status::meaning(e.status),
+            source: e.source.label(),
+            upstream_status: e.upstream_status,
+            duration: e.duration,
+            upstream_header: e.upstream_header,
+            bytes_in: e.bytes_in,
+            bytes_out: e.bytes_out,
+            upstream: e.upstream,
+            client,
+            via,
+            request_id: e.request_id.to_str().unwrap_or("(non-ascii)"),
+            retry: status::lookup(e.status).map_or("", |i| i.retry.label()),
+            retry_after_s: e.retry_after,
+            consumer: e.consumer,
+            resent: e.resent,
+        }
+    }
+
+    /// The event; every field also in [`Line::write_json`], in the same order.
+    fn emit(&self, warn: bool) {
+        let path = &*self.path;
+        let class = self.class;
+        // As `Display`: checked as text only if the fields are visited.
+        let client = tracing::field::display(&self.client);
+        let via = self.via.as_ref().map(tracing::field::display);
+        let request_id = self.request_id;
+        let retry = self.retry;
+        // One division of whole nanoseconds: the nearest float to the exact value, so the
+        // line shows 1.056148, not 1.0561479999999999.
+        let duration_ms = self.duration.as_nanos() as f64 / 1e6;
+        let upstream_header_ms = self.upstream_header.map(|d| d.as_nanos() as f64 / 1e6);
+        let consumer = self.consumer.map(tracing::field::display);
         macro_rules! line {
             ($level:ident) => {
                 tracing::$level!(
-                    target: "statuslens::access",
-                    route = e.route,
-                    method = e.method.as_str(),
+                    target: TARGET,
+                    route = self.route,
+                    method = self.method,
                     path,
-                    status = e.status,
+                    status = self.status,
                     class,
-                    meaning = status::meaning(e.status),
-                    source = e.source.label(),
-                    upstream_status = e.upstream_status,
+                    meaning = self.meaning,
+                    source = self.source,
+                    upstream_status = self.upstream_status,
                     duration_ms,
                     upstream_header_ms,
-                    bytes_in = e.bytes_in,
-                    bytes_out = e.bytes_out,
-                    upstream = e.upstream,
+                    bytes_in = self.bytes_in,
+                    bytes_out = self.bytes_out,
+                    upstream = self.upstream,
                     client,
                     via,
                     request_id,
                     retry,
-                    retry_after_s = e.retry_after,
+                    retry_after_s = self.retry_after_s,
                     consumer,
-                    resent = e.resent.then_some(true),
+                    resent = self.resent.then_some(true),
                     "request"
                 )
             };
         }
-        if proxy_error && e.status >= 500 {
+        if warn {
             line!(warn)
         } else {
             line!(info)
+        }
+    }
+
+    /// The fields as [`logfmt::JsonLines`] writes [`Line::emit`]'s event, byte for byte
+    /// (`prerendered_lines_match_visited_ones` compares), with constant keys.
+    fn write_json(&self, out: &mut String) {
+        // Writing to a String cannot fail.
+        let text = |out: &mut String, key: &str, value: &str| {
+            out.push_str(key);
+            let _ = logfmt::write_json_str(out, value);
+        };
+        // Texts of statuslens' own, none with a character JSON escapes
+        // (`status_texts_need_no_escaping`): no check needed.
+        let word = |out: &mut String, key: &str, value: &str| {
+            out.push_str(key);
+            out.push('"');
+            out.push_str(value);
+            out.push('"');
+        };
+        let number = |out: &mut String, key: &str, value: u64| {
+            out.push_str(key);
+            out.push_str(itoa::Buffer::new().format(value));
+        };
+        text(out, ",\"message\":\"request\",\"route\":", self.route);
+        text(out, ",\"method\":", self.method);
+        text(out, ",\"path\":", &self.path);
+        number(out, ",\"status\":", self.status.into());
+        word(out, ",\"class\":", self.class);
+        word(out, ",\"meaning\":", self.meaning);
+        word(out, ",\"source\":", self.source);
+        if let Some(s) = self.upstream_status {
+            number(out, ",\"upstream_status\":", s.into());
+        }
+        out.push_str(",\"duration_ms\":");
+        logfmt::write_millis(out, self.duration.as_nanos());
+        if let Some(d) = self.upstream_header {
+            out.push_str(",\"upstream_header_ms\":");
+            logfmt::write_millis(out, d.as_nanos());
+        }
+        number(out, ",\"bytes_in\":", self.bytes_in);
+        number(out, ",\"bytes_out\":", self.bytes_out);
+        text(out, ",\"upstream\":", self.upstream);
+        text(out, ",\"client\":", self.client.as_str());
+        if let Some(via) = &self.via {
+            text(out, ",\"via\":", via.as_str());
+        }
+        text(out, ",\"request_id\":", self.request_id);
+        word(out, ",\"retry\":", self.retry);
+        if let Some(s) = self.retry_after_s {
+            out.push_str(",\"retry_after_s\":");
+            let _ = logfmt::write_f64(out, s);
+        }
+        if let Some(c) = self.consumer {
+            out.push_str(",\"consumer\":");
+            let _ = logfmt::write_json_display(out, &c);
+        }
+        if self.resent {
+            out.push_str(",\"resent\":true");
         }
     }
 }
@@ -252,6 +373,182 @@ fn hex(b: u8) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Lines a test subscriber wrote.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Lines {
+        /// The lines written since the last call, timestamps cut out.
+        fn take(&self) -> Vec<String> {
+            let text = String::from_utf8(std::mem::take(&mut *self.0.lock().unwrap())).unwrap();
+            text.lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
+                    assert!(v["timestamp"].is_string(), "{l}");
+                    let (_, rest) = l
+                        .split_once("\",\"level\":")
+                        .expect("a level after the time");
+                    rest.to_string()
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn status_texts_need_no_escaping() {
+        let plain = |s: &str| {
+            let mut json = String::new();
+            crate::logfmt::write_json_str(&mut json, s).unwrap();
+            assert_eq!(json, format!("\"{s}\""));
+        };
+        for code in 0..=1000 {
+            plain(status::meaning(code));
+            plain(status::Class::of(code).map_or("invalid", |c| c.label()));
+            plain(status::lookup(code).map_or("", |i| i.retry.label()));
+        }
+        for source in [Source::Upstream, Source::Proxy, Source::Client] {
+            plain(source.label());
+        }
+    }
+
+    #[test]
+    fn prerendered_lines_match_visited_ones() {
+        let lines = Lines::default();
+        let out = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .event_format(crate::logfmt::JsonLines)
+            .with_writer(move || out.clone())
+            .finish();
+        let plain: Uri = "/v1/orders/42".parse().unwrap();
+        let query: Uri = "/a/%22b%5C?user=bob&access_token=abc&x=%E2%82%AC"
+            .parse()
+            .unwrap();
+        let absolute: Uri = "http://api.test:8080/x?page=2".parse().unwrap();
+        let ascii_id = HeaderValue::from_static("7f3a9c0e000000001234");
+        let odd_id = HeaderValue::from_bytes(b"a\"b\\c\tend").unwrap();
+        let binary_id = HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap();
+        let purge = Method::from_bytes(b"PURGE").unwrap();
+        let v4: SocketAddr = "203.0.113.77:50123".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::1]:443".parse().unwrap();
+        let base = Entry {
+            route: "orders",
+            upstream: "http://10.0.0.5:8080",
+            method: &Method::GET,
+            uri: &plain,
+            status: 200,
+            source: Source::Upstream,
+            upstream_status: None,
+            duration: Duration::from_nanos(1_056_148),
+            upstream_header: Some(Duration::from_nanos(912_000)),
+            bytes_in: 0,
+            bytes_out: 1024,
+            client: v4,
+            forwarded_for: None,
+            request_id: &ascii_id,
+            retry_after: None,
+            consumer: None,
+            resent: false,
+        };
+        let mut cases = vec![base];
+        // One case per change to the base entry.
+        macro_rules! vary {
+            (|$e:ident| $change:expr) => {{
+                let mut $e = base;
+                $change;
+                cases.push($e);
+            }};
+        }
+        vary!(|e| e.route = "r\"oute\\ \u{1} é");
+        vary!(|e| e.upstream = "");
+        vary!(|e| e.method = &purge);
+        vary!(|e| e.uri = &query);
+        vary!(|e| e.uri = &absolute);
+        vary!(|e| {
+            e.status = 502;
+            e.source = Source::Proxy;
+            e.upstream_header = None;
+        });
+        vary!(|e| {
+            e.status = 499;
+            e.source = Source::Client;
+            e.upstream_status = Some(200);
+        });
+        vary!(|e| e.status = 999);
+        vary!(|e| e.status = 429);
+        for nanos in [
+            0,
+            1,
+            10,
+            1_000_000,
+            999_999_999_999_999,
+            1_000_000_000_000_000,
+        ] {
+            vary!(|e| e.duration = Duration::from_nanos(nanos));
+        }
+        vary!(|e| e.duration = Duration::from_nanos(31_536_000_123_456_789));
+        vary!(|e| e.duration = Duration::MAX);
+        vary!(|e| e.upstream_header = Some(Duration::from_nanos(7)));
+        vary!(|e| e.bytes_in = u64::MAX);
+        vary!(|e| e.client = v6);
+        vary!(|e| e.forwarded_for = Some("198.51.100.2".parse().unwrap()));
+        vary!(|e| {
+            e.forwarded_for = Some("2001:db8::7".parse().unwrap());
+            e.client = v6;
+        });
+        vary!(|e| e.request_id = &odd_id);
+        vary!(|e| e.request_id = &binary_id);
+        for s in [0.0, 1.5, 120.0, 1e300, f64::NAN] {
+            vary!(|e| {
+                e.status = 503;
+                e.retry_after = Some(s);
+            });
+        }
+        vary!(|e| e.consumer = Some(ConsumerId(0x7f3a_09c1)));
+        vary!(|e| e.resent = true);
+        let log = AccessLog::new(LogVolume::All);
+        tracing::subscriber::with_default(subscriber, || {
+            for e in &cases {
+                let line = Line::of(e);
+                let warn = e.source == Source::Proxy && e.status >= 500;
+                // The fields visited, as any event's are...
+                line.emit(warn);
+                let visited = lines.take();
+                // ...and pre-rendered, as the access log writes them.
+                let used = crate::logfmt::PRERENDERED_USED.with(|n| n.get());
+                log.request(e);
+                let prerendered = lines.take();
+                assert_eq!(
+                    crate::logfmt::PRERENDERED_USED.with(|n| n.get()),
+                    used + 1,
+                    "the pre-rendered fields were not used"
+                );
+                assert_eq!(visited.len(), 1);
+                assert_eq!(prerendered, visited);
+            }
+            // An event of another target logged meanwhile is not given them.
+            crate::logfmt::with_prerendered(
+                TARGET,
+                |out| out.push_str(",\"x\":1"),
+                || tracing::info!(target: "statuslens::other", y = 2, "other"),
+            );
+            assert_eq!(
+                lines.take(),
+                ["\"INFO\",\"message\":\"other\",\"y\":2,\"target\":\"statuslens::other\"}"]
+            );
+        });
+    }
 
     #[test]
     fn redacts_secret_query_values() {

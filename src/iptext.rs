@@ -39,7 +39,8 @@ impl IpText {
         t
     }
 
-    /// The text.
+    /// The text (checked as UTF-8 on each call: some hundred instructions for an
+    /// address, so where it may not be needed, prefer `Display`).
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(self.as_bytes()).expect("addresses are ASCII")
     }
@@ -89,6 +90,12 @@ impl IpText {
         // The longest IPv6 socket address with a scope id is 55 bytes.
         write!(cursor, "{value}").expect("an address fits in 64 bytes");
         self.len = cursor.position() as usize;
+    }
+}
+
+impl std::fmt::Display for IpText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
