@@ -200,8 +200,9 @@ impl<'a> Line<'a> {
             out.push_str(key);
             let _ = logfmt::write_json_str(out, value);
         };
-        // Texts of statuslens' own, none with a character JSON escapes
-        // (`status_texts_need_no_escaping`): no check needed.
+        // Texts none of whose characters JSON escapes (`status_texts_need_no_escaping`,
+        // `methods_and_addresses_need_no_escaping`): statuslens' own, a method (a token)
+        // and an address. No check needed.
         let word = |out: &mut String, key: &str, value: &str| {
             out.push_str(key);
             out.push('"');
@@ -213,7 +214,7 @@ impl<'a> Line<'a> {
             out.push_str(itoa::Buffer::new().format(value));
         };
         text(out, ",\"message\":\"request\",\"route\":", self.route);
-        text(out, ",\"method\":", self.method);
+        word(out, ",\"method\":", self.method);
         text(out, ",\"path\":", &self.path);
         number(out, ",\"status\":", self.status.into());
         word(out, ",\"class\":", self.class);
@@ -231,9 +232,9 @@ impl<'a> Line<'a> {
         number(out, ",\"bytes_in\":", self.bytes_in);
         number(out, ",\"bytes_out\":", self.bytes_out);
         text(out, ",\"upstream\":", self.upstream);
-        text(out, ",\"client\":", self.client.as_str());
+        word(out, ",\"client\":", self.client.as_str());
         if let Some(via) = &self.via {
-            text(out, ",\"via\":", via.as_str());
+            word(out, ",\"via\":", via.as_str());
         }
         text(out, ",\"request_id\":", self.request_id);
         word(out, ",\"retry\":", self.retry);
@@ -420,6 +421,36 @@ mod tests {
         }
         for source in [Source::Upstream, Source::Proxy, Source::Client] {
             plain(source.label());
+        }
+    }
+
+    #[test]
+    fn methods_and_addresses_need_no_escaping() {
+        let plain = |s: &str| {
+            let mut json = String::new();
+            crate::logfmt::write_json_str(&mut json, s).unwrap();
+            assert_eq!(json, format!("\"{s}\""));
+        };
+        // A method is a token: every byte a method may hold, alone and in a longer one.
+        let mut taken = 0;
+        for b in 0..=255u8 {
+            for name in [vec![b], vec![b'X', b, b'Y']] {
+                if let Ok(m) = Method::from_bytes(&name) {
+                    plain(m.as_str());
+                    taken += 1;
+                }
+            }
+        }
+        assert!(taken > 100, "{taken} methods");
+        for addr in [
+            "203.0.113.77:50123",
+            "[2001:db8::1]:443",
+            "[fe80::1%2]:80",
+            "[::ffff:192.0.2.1]:8080",
+        ] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            plain(IpText::socket(addr).as_str());
+            plain(IpText::ip(addr.ip()).as_str());
         }
     }
 
