@@ -80,8 +80,8 @@ impl AccessLog {
         if !(wanted || proxy_error) {
             return;
         }
-        let line = Line::of(e);
         let warn = proxy_error && e.status >= 500;
+        let line = Line::of(e);
         logfmt::with_prerendered(TARGET, |out| line.write_json(out), || line.emit(warn));
     }
 }
@@ -467,6 +467,8 @@ mod tests {
             .parse()
             .unwrap();
         let absolute: Uri = "http://api.test:8080/x?page=2".parse().unwrap();
+        // http takes a raw `"` and `\` in a path, a `\` in a query: the log escapes them.
+        let raw: Uri = "/a/\"b\\c?q=x\\y&token=s\\".parse().unwrap();
         let ascii_id = HeaderValue::from_static("7f3a9c0e000000001234");
         let odd_id = HeaderValue::from_bytes(b"a\"b\\c\tend").unwrap();
         let binary_id = HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap();
@@ -506,6 +508,7 @@ mod tests {
         vary!(|e| e.method = &purge);
         vary!(|e| e.uri = &query);
         vary!(|e| e.uri = &absolute);
+        vary!(|e| e.uri = &raw);
         vary!(|e| {
             e.status = 502;
             e.source = Source::Proxy;
@@ -532,6 +535,8 @@ mod tests {
         vary!(|e| e.duration = Duration::MAX);
         vary!(|e| e.upstream_header = Some(Duration::from_nanos(7)));
         vary!(|e| e.bytes_in = u64::MAX);
+        vary!(|e| e.bytes_out = u64::MAX);
+        vary!(|e| e.upstream_header = Some(Duration::from_nanos(1_000_000_000_000_000)));
         vary!(|e| e.client = v6);
         vary!(|e| e.forwarded_for = Some("198.51.100.2".parse().unwrap()));
         vary!(|e| {
@@ -540,7 +545,7 @@ mod tests {
         });
         vary!(|e| e.request_id = &odd_id);
         vary!(|e| e.request_id = &binary_id);
-        for s in [0.0, 1.5, 120.0, 1e300, f64::NAN] {
+        for s in [0.0, -0.0, -1.5, 1.5, 120.0, 1e300, f64::INFINITY, f64::NAN] {
             vary!(|e| {
                 e.status = 503;
                 e.retry_after = Some(s);

@@ -92,8 +92,14 @@ thread_local! {
 ///
 /// Why: a field visited costs a virtual call, a key written from a `&str` of unknown
 /// length, and a check for escapes; written from typed values, the keys are constants
-/// and most values need no check. Where the formatter is not in use, or the event is
-/// logged while another is being written, the fields are visited as always.
+/// and most values need no check. Where the formatter is not in use, or `render`
+/// itself logs a pre-rendered event, the fields are visited as always.
+///
+/// The fields are rendered before `emit` learns whether the subscriber wants the event,
+/// so one it filters out (`RUST_LOG=statuslens::access=off`) costs the rendering still:
+/// asking first (`tracing::enabled!`) cost every line 100–270 instructions (callgrind).
+/// Not worth it to spare a setting the access log has its own switch for:
+/// `access_log.volume` skips both.
 pub fn with_prerendered<R>(
     target: &'static str,
     render: impl FnOnce(&mut String),
@@ -102,7 +108,9 @@ pub fn with_prerendered<R>(
     if !IN_USE.load(Ordering::Relaxed) {
         return emit();
     }
-    let ready = PRERENDERED.with(|p| match p.try_borrow_mut() {
+    // `try_with`: the last requests of a thread can be logged while its thread-locals
+    // are being torn down (an exchange dropped then); those lines are visited.
+    let ready = PRERENDERED.try_with(|p| match p.try_borrow_mut() {
         Ok(mut p) => {
             p.text.clear();
             // Room for a usual line from the start, so that one a few digits longer
@@ -112,8 +120,10 @@ pub fn with_prerendered<R>(
             p.target = Some(target);
             true
         }
+        // Only from inside `render` (it logged a pre-rendered event of its own).
         Err(_) => false,
     });
+    let ready = ready.unwrap_or(false);
     // Withdrawn however `emit` ends: no later event may take these fields.
     struct Withdraw(bool);
     impl Drop for Withdraw {
@@ -121,7 +131,7 @@ pub fn with_prerendered<R>(
             if !self.0 {
                 return;
             }
-            PRERENDERED.with(|p| {
+            let _ = PRERENDERED.try_with(|p| {
                 if let Ok(mut p) = p.try_borrow_mut() {
                     p.target = None;
                     if p.text.capacity() > MAX_KEPT_LINE {
@@ -135,17 +145,19 @@ pub fn with_prerendered<R>(
     emit()
 }
 
-/// Appends the fields pre-rendered for `event`, if there are.
+/// Appends the fields pre-rendered for `event`, if any.
 fn take_prerendered(out: &mut String, event: &Event<'_>) -> bool {
-    PRERENDERED.with(|p| match p.try_borrow() {
-        Ok(p) if p.target.is_some_and(|t| t == event.metadata().target()) => {
-            out.push_str(&p.text);
-            #[cfg(test)]
-            PRERENDERED_USED.with(|n| n.set(n.get() + 1));
-            true
-        }
-        _ => false,
-    })
+    PRERENDERED
+        .try_with(|p| match p.try_borrow() {
+            Ok(p) if p.target.is_some_and(|t| t == event.metadata().target()) => {
+                out.push_str(&p.text);
+                #[cfg(test)]
+                PRERENDERED_USED.with(|n| n.set(n.get() + 1));
+                true
+            }
+            _ => false,
+        })
+        .unwrap_or(false)
 }
 
 #[cfg(test)]
