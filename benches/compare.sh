@@ -77,6 +77,8 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
 fi
 BIN=$ROOT/target/release/statuslens
 [ -x "$BIN" ] || die "$BIN not built"
+# What was built, taken now: sources edited while the run goes on are not in the binary.
+BUILT_FROM="$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo ' + uncommitted changes in src/')"
 command -v curl >/dev/null 2>&1 || die "curl is needed for the sanity checks"
 
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -567,7 +569,7 @@ REPORT=$WORK/report.md
 {
     echo "# statuslens benchmark: results"
     echo
-    echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'); statuslens $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo ' + uncommitted changes in src/')"
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'); statuslens $BUILT_FROM"
     echo "- command: \`$CMDLINE\`"
     echo "- machine: $(nproc) CPUs, $(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo), $(uname -sr); client, proxies and upstream share the CPUs (no pinning)"
     echo "- versions: $(nginx -v 2>&1), $(haproxy -v | head -n1 | awk '{print $1, $2, $3}'), $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}'), $(h2load --version 2>&1 | head -n1)"
