@@ -407,36 +407,33 @@ mod tests {
         }
     }
 
+    /// Fails unless `s` is written as a JSON string unchanged.
+    fn unescaped(s: &str) {
+        let mut json = String::new();
+        crate::logfmt::write_json_str(&mut json, s).unwrap();
+        assert_eq!(json, format!("\"{s}\""));
+    }
+
     #[test]
     fn status_texts_need_no_escaping() {
-        let plain = |s: &str| {
-            let mut json = String::new();
-            crate::logfmt::write_json_str(&mut json, s).unwrap();
-            assert_eq!(json, format!("\"{s}\""));
-        };
         for code in 0..=1000 {
-            plain(status::meaning(code));
-            plain(status::Class::of(code).map_or("invalid", |c| c.label()));
-            plain(status::lookup(code).map_or("", |i| i.retry.label()));
+            unescaped(status::meaning(code));
+            unescaped(status::Class::of(code).map_or("invalid", |c| c.label()));
+            unescaped(status::lookup(code).map_or("", |i| i.retry.label()));
         }
         for source in [Source::Upstream, Source::Proxy, Source::Client] {
-            plain(source.label());
+            unescaped(source.label());
         }
     }
 
     #[test]
     fn methods_and_addresses_need_no_escaping() {
-        let plain = |s: &str| {
-            let mut json = String::new();
-            crate::logfmt::write_json_str(&mut json, s).unwrap();
-            assert_eq!(json, format!("\"{s}\""));
-        };
         // A method is a token: every byte a method may hold, alone and in a longer one.
         let mut taken = 0;
         for b in 0..=255u8 {
             for name in [vec![b], vec![b'X', b, b'Y']] {
                 if let Ok(m) = Method::from_bytes(&name) {
-                    plain(m.as_str());
+                    unescaped(m.as_str());
                     taken += 1;
                 }
             }
@@ -449,8 +446,8 @@ mod tests {
             "[::ffff:192.0.2.1]:8080",
         ] {
             let addr: SocketAddr = addr.parse().unwrap();
-            plain(IpText::socket(addr).as_str());
-            plain(IpText::ip(addr.ip()).as_str());
+            unescaped(IpText::socket(addr).as_str());
+            unescaped(IpText::ip(addr.ip()).as_str());
         }
     }
 

@@ -395,17 +395,12 @@ fn write_rfc3339_micros(w: &mut impl Write, secs: u64, micros: u32) -> fmt::Resu
         }
         w.write_str(&cached.1)
     })?;
-    // Six digits, zero-padded, without the formatting machinery.
-    let mut digits = [b'0'; 6];
-    let mut v = micros.min(999_999);
-    for d in digits.iter_mut().rev() {
-        *d = b'0' + (v % 10) as u8;
-        v /= 10;
-    }
+    // Six digits, zero-padded, without the formatting machinery: itoa writes a leading
+    // 1 above them, which is cut off (one slice copy, not six char pushes).
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(1_000_000 + micros.min(999_999));
     w.write_char('.')?;
-    digits
-        .iter()
-        .try_for_each(|&d| w.write_char(char::from(d)))?;
+    w.write_str(&digits[1..])?;
     w.write_char('Z')
 }
 
