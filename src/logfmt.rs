@@ -243,11 +243,11 @@ impl Visit for JsonVisitor<'_> {
 
 /// Writes `value` as `Display` would (JSON has no NaN or infinity: those are `null`).
 ///
-/// The access log's numbers (milliseconds from whole nanoseconds, seconds) have at most
-/// six decimals; those are written with integer arithmetic, skipping the shortest-digits
-/// search of float formatting. Below 1e9 two six-decimal numbers are further apart than
-/// two floats, so the six-decimal one that round-trips is the shortest: what `Display`
-/// writes, digit for digit (the unit test compares).
+/// Numbers with at most six decimals (seconds from `Retry-After`, milliseconds) are
+/// written with integer arithmetic, skipping the shortest-digits search of float
+/// formatting. Below 1e9 two six-decimal numbers are further apart than two floats, so
+/// the six-decimal one that round-trips is the shortest: what `Display` writes, digit for
+/// digit (the unit test compares).
 pub(crate) fn write_f64(w: &mut impl Write, value: f64) -> fmt::Result {
     if !value.is_finite() {
         return w.write_str("null");
@@ -256,51 +256,36 @@ pub(crate) fn write_f64(w: &mut impl Write, value: f64) -> fmt::Result {
     if value.abs() >= 1e9 || scaled / 1e6 != value {
         return write!(w, "{value}");
     }
-    let micros = scaled.abs() as u64;
     if value.is_sign_negative() {
         w.write_char('-')?;
     }
-    w.write_str(itoa::Buffer::new().format(micros / 1_000_000))?;
-    let mut fraction = micros % 1_000_000;
-    if fraction == 0 {
-        return Ok(());
-    }
-    let mut digits = 6;
-    while fraction % 10 == 0 {
-        fraction /= 10;
-        digits -= 1;
-    }
-    let mut text = [b'0'; 7];
-    text[0] = b'.';
-    for d in text[1..=digits].iter_mut().rev() {
-        *d = b'0' + (fraction % 10) as u8;
-        fraction /= 10;
-    }
-    text[..=digits]
-        .iter()
-        .try_for_each(|&d| w.write_char(char::from(d)))
+    write_millionths(w, scaled.abs() as u64)
 }
 
 /// Writes `nanos` in milliseconds, as [`write_f64`] writes `nanos as f64 / 1e6` (the
-/// access log's durations), without the float: six decimals at most, trailing zeros
-/// dropped. From 10^15 ns on (11 days), `write_f64` itself.
+/// access log's durations), without the float. From 10^15 ns on (11 days), `write_f64`
+/// itself.
 pub(crate) fn write_millis(out: &mut String, nanos: u128) {
-    if nanos >= 1_000_000_000_000_000 {
-        let _ = write_f64(out, nanos as f64 / 1e6);
-        return;
-    }
-    // The nanoseconds' digits, cut into whole and fractional milliseconds: a few slice
-    // copies, where pushing digit by digit was half this function's cost.
-    let nanos = nanos as u64;
+    let _ = match u64::try_from(nanos) {
+        Ok(n) if n < 1_000_000_000_000_000 => write_millionths(out, n),
+        _ => write_f64(out, nanos as f64 / 1e6),
+    };
+}
+
+/// Writes `n` millionths as a decimal: six decimals at most, trailing zeros dropped.
+/// The digits are written once and cut in two: a few slice copies, where pushing them
+/// one by one was half the cost.
+fn write_millionths(w: &mut impl Write, n: u64) -> fmt::Result {
     let mut buf = itoa::Buffer::new();
-    let digits = buf.format(nanos);
+    let digits = buf.format(n);
     let (whole, fraction) = digits.split_at(digits.len().saturating_sub(6));
-    out.push_str(if whole.is_empty() { "0" } else { whole });
-    if nanos % 1_000_000 != 0 {
-        out.push('.');
-        out.push_str(&"00000"[..6 - fraction.len()]);
-        out.push_str(fraction.trim_end_matches('0'));
+    w.write_str(if whole.is_empty() { "0" } else { whole })?;
+    if n % 1_000_000 == 0 {
+        return Ok(());
     }
+    w.write_char('.')?;
+    w.write_str(&"00000"[..6 - fraction.len()])?;
+    w.write_str(fraction.trim_end_matches('0'))
 }
 
 /// Writes `s` as a JSON string literal.
