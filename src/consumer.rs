@@ -439,6 +439,7 @@ pub fn attribution(top: &TopK, what: &str, threshold: f64) -> Option<(ConsumerId
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testrng::splitmix64 as rng;
     use http::{HeaderName, HeaderValue};
     use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -569,18 +570,6 @@ mod tests {
             assert_eq!(id(&not_jwt), None, "{not_jwt}");
         }
         assert_eq!(sub.identify(&HeaderMap::new(), IP), None);
-    }
-
-    /// SplitMix64, so the tests are reproducible without a dependency.
-    fn rng(seed: u64) -> impl FnMut() -> u64 {
-        let mut s = seed;
-        move || {
-            s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
     }
 
     #[test]

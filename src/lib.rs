@@ -99,5 +99,7 @@ pub mod reuse;
 pub mod route;
 pub mod server;
 pub mod status;
+#[cfg(test)]
+mod testrng;
 pub mod tls;
 pub mod trusted;

@@ -392,6 +392,7 @@ fn write_rfc3339_micros(w: &mut impl Write, secs: u64, micros: u32) -> fmt::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testrng::splitmix64;
     use std::time::Duration;
 
     #[test]
@@ -458,11 +459,7 @@ mod tests {
             1.0 / 3.0,
         ];
         // Milliseconds as the access log computes them, from whole nanoseconds.
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        for _ in 0..200_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+        for x in std::iter::repeat_with(splitmix64(1)).take(200_000) {
             let nanos = x % [1_000, 1_000_000, 1_000_000_000, 100_000_000_000][(x % 4) as usize];
             values.push(nanos as f64 / 1e6);
             values.push(f64::from_bits(x));
@@ -496,11 +493,7 @@ mod tests {
             u128::from(u64::MAX),
             Duration::MAX.as_nanos(),
         ];
-        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-        for _ in 0..200_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+        for x in std::iter::repeat_with(splitmix64(2)).take(200_000) {
             let scale =
                 [1_000, 1_000_000, 1_000_000_000, 10u64.pow(15), u64::MAX][(x % 5) as usize];
             nanos.push(u128::from(x % scale));
