@@ -503,6 +503,10 @@ pub struct RouteConfig {
     pub host_header: HostHeader,
     /// Extra CA certificates (PEM) trusted for an https upstream, besides the system's.
     pub ca_file: Option<PathBuf>,
+    /// The TLS client configuration for an https upstream (the system's roots and
+    /// `ca_file`'s), built when the file is loaded: a certificate the root store rejects
+    /// is this field's config error, not a start-up or reload failure after it.
+    pub upstream_tls: std::sync::Arc<rustls::ClientConfig>,
     /// How this route identifies consumers for spike attribution, if it does.
     pub consumer: Option<crate::consumer::IdentitySource>,
     /// Detector thresholds per signal, in `Config::signals` order, overrides applied.
@@ -910,6 +914,7 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
             max_in_flight: None,
             host_header: zero_config_host,
             ca_file: None,
+            upstream_tls: crate::tls::system_client_config(),
             consumer: None,
             detectors: signals.iter().map(|s| s.detector.clone()).collect(),
         });
@@ -1024,17 +1029,15 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
                 )
             })?),
         };
-        if let Some(path) = &r.ca_file {
-            if scheme != Scheme::HTTPS {
-                return Err(field_err(
-                    origin,
-                    at("ca_file"),
-                    "only applies to an https:// upstream",
-                ));
-            }
-            crate::tls::read_ca_file(path)
-                .map_err(|e| field_err(origin, at("ca_file"), e.to_string()))?;
+        if r.ca_file.is_some() && scheme != Scheme::HTTPS {
+            return Err(field_err(
+                origin,
+                at("ca_file"),
+                "only applies to an https:// upstream",
+            ));
         }
+        let upstream_tls = crate::tls::client_config(r.ca_file.as_deref())
+            .map_err(|e| field_err(origin, at("ca_file"), e.to_string()))?;
         let ca_file = r.ca_file.clone();
         let mut detectors = Vec::with_capacity(signals.len());
         for s in &signals {
@@ -1061,6 +1064,7 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
             detectors,
             consumer,
             ca_file,
+            upstream_tls,
             name: r.name,
             host,
             path_prefix,

@@ -159,11 +159,7 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 
 impl Proxy {
     /// Builds the route table and one upstream client per route.
-    pub fn new(
-        config: &Config,
-        observer: Arc<Observer>,
-        draining: Arc<AtomicBool>,
-    ) -> Result<Proxy, crate::tls::TlsError> {
+    pub fn new(config: &Config, observer: Arc<Observer>, draining: Arc<AtomicBool>) -> Proxy {
         // Consumer ids are salted per process, so they cannot be linked across restarts
         // or reversed with a dictionary by someone who only sees the ids.
         let salt = random_salt();
@@ -179,7 +175,7 @@ impl Proxy {
                 connector.set_connect_timeout(Some(r.connect_timeout));
                 connector.set_nodelay(true);
                 connector.set_keepalive(Some(Duration::from_secs(60)));
-                let tls = (*crate::tls::client_config(r.ca_file.as_deref())?).clone();
+                let tls = (*r.upstream_tls).clone();
                 let clients = (0..config.proxy.workers)
                     .map(|_| {
                         Client::builder(TokioExecutor::new())
@@ -199,7 +195,7 @@ impl Proxy {
                             ))
                     })
                     .collect();
-                Ok(Upstream {
+                Upstream {
                     cfg: r.clone(),
                     clients,
                     identifier: r.consumer.clone().map(|src| Identifier::new(src, salt)),
@@ -208,16 +204,16 @@ impl Proxy {
                         .fast_path
                         .then(|| FastRoute::new(r, config.proxy.workers, opened))
                         .flatten(),
-                })
+                }
             })
-            .collect::<Result<_, crate::tls::TlsError>>()?;
-        Ok(Proxy {
+            .collect();
+        Proxy {
             router: Router::new(&config.routes),
             upstreams,
             limits: config.proxy.clone(),
             observer,
             draining,
-        })
+        }
     }
 
     /// The observer this proxy reports to.

@@ -22,7 +22,6 @@ use crate::detect::{webhook::Webhook, Detection, SpikeFamilies};
 use crate::forward::Proxy;
 use crate::metrics::{Families, Metrics};
 use crate::observe::Observer;
-use crate::tls::TlsError;
 
 /// Process-wide state that every generation shares.
 pub struct Shared {
@@ -126,11 +125,7 @@ pub struct Generation {
 
 impl Generation {
     /// Builds a generation; with `previous`, detectors that did not change carry over.
-    pub fn build(
-        config: Config,
-        shared: &Shared,
-        previous: Option<&Generation>,
-    ) -> Result<Generation, TlsError> {
+    pub fn build(config: Config, shared: &Shared, previous: Option<&Generation>) -> Generation {
         let route_names: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
         let metrics = Arc::new(Metrics::with_families(
             shared.families.clone(),
@@ -172,12 +167,12 @@ impl Generation {
                 .map(|_| [AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)])
                 .collect(),
         });
-        let proxy = Arc::new(Proxy::new(&config, observer, shared.draining.clone())?);
-        Ok(Generation {
+        let proxy = Arc::new(Proxy::new(&config, observer, shared.draining.clone()));
+        Generation {
             config,
             proxy,
             detection,
-        })
+        }
     }
 }
 
@@ -199,7 +194,7 @@ pub struct Live {
 
 impl Live {
     /// The first generation.
-    pub fn new(config: Config, source: Option<(PathBuf, Overrides)>) -> Result<Live, TlsError> {
+    pub fn new(config: Config, source: Option<(PathBuf, Overrides)>) -> Live {
         let families = Families::new();
         let spikes = SpikeFamilies::register(families.registry());
         let webhook = config
@@ -216,14 +211,14 @@ impl Live {
             draining: Arc::default(),
             loads,
         };
-        let first = Generation::build(config, &shared, None)?;
-        Ok(Live {
+        let first = Generation::build(config, &shared, None);
+        Live {
             current: ArcSwap::from_pointee(first),
             shared,
             source,
             detecting: std::sync::Mutex::new(()),
             reloading: std::sync::Mutex::new(()),
-        })
+        }
     }
 
     /// The current generation; hold it for the whole request.
@@ -293,8 +288,7 @@ impl Live {
         let _detecting = self.detecting.lock().unwrap_or_else(|e| e.into_inner());
         // Reloads are serialised here: build on whatever is current now.
         let old = self.load();
-        let next = Generation::build(config, &self.shared, Some(&old))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let next = Generation::build(config, &self.shared, Some(&old));
         self.current.store(Arc::new(next));
         Ok(routes)
     }

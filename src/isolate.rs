@@ -178,7 +178,7 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        let live = Live::new(config, None).unwrap();
+        let live = Live::new(config, None);
         let observer = live.load().proxy.observer().clone();
         observer
     }

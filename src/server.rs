@@ -38,9 +38,6 @@ pub enum RunError {
         /// Why.
         source: std::io::Error,
     },
-    /// An upstream's TLS settings could not be loaded.
-    #[error("upstream TLS: {0}")]
-    Tls(#[from] crate::tls::TlsError),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -85,7 +82,7 @@ pub async fn serve(
     ready: Option<tokio::sync::oneshot::Sender<Bound>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let live = Arc::new(Live::new(config.clone(), source)?);
+    let live = Arc::new(Live::new(config.clone(), source));
 
     let proxy_listeners = bind_proxy(config.proxy.listen, config.proxy.workers)?;
     let admin_addr = config.admin_listen;

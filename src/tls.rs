@@ -68,6 +68,22 @@ fn system_roots() -> &'static [CertificateDer<'static>] {
 
 /// A client configuration trusting the system roots and, if given, the CAs in `ca_file`.
 pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
+    match ca_file {
+        None => Ok(system_client_config()),
+        Some(path) => build_client_config(Some(path)),
+    }
+}
+
+/// The client configuration trusting the system roots alone, which every route without a
+/// CA file shares (the store is built once, not once per route and reload).
+pub fn system_client_config() -> Arc<ClientConfig> {
+    static SYSTEM_ONLY: OnceLock<Arc<ClientConfig>> = OnceLock::new();
+    SYSTEM_ONLY
+        .get_or_init(|| build_client_config(None).expect("no CA file to read"))
+        .clone()
+}
+
+fn build_client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
     let mut roots = RootCertStore::empty();
     // Some system stores carry a certificate rustls cannot parse; skip those alone.
     let _ = roots.add_parsable_certificates(system_roots().iter().cloned());

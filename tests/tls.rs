@@ -148,27 +148,42 @@ async fn https_upstream_with_a_custom_ca() {
 
 #[test]
 fn bad_ca_file_is_a_config_error_naming_the_field() {
-    let cfg = write_config("");
-    let ca = cfg.with_file_name("not-a-ca.pem");
-    std::fs::write(&ca, "hello").unwrap();
-    std::fs::write(
-        &cfg,
-        format!(
-            "[[routes]]\nname = \"s\"\nupstream = \"https://localhost:1\"\nca_file = \"{}\"\n",
-            ca.display()
+    // No PEM block at all; and a PEM block whose DER no root store takes, which only
+    // building the trust store finds: `check` must refuse it as `run` would.
+    for (contents, why) in [
+        ("hello", "no PEM certificate"),
+        (
+            "-----BEGIN CERTIFICATE-----\naGVsbG8=\n-----END CERTIFICATE-----\n",
+            "certificate rejected",
         ),
-    )
-    .unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["check", "--config", cfg.to_str().unwrap()])
-        .output()
+    ] {
+        let cfg = write_config("");
+        let ca = cfg.with_file_name("not-a-ca.pem");
+        std::fs::write(&ca, contents).unwrap();
+        std::fs::write(
+            &cfg,
+            format!(
+                "[[routes]]\nname = \"s\"\nupstream = \"https://localhost:1\"\nca_file = \"{}\"\n",
+                ca.display()
+            ),
+        )
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("routes[0].ca_file") && err.contains("not-a-ca.pem"),
-        "{err}"
-    );
+        for command in ["check", "run"] {
+            let out = std::process::Command::new(bin())
+                .args([command, "--config", cfg.to_str().unwrap()])
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{command}: {err}");
+            assert!(
+                err.contains("routes[0].ca_file")
+                    && err.contains("not-a-ca.pem")
+                    && err.contains(why),
+                "{command}: {err}"
+            );
+        }
+    }
 }
 
 /// Starts statuslens with a TLS listener (the server certificate of `pki`), the
