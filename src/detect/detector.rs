@@ -40,7 +40,9 @@
 //!   tail, so the test is conservative.
 //! * **End (hysteresis).** While active, the spike counts as "still elevated"
 //!   if any window up to `max(1 min, firing window)` is significantly
-//!   (one-sided 1 %) above *half* the firing threshold. It ends once it has not
+//!   (one-sided 1 %) above *half* the firing threshold (for a threshold under
+//!   3·p_ref, a quarter of the way from p_ref to it: half would be at or below
+//!   the baseline, and normal traffic would never let the spike end). It ends once it has not
 //!   been elevated for `clear_after_secs` consecutive seconds. After the end,
 //!   windows only count seconds from the end on, so the spike's own data
 //!   cannot start the next one. Each spike that starts within 10 minutes of
@@ -584,7 +586,14 @@ impl Detector {
                 continue;
             }
             let p0 = baseline.ratio(&self.config);
-            return Some(self.start(w, n, k, ratio, p0, threshold));
+            // The spike lasts while traffic is significantly above half the threshold:
+            // well under the firing level, so one dip does not end it. But half of a
+            // threshold below 3 × p_ref (capped for a high baseline, or a small
+            // `min_factor`) lies at or under the baseline itself, where normal traffic
+            // would keep it elevated for ever; there a quarter of the way from the
+            // baseline to the threshold, which is where half lands at exactly 3 × p_ref.
+            let clear_ratio = (threshold / 2.0).max(p_ref + (threshold - p_ref) / 4.0);
+            return Some(self.start(w, n, k, ratio, p0, clear_ratio));
         }
         None
     }
@@ -596,7 +605,7 @@ impl Detector {
         k: u64,
         ratio: f64,
         p0: f64,
-        threshold: f64,
+        clear_ratio: f64,
     ) -> Transition {
         let t = self.cur_t;
         let flapping = self
@@ -626,7 +635,7 @@ impl Detector {
             base_n,
             base_k,
             clear_window: window_secs.max(CLEAR_MIN_WINDOW),
-            clear_ratio: threshold / 2.0,
+            clear_ratio,
             clear_needed: self
                 .config
                 .clear_after_secs
@@ -961,6 +970,31 @@ mod tests {
         let trs = run(&mut d, &mut rng, T0 + 1800, T0 + 1830, 100.0, 1.0);
         assert_eq!(starts(&trs).len(), 1, "{trs:?}");
         assert!(starts(&trs)[0] <= T0 + 1810, "{trs:?}");
+        // ...and ends once the route is back to its normal 35%, busier now: half of
+        // that capped threshold (~34%) lies just under the normal, which 1,000 req/s
+        // would show as significantly elevated for ever.
+        let trs = run(&mut d, &mut rng, T0 + 1830, T0 + 1830 + 600, 1000.0, 0.35);
+        assert_eq!(ends(&trs).len(), 1, "{trs:?}");
+        assert!(starts(&trs).is_empty(), "{trs:?}");
+        assert!(!d.is_active());
+    }
+
+    #[test]
+    fn a_spike_over_a_half_error_normal_ends_when_it_does() {
+        // 50% 401s is this route's normal (a client retrying with a stale token
+        // beside a working one), learnt for 30 minutes at 10 req/s.
+        let mut rng = Rng::new(21);
+        let mut d = Detector::new(DetectorConfig {
+            prior_ratio: 0.5,
+            ..Default::default()
+        });
+        assert!(run(&mut d, &mut rng, T0, T0 + 1800, 10.0, 0.5).is_empty());
+        let trs = run(&mut d, &mut rng, T0 + 1800, T0 + 1860, 10.0, 1.0);
+        assert_eq!(starts(&trs).len(), 1, "{trs:?}");
+        let trs = run(&mut d, &mut rng, T0 + 1860, T0 + 1860 + 600, 10.0, 0.5);
+        assert_eq!(ends(&trs).len(), 1, "{trs:?}");
+        assert!(ends(&trs)[0] < T0 + 1860 + 300, "{trs:?}");
+        assert!(!d.is_active());
     }
 
     #[test]
