@@ -409,8 +409,10 @@ fn plan(proxy: &Arc<Proxy>, c: &mut Client) -> Option<Planned> {
         Some(h) => Some(std::str::from_utf8(h).ok()?),
         None => None,
     };
-    let path = target.split('?').next().unwrap_or(target);
-    let route = proxy.find_route(host_str, path);
+    // Routed by the path the upstream will read: the `Uri`'s, which a fragment (no
+    // part of a request target, RFC 9112 §3.2) does not reach, as on hyper's path.
+    let uri = Uri::from_maybe_shared(Bytes::copy_from_slice(target.as_bytes())).ok()?;
+    let route = proxy.find_route(host_str, uri.path());
     let observer = proxy.observer();
     let unmatched = route == observer.metrics.unmatched();
     let forwarding = proxy.fast_route(route);
@@ -435,7 +437,6 @@ fn plan(proxy: &Arc<Proxy>, c: &mut Client) -> Option<Planned> {
             return None;
         }
     }
-    let uri = Uri::from_maybe_shared(Bytes::copy_from_slice(target.as_bytes())).ok()?;
     let method = Method::from_bytes(method.as_bytes()).ok()?;
     let request_id = match request_id {
         Some(v) if forward::keeps_request_id(v) => HeaderValue::from_bytes(v).ok()?,
