@@ -53,10 +53,19 @@ pub struct Arrival {
     /// The connection's requests in progress (see `idle`), for a body read to its end
     /// after the response (see `observe::Discard`): given only with an HTTP/1.1 body.
     pub activity: Option<Arc<crate::idle::Activity>>,
-    /// For a request that asks to upgrade: the connection's place in the open-connection
-    /// count and in a drain's wait, which its tunnel keeps after hyper lets go of the
-    /// connection.
-    pub connection: Option<Hold>,
+    /// For a request that asks to upgrade: what its tunnel takes of the connection.
+    pub connection: Option<Upgradable>,
+}
+
+/// What a request that asks to upgrade carries of its connection.
+#[derive(Debug, Clone)]
+pub struct Upgradable {
+    /// The connection's place in the open-connection count and in a drain's wait, which
+    /// its tunnel keeps after hyper lets go of the connection.
+    pub hold: Hold,
+    /// The connection's framing watcher, stopped when the upgrade is agreed: what
+    /// follows the 101 is the tunnel's, not requests.
+    pub framing: Arc<crate::framing::Framing>,
 }
 
 /// Something whose drop ends a count and a drain's wait (see [`Arrival::connection`]).
@@ -66,7 +75,7 @@ pub type Hold = Arc<dyn std::any::Any + Send + Sync>;
 /// connection's count (and a drain's wait for it), kept open as long as the tunnel is.
 struct ClientUpgrade {
     on: hyper::upgrade::OnUpgrade,
-    hold: Option<Hold>,
+    connection: Option<Upgradable>,
 }
 
 /// A request sent over a fast pool, as its wait for the response needs it.
@@ -388,7 +397,7 @@ impl Proxy {
         let upgrade = is_upgrade(req.headers()) && client_version == Version::HTTP_11;
         let client_upgrade = upgrade.then(|| ClientUpgrade {
             on: hyper::upgrade::on(&mut req),
-            hold: connection,
+            connection,
         });
         let (mut parts, body) = req.into_parts();
         // The host the request was routed by (and X-Forwarded-Host names): a target in
@@ -574,6 +583,9 @@ impl Proxy {
         self.note_response(route, &mut ex, resp.status(), resp.headers());
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
+                if let Some(c) = &client_upgrade.connection {
+                    c.framing.tunnelled();
+                }
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
                 tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
                 let (parts, _) = resp.into_parts();
@@ -836,7 +848,7 @@ fn local(mut ex: Exchange, status: StatusCode, body: &'static str) -> Response<O
 async fn tunnel(client: ClientUpgrade, upstream: hyper::upgrade::OnUpgrade) {
     let ClientUpgrade {
         on: client,
-        hold: _open,
+        connection: _open,
     } = client;
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,

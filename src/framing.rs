@@ -10,8 +10,11 @@
 //! the first defective head in [`Framing`]; the service asks
 //! [`Framing::next_request_defect`] for each request it receives.
 //!
-//! The watcher only ever fails open: on HTTP/2, upgrades, CONNECT or anything it does
-//! not follow it stops watching, and hyper's own (RFC-conformant) handling applies.
+//! The watcher only ever fails open: on HTTP/2, CONNECT or anything it does not follow
+//! it stops watching, and hyper's own (RFC-conformant) handling applies. A request that
+//! asks to upgrade does not stop it: only an upgrade the proxy agrees to
+//! ([`Framing::tunnelled`]) does, since a refused one leaves the connection carrying
+//! requests.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -57,6 +60,8 @@ pub struct Framing {
     requests: AtomicU64,
     /// Bytes of a request head that has not ended yet have been read.
     mid_head: AtomicBool,
+    /// The connection became a tunnel: nothing more to follow.
+    tunnelled: AtomicBool,
 }
 
 impl Default for Framing {
@@ -66,6 +71,7 @@ impl Default for Framing {
             defect: AtomicU8::new(0),
             requests: AtomicU64::new(0),
             mid_head: AtomicBool::new(false),
+            tunnelled: AtomicBool::new(false),
         }
     }
 }
@@ -92,6 +98,12 @@ impl Framing {
     /// False once the watcher stopped following the connection.
     pub fn mid_head(&self) -> bool {
         self.mid_head.load(Ordering::Relaxed)
+    }
+
+    /// The proxy agreed to the connection's upgrade (its 101 is on the way): what the
+    /// client sends from now on is the tunnel's, not requests to follow.
+    pub fn tunnelled(&self) {
+        self.tunnelled.store(true, Ordering::Relaxed);
     }
 
     fn record(&self, index: u64, defect: Defect) {
@@ -139,6 +151,9 @@ struct Scanner {
     bare_lf: bool,
     heads: u64,
     content_length: Option<u64>,
+    /// The head has a `Content-Length` line hyper would refuse (not one decimal, or one
+    /// differing from an earlier line).
+    bad_length: bool,
     transfer_encoding: bool,
     stop_after_head: bool,
 }
@@ -154,6 +169,7 @@ impl Scanner {
             bare_lf: false,
             heads: 0,
             content_length: None,
+            bad_length: false,
             transfer_encoding: false,
             stop_after_head: false,
         }
@@ -272,12 +288,13 @@ impl Scanner {
                         Some(n) if self.content_length.map_or(true, |c| c == n) => {
                             self.content_length = Some(n)
                         }
-                        _ => self.state = State::Off,
+                        // Kept to the head's end: beside Transfer-Encoding it is still
+                        // two framings (hyper skips a length after Transfer-Encoding
+                        // without reading it).
+                        _ => self.bad_length = true,
                     }
                 } else if value(b"transfer-encoding").is_some() {
                     self.transfer_encoding = true;
-                } else if value(b"upgrade").is_some() {
-                    self.stop_after_head = true;
                 }
             }
             State::ChunkSize => {
@@ -305,8 +322,9 @@ impl Scanner {
         let index = self.heads;
         self.heads += 1;
         let cl = self.content_length.take();
+        let bad_length = std::mem::take(&mut self.bad_length);
         let te = std::mem::take(&mut self.transfer_encoding);
-        let defect = if cl.is_some() && te {
+        let defect = if (cl.is_some() || bad_length) && te {
             Some(Defect::LengthAndChunked)
         } else if std::mem::take(&mut self.bare_lf) {
             Some(Defect::BareLf)
@@ -318,7 +336,8 @@ impl Scanner {
             self.state = State::Off;
             return Some((index, defect));
         }
-        self.state = if std::mem::take(&mut self.stop_after_head) {
+        // A bad length alone: hyper answers 400 and closes; nothing after it to follow.
+        self.state = if std::mem::take(&mut self.stop_after_head) || bad_length {
             State::Off
         } else if te {
             State::ChunkSize
@@ -390,6 +409,11 @@ impl<S: AsyncRead> AsyncRead for Watched<S> {
         let this = self.project();
         let before = buf.filled().len();
         let polled = this.inner.poll_read(cx, buf);
+        // Set before the 101 went out, so a tunnel's first bytes are never followed.
+        if this.framing.tunnelled.load(Ordering::Relaxed) {
+            this.scanner.state = State::Off;
+            this.framing.mid_head.store(false, Ordering::Relaxed);
+        }
         if !this.scanner.off() {
             if let Some((index, defect)) = this.scanner.feed(&buf.filled()[before..]) {
                 this.framing.record(index, defect);
@@ -436,10 +460,60 @@ mod tests {
             &b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
             b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length:5\r\nHost: x\r\n\r\n",
             b"POST / HTTP/1.1\nTRANSFER-ENCODING: chunked\nCONTENT-LENGTH: 0\n\n",
+            // Lengths hyper would refuse, or (after Transfer-Encoding) skips unread.
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5, 5\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n",
         ] {
             let found = Some((0, Defect::LengthAndChunked));
             assert_eq!(every_split(head), (found, State::Off));
         }
+        // A length line longer than the kept prefix (leading zeros hyper takes).
+        let mut head = b"POST / HTTP/1.1\r\nContent-Length: ".to_vec();
+        head.extend(std::iter::repeat_n(b'0', 100));
+        head.extend_from_slice(b"5\r\nTransfer-Encoding: chunked\r\n\r\n");
+        let found = Some((0, Defect::LengthAndChunked));
+        assert_eq!(every_split(&head), (found, State::Off));
+    }
+
+    #[test]
+    fn follows_on_after_an_upgrade_nobody_agreed_to() {
+        // The upstream refused the upgrade (or it was an h2c offer, which is dropped):
+        // the connection goes on carrying requests, and they are still followed.
+        let stream =
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\
+            GET / HTTP/1.1\nHost: a\n\n";
+        assert_eq!(every_split(stream), (Some((1, Defect::BareLf)), State::Off));
+    }
+
+    #[test]
+    fn an_agreed_upgrade_stops_the_watcher_before_the_tunnel_bytes() {
+        let framing = Arc::new(Framing::default());
+        let upgrade = b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n".as_slice();
+        // Tunnel bytes that would read as a defective head.
+        let tunnel = b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .as_slice();
+        let (client, mut server) = tokio::io::duplex(1024);
+        let mut watched = Watched::new(client, framing.clone());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut buf = vec![0; 1024];
+            server.write_all(upgrade).await.unwrap();
+            let n = watched.read(&mut buf).await.unwrap();
+            assert_eq!(n, upgrade.len());
+            assert!(!watched.scanner.off());
+            framing.tunnelled();
+            server.write_all(tunnel).await.unwrap();
+            let n = watched.read(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], tunnel, "the tunnel's bytes pass untouched");
+        });
+        assert!(watched.scanner.off());
+        assert!(!framing.mid_head());
+        assert_eq!(framing.next_request_defect(), None);
+        assert_eq!(framing.next_request_defect(), None);
     }
 
     #[test]
@@ -508,7 +582,6 @@ mod tests {
     fn stops_watching_what_it_does_not_follow() {
         for stream in [
             &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..],
-            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
             b"CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n",
             b"POST / HTTP/1.1\r\nContent-Length: 5a\r\n\r\n",
             b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",

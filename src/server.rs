@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use crate::admin::Admin;
 use crate::config::{Config, Overrides};
 use crate::fastpath::Replay;
-use crate::forward::Arrival;
+use crate::forward::{Arrival, Upgradable};
 use crate::framing::{Framing, Watched};
 use crate::generation::Live;
 use crate::idle::{Activity, Tracked};
@@ -468,7 +468,10 @@ impl Accepting {
                         .extensions()
                         .get::<hyper::upgrade::OnUpgrade>()
                         .is_some()
-                        .then(|| hold.clone()),
+                        .then(|| Upgradable {
+                            hold: hold.clone(),
+                            framing: framing.clone(),
+                        }),
                 };
                 let proxy = live.load().proxy.clone();
                 let method = method_index(req.method());
