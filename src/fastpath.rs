@@ -48,6 +48,11 @@ const UPSTREAM_BUF: usize = 16 * 1024;
 /// The log's word for a response head over `max_response_header_bytes` (nginx: "upstream
 /// sent too big header").
 pub(crate) const RESPONSE_HEAD_TOO_LARGE: &str = "response head over max_response_header_bytes";
+/// What the log says of a response framed by a coding other than chunked alone (nginx:
+/// "upstream sent unknown Transfer-Encoding"): passing its body on without the coding
+/// would hand the client bytes it cannot read, so it is a 502.
+pub(crate) const UNKNOWN_TRANSFER_CODING: &str =
+    "response has a Transfer-Encoding other than chunked alone";
 /// Largest upstream read buffer while a long body streams.
 const MAX_STREAM_BUF: usize = 64 * 1024;
 /// Most request headers parsed here (more: hyper's path, which answers 431 when needed).
@@ -1176,7 +1181,7 @@ pub(crate) async fn read_response<T>(
     up: &mut UpConn,
     heard: &mut bool,
     limit: usize,
-    mut parse: impl FnMut(&[u8]) -> Result<Parsed<T>, UpstreamErrorKind>,
+    mut parse: impl FnMut(&[u8]) -> Result<Parsed<T>, NoHead>,
 ) -> Result<T, NoHead> {
     loop {
         if !up.buf.is_empty() {
@@ -1212,6 +1217,8 @@ pub(crate) enum NoHead {
     Unanswered,
     /// A head longer than the route's `max_response_header_bytes`.
     TooLarge,
+    /// A body framed by a transfer coding other than chunked alone.
+    UnknownCoding,
     /// Anything else: a broken head, or a close part-way.
     Fault(UpstreamErrorKind),
 }
@@ -1221,7 +1228,7 @@ impl NoHead {
     pub(crate) fn kind(self) -> UpstreamErrorKind {
         match self {
             NoHead::Unanswered => UpstreamErrorKind::Reset,
-            NoHead::TooLarge => UpstreamErrorKind::Protocol,
+            NoHead::TooLarge | NoHead::UnknownCoding => UpstreamErrorKind::Protocol,
             NoHead::Fault(kind) => kind,
         }
     }
@@ -1230,6 +1237,7 @@ impl NoHead {
     pub(crate) fn detail(self) -> &'static str {
         match self {
             NoHead::TooLarge => RESPONSE_HEAD_TOO_LARGE,
+            NoHead::UnknownCoding => UNKNOWN_TRANSFER_CODING,
             other => other.kind().label(),
         }
     }
@@ -1289,8 +1297,8 @@ struct Final<'h, 'b> {
 fn parse_response<T>(
     buf: &[u8],
     head_only: bool,
-    finish: impl FnOnce(Final<'_, '_>) -> Result<T, UpstreamErrorKind>,
-) -> Result<Parsed<T>, UpstreamErrorKind> {
+    finish: impl FnOnce(Final<'_, '_>) -> Result<T, NoHead>,
+) -> Result<Parsed<T>, NoHead> {
     let mut headers = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_RESPONSE_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
@@ -1300,14 +1308,14 @@ fn parse_response<T>(
     ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
-        Err(_) => return Err(UpstreamErrorKind::Protocol),
+        Err(_) => return Err(UpstreamErrorKind::Protocol.into()),
     };
     let status = resp.code.ok_or(UpstreamErrorKind::Protocol)?;
     // httparse takes any three digits; like hyper, refuse what is no status code (a
     // "000" would otherwise reach the client as an unparseable "HTTP/1.1 0"), and a
     // 101 nothing asked for.
     if !(100..=999).contains(&status) || status == 101 {
-        return Err(UpstreamErrorKind::Protocol);
+        return Err(UpstreamErrorKind::Protocol.into());
     }
     if (100..200).contains(&status) {
         return Ok(Parsed::Interim(len));
@@ -1366,7 +1374,7 @@ fn scan<'b>(
     resp: &httparse::Response<'_, 'b>,
     status: u16,
     head_only: bool,
-) -> Result<Scan<'b>, UpstreamErrorKind> {
+) -> Result<Scan<'b>, NoHead> {
     // `close` wins over any `keep-alive` beside it (RFC 9112 §9.6: after a close the
     // client MUST NOT send on that connection), whichever comes last.
     let mut close = false;
@@ -1374,7 +1382,7 @@ fn scan<'b>(
     let mut length: Option<u64> = None;
     let mut bad_length = false;
     let mut repeated = false;
-    let mut chunked = None;
+    let mut chunked = false;
     let mut quota = false;
     let mut dated = false;
     let mut named = Named::default();
@@ -1399,14 +1407,19 @@ fn scan<'b>(
                 }
             }
             Field::Framing => {
-                // Chunked must be the final coding for the length to be known
-                // (RFC 9112 §6.3); otherwise the body runs to the close.
-                let last = h.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
-                chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                // Chunked alone, as nginx takes it. Any other coding (gzip, chunked;
+                // or none but one the body runs to the close in) is the client's to
+                // decode, and passed on without its Transfer-Encoding (hop-by-hop, and
+                // an HTTP/2 client has none) the body would reach it undecodable; chunked
+                // twice is not allowed at all (RFC 9112 §7).
+                if chunked || !chunked_alone(h.value) {
+                    return Err(NoHead::UnknownCoding);
+                }
+                chunked = true;
             }
             Field::Connection => {
                 if !named.add(h.value) {
-                    return Err(UpstreamErrorKind::Protocol);
+                    return Err(UpstreamErrorKind::Protocol.into());
                 }
                 for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                     close |= token.eq_ignore_ascii_case(b"close");
@@ -1419,13 +1432,13 @@ fn scan<'b>(
     }
     // HTTP/1.0 has no Transfer-Encoding: RFC 9112 §6.1 has the framing treated as faulty,
     // and hyper's client refuses it — so does the fast path, alike.
-    if resp.version == Some(0) && chunked.is_some() {
-        return Err(UpstreamErrorKind::Protocol);
+    if resp.version == Some(0) && chunked {
+        return Err(UpstreamErrorKind::Protocol.into());
     }
     // Transfer-Encoding overrides Content-Length, which is then dropped unread (RFC
     // 9112 §6.3 rule 3): only a length that frames the body must be valid.
-    if bad_length && chunked.is_none() {
-        return Err(UpstreamErrorKind::Protocol);
+    if bad_length && !chunked {
+        return Err(UpstreamErrorKind::Protocol.into());
     }
     let length = length.filter(|_| !bad_length);
     let keep_alive = !close && (resp.version == Some(1) || keep_alive_token);
@@ -1435,11 +1448,10 @@ fn scan<'b>(
         Body::None
     } else {
         match (chunked, length) {
-            (Some(true), _) => Body::Chunked,
-            (Some(false), _) => Body::UntilClose,
-            (None, Some(0)) => Body::None,
-            (None, Some(n)) => Body::Length(n),
-            (None, None) => Body::UntilClose,
+            (true, _) => Body::Chunked,
+            (false, Some(0)) => Body::None,
+            (false, Some(n)) => Body::Length(n),
+            (false, None) => Body::UntilClose,
         }
     };
     Ok(Scan {
@@ -1449,9 +1461,15 @@ fn scan<'b>(
         quota,
         named,
         fields,
-        relength: length.filter(|_| repeated && chunked.is_none() && status != 204),
+        relength: length.filter(|_| repeated && !chunked && status != 204),
         no_length: status == 204,
     })
+}
+
+/// Whether a `Transfer-Encoding` value is `chunked` and nothing else, the one response
+/// framing by transfer coding the proxy forwards (see [`UNKNOWN_TRANSFER_CODING`]).
+pub(crate) fn chunked_alone(value: &[u8]) -> bool {
+    value.trim_ascii().eq_ignore_ascii_case(b"chunked")
 }
 
 /// The response's fields as a map (`keep` picks which).
@@ -1497,7 +1515,7 @@ fn parse_head(
     head_only: bool,
     close: bool,
     out: &mut Vec<u8>,
-) -> Result<Parsed<Head>, UpstreamErrorKind> {
+) -> Result<Parsed<Head>, NoHead> {
     parse_response(buf, head_only, |f| Ok(client_head_of(f, close, out)))
 }
 
@@ -1562,10 +1580,7 @@ pub(crate) struct ResponseHead {
 }
 
 /// Parses a response head at the front of `buf` into `http` parts.
-pub(crate) fn parse_parts(
-    buf: &[u8],
-    head_only: bool,
-) -> Result<Parsed<ResponseHead>, UpstreamErrorKind> {
+pub(crate) fn parse_parts(buf: &[u8], head_only: bool) -> Result<Parsed<ResponseHead>, NoHead> {
     parse_response(buf, head_only, |f| {
         let mut headers = header_map(f.resp.headers, |i, name| f.scan.passes(i, name));
         if let Some(n) = f.scan.relength {
@@ -2096,11 +2111,28 @@ mod tests {
         );
         assert_eq!(
             p(
-                b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: Chunked \r\n\r\n",
                 false
             ),
             (200, Body::Chunked, true)
         );
+        // Chunked alone: another coding would reach the client undecodable.
+        for coded in [
+            &b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding:\r\n\r\n",
+        ] {
+            assert!(
+                matches!(
+                    parse_head(coded, false, false, &mut Vec::new()),
+                    Err(NoHead::UnknownCoding)
+                ),
+                "{:?}",
+                String::from_utf8_lossy(coded)
+            );
+        }
         assert_eq!(
             p(b"HTTP/1.0 200 OK\r\n\r\n", false),
             (200, Body::UntilClose, false)
@@ -2114,7 +2146,7 @@ mod tests {
         );
         assert!(matches!(
             parse_head(b"HTTP/1.1 000 Zero\r\n\r\n", false, false, &mut Vec::new()),
-            Err(UpstreamErrorKind::Protocol)
+            Err(NoHead::Fault(UpstreamErrorKind::Protocol))
         ));
         assert!(matches!(
             parse_head(
@@ -2134,7 +2166,7 @@ mod tests {
             assert!(
                 matches!(
                     parse_head(conflicting, false, false, &mut Vec::new()),
-                    Err(UpstreamErrorKind::Protocol)
+                    Err(NoHead::Fault(UpstreamErrorKind::Protocol))
                 ),
                 "{:?}",
                 String::from_utf8_lossy(conflicting)
@@ -2238,6 +2270,9 @@ mod tests {
         };
         let kept = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nx-kept: yes\r\ndate: x\r\n\r\n";
         assert_eq!(naming(8, 3).as_deref(), Ok(kept));
-        assert_eq!(naming(9, 0), Err(UpstreamErrorKind::Protocol));
+        assert_eq!(
+            naming(9, 0),
+            Err(NoHead::Fault(UpstreamErrorKind::Protocol))
+        );
     }
 }

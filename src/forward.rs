@@ -578,6 +578,13 @@ impl Proxy {
             let detail = format!("{} ({size} bytes)", fastpath::RESPONSE_HEAD_TOO_LARGE);
             return failed(ex, &up.cfg, UpstreamErrorKind::Protocol, &detail);
         }
+        let mut codings = resp.headers().get_all(header::TRANSFER_ENCODING).iter();
+        if let Some(first) = codings.next() {
+            if !fastpath::chunked_alone(first.as_bytes()) || codings.next().is_some() {
+                let detail = fastpath::UNKNOWN_TRANSFER_CODING;
+                return failed(ex, &up.cfg, UpstreamErrorKind::Protocol, detail);
+            }
+        }
 
         // Phase 4: respond.
         self.note_response(route, &mut ex, resp.status(), resp.headers());

@@ -549,6 +549,48 @@ async fn an_oversized_upstream_head_is_502_protocol() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_coding_other_than_chunked_is_502_protocol() {
+    // Forwarded without its Transfer-Encoding (hop-by-hop; HTTP/2 has none), a gzip-coded
+    // body would reach the client as bytes it cannot decode: refused as nginx does
+    // ("upstream sent unknown Transfer-Encoding"), on every path to the upstream.
+    let coded = raw_upstream(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let plain = raw_upstream(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    for (h2, fast) in CLIENT_PATHS {
+        let cfg = write_config(&format!(
+            "[proxy]\nfast_path = {fast}\n\n[[routes]]\nname = \"coded\"\nmatch = {{ path_prefix = \"/coded/\" }}\nupstream = \"http://{coded}\"\n\n[[routes]]\nname = \"plain\"\nupstream = \"http://{plain}\"\n"
+        ));
+        let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+        let mode = format!("h2 {h2}, fast path {fast}");
+        let c = if h2 { h2_client() } else { client() };
+        let (parts, _) = get(&c, &p.url("/coded/x")).await;
+        assert_eq!(parts.status, 502, "{mode}");
+        let (parts, body) = get(&c, &p.url("/plain")).await;
+        assert_eq!(
+            (parts.status.as_u16(), &body[..]),
+            (200, &b"hello"[..]),
+            "{mode}"
+        );
+        let m = wait_responses(&p, 2.0).await;
+        assert_eq!(
+            sum(
+                &m,
+                "statuslens_upstream_errors_total",
+                &[("route", "coded"), ("kind", "protocol")]
+            ),
+            1.0,
+            "{mode}"
+        );
+        assert_eq!(responses(&m, "502", "proxy"), 1.0, "{mode}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_half_closed_client_is_a_client_gone_499_counted_once() {
     let up = upstream().await;
     let p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
