@@ -29,6 +29,10 @@ const RESEND: Duration = Duration::from_secs(60);
 const ENDS_AHEAD_SECS: u64 = 300;
 /// Delivery attempts per POST.
 const ATTEMPTS: u32 = 5;
+/// How long one attempt may take, response body included: a receiver (or a relay in
+/// front of it) that sends a head and then stalls must not hold the one delivery task,
+/// and with it every later alert and resolution, for ever.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Key = (String, String);
 
@@ -132,7 +136,7 @@ async fn deliver(url: Uri, instance: String, outbox: Arc<Mutex<Outbox>>, wake: A
             continue;
         }
         let body = Value::Array(batch.iter().map(|s| alert(s, &instance)).collect());
-        if !post(&client, &url, &body).await {
+        if !post(&client, &url, &body, ATTEMPT_TIMEOUT).await {
             if let Ok(mut o) = outbox.lock() {
                 o.put_back(batch);
             }
@@ -181,8 +185,13 @@ pub fn alert(s: &Spike, instance: &str) -> Value {
     })
 }
 
-/// POSTs `body`, retrying; whether it was delivered.
-async fn post(client: &Client<HttpConnector, Full<Bytes>>, url: &Uri, body: &Value) -> bool {
+/// POSTs `body`, retrying, each attempt within `limit`; whether it was delivered.
+async fn post(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    url: &Uri,
+    body: &Value,
+    limit: Duration,
+) -> bool {
     let bytes = Bytes::from(body.to_string());
     let mut backoff = Duration::from_millis(500);
     for attempt in 1..=ATTEMPTS {
@@ -190,13 +199,17 @@ async fn post(client: &Client<HttpConnector, Full<Bytes>>, url: &Uri, body: &Val
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(bytes.clone()))
             .expect("valid request");
-        let outcome = tokio::time::timeout(Duration::from_secs(10), client.request(req)).await;
-        let error = match outcome {
-            Ok(Ok(resp)) if resp.status().is_success() => {
-                let _ = resp.into_body().collect().await;
-                return true;
-            }
-            Ok(Ok(resp)) => format!("status {}", resp.status()),
+        let exchange = async {
+            let resp = client.request(req).await?;
+            // Read to its end, so the connection can carry the next POST; a body that
+            // breaks off leaves the status standing (the receiver has decided).
+            let status = resp.status();
+            let _ = resp.into_body().collect().await;
+            Ok::<_, hyper_util::client::legacy::Error>(status)
+        };
+        let error = match tokio::time::timeout(limit, exchange).await {
+            Ok(Ok(status)) if status.is_success() => return true,
+            Ok(Ok(status)) => format!("status {status}"),
             Ok(Err(e)) => e.to_string(),
             Err(_) => "timed out".into(),
         };
@@ -254,6 +267,39 @@ mod tests {
             attribution: None,
             top_consumers: Vec::new(),
         }
+    }
+
+    #[tokio::test]
+    async fn a_receiver_that_stalls_mid_body_is_given_up_on_and_retried() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url: Uri = format!("http://{}/api/v2/alerts", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let receiver = tokio::spawn(async move {
+            let mut held = Vec::new();
+            for answer in [
+                // A head promising ten bytes, then nothing.
+                &b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n"[..],
+                b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+            ] {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = vec![0; 65536];
+                let _ = s.read(&mut buf).await.unwrap();
+                s.write_all(answer).await.unwrap();
+                held.push(s);
+            }
+            held
+        });
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        let delivered = tokio::time::timeout(
+            Duration::from_secs(60),
+            post(&client, &url, &json!([]), Duration::from_millis(300)),
+        )
+        .await
+        .expect("the stalled body must not hold the delivery for ever");
+        assert!(delivered, "the second attempt is answered");
+        assert_eq!(receiver.await.unwrap().len(), 2, "two attempts");
     }
 
     #[test]
