@@ -426,14 +426,16 @@ fn plan(proxy: &Arc<Proxy>, c: &mut Client) -> Option<Planned> {
     if forwarding.is_none() && !(unmatched && body.unwrap_or(0) == 0) {
         return None;
     }
-    let in_flight = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
-    if in_flight(&observer.in_flight) >= limits.max_in_flight as u64 {
+    let in_flight = observer
+        .in_flight
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if in_flight >= limits.max_in_flight as u64 {
         return None;
     }
     if let Some((cfg, _)) = forwarding {
         if cfg
             .max_in_flight
-            .is_some_and(|l| in_flight(&observer.route_in_flight[route]) >= l as u64)
+            .is_some_and(|l| observer.metrics.route(route).in_flight.get() >= l as i64)
             || cfg
                 .max_body_bytes
                 .is_some_and(|l| body.is_some_and(|n| n > l))

@@ -170,8 +170,9 @@ impl Proxy {
     /// Builds the route table and one upstream client per route.
     pub fn new(config: &Config, observer: Arc<Observer>, draining: Arc<AtomicBool>) -> Proxy {
         // Consumer ids are salted per process, so they cannot be linked across restarts
-        // or reversed with a dictionary by someone who only sees the ids.
-        let salt = random_salt();
+        // or reversed with a dictionary by someone who only sees the ids — and only per
+        // process: a reload keeps each consumer's id, and its tallies stay one.
+        let salt = process_salt();
         let upstreams = config
             .routes
             .iter()
@@ -1299,15 +1300,18 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// 128 bits from the standard library's per-process random hasher keys.
-fn random_salt() -> [u64; 2] {
+fn process_salt() -> [u64; 2] {
     use std::hash::{BuildHasher, Hasher};
-    let mut out = [0u64; 2];
-    for (i, v) in out.iter_mut().enumerate() {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_usize(i);
-        *v = h.finish();
-    }
-    out
+    static SALT: std::sync::OnceLock<[u64; 2]> = std::sync::OnceLock::new();
+    *SALT.get_or_init(|| {
+        let mut out = [0u64; 2];
+        for (i, v) in out.iter_mut().enumerate() {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_usize(i);
+            *v = h.finish();
+        }
+        out
+    })
 }
 
 /// Whether a client's `X-Request-Id` is kept: 1 to 200 bytes (a huge one would ride

@@ -31,6 +31,8 @@ pub struct Shared {
     webhook: Option<Arc<Webhook>>,
     /// Set once on shutdown, seen by every generation (see `Proxy::start_draining`).
     draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Requests in flight, whichever generation they run on (see `Observer::in_flight`).
+    in_flight: Arc<AtomicU64>,
     loads: LoadMetrics,
 }
 
@@ -160,8 +162,7 @@ impl Generation {
                 .chain(std::iter::once(String::new()))
                 .collect(),
             sink: detection.as_ref().map(|d| d.sink()),
-            in_flight: AtomicU64::new(0),
-            route_in_flight: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            in_flight: shared.in_flight.clone(),
             quota_warned: (0..n).map(|_| Default::default()).collect(),
             last_retry_after_ms: (0..n)
                 .map(|_| [AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)])
@@ -209,6 +210,7 @@ impl Live {
             spikes,
             webhook,
             draining: Arc::default(),
+            in_flight: Arc::default(),
             loads,
         };
         let first = Generation::build(config, &shared, None);

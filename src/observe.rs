@@ -66,10 +66,11 @@ pub struct Observer {
     pub upstreams: Vec<String>,
     /// Optional extra consumer (spike detection).
     pub sink: Option<Arc<dyn Sink>>,
-    /// Requests in flight, all routes (for `proxy.max_in_flight`).
-    pub in_flight: AtomicU64,
-    /// Requests in flight per route (for `routes[].max_in_flight`); `unmatched` last.
-    pub route_in_flight: Vec<AtomicU64>,
+    /// Requests in flight, all routes (for `proxy.max_in_flight`): one count for the
+    /// process, so requests still running on an older generation take their place
+    /// after a reload. Per route (`routes[].max_in_flight`), the route's
+    /// `statuslens_requests_in_flight` gauge is the count: shared the same way, by name.
+    pub in_flight: Arc<AtomicU64>,
     /// Per route: a low-quota warning was logged and has not been re-armed yet.
     pub quota_warned: Vec<AtomicBool>,
     /// Per route, for 429 and 503: the last `Retry-After` the upstream sent, in
@@ -163,7 +164,6 @@ impl Exchange {
     ) -> Exchange {
         observer.metrics.route(route).in_flight.inc();
         observer.in_flight.fetch_add(1, Ordering::Relaxed);
-        observer.route_in_flight[route].fetch_add(1, Ordering::Relaxed);
         Exchange {
             observer,
             route,
@@ -194,7 +194,12 @@ impl Exchange {
     pub fn in_flight(&self) -> (u64, u64) {
         (
             self.observer.in_flight.load(Ordering::Relaxed),
-            self.observer.route_in_flight[self.route].load(Ordering::Relaxed),
+            self.observer
+                .metrics
+                .route(self.route)
+                .in_flight
+                .get()
+                .max(0) as u64,
         )
     }
 
@@ -288,7 +293,6 @@ impl Drop for Exchange {
         let m = o.metrics.route(self.route);
         m.in_flight.dec();
         o.in_flight.fetch_sub(1, Ordering::Relaxed);
-        o.route_in_flight[self.route].fetch_sub(1, Ordering::Relaxed);
         o.metrics.record(
             self.route,
             method_index(&self.method),

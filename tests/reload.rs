@@ -460,3 +460,49 @@ async fn reloads_racing_each_other_and_traffic_lose_and_double_count_nothing() {
         (1.0, 1.0, 1.0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_limits_count_requests_begun_before_a_reload() {
+    // A reload builds new route tables, not new counts: the requests still running on
+    // the old configuration hold their places in both limits.
+    let up = upstream().await;
+    let text = config(
+        "reload = true",
+        &format!(
+            "[proxy]\nmax_in_flight = 3\n\n[[routes]]\nname = \"slow\"\nmatch = {{ path_prefix = \"/slow/\" }}\nupstream = \"http://{0}\"\nmax_in_flight = 2\n\n[[routes]]\nname = \"default\"\nupstream = \"http://{0}\"\n",
+            up.addr
+        ),
+    );
+    let path = write_config(&text);
+    let p = Proc::start(&["--config", path.to_str().unwrap()]);
+    let c = client();
+    let mut held = Vec::new();
+    for target in ["/slow/gate", "/slow/gate", "/gate"] {
+        let url = p.url(target);
+        held.push(tokio::spawn(
+            async move { get(&client(), &url).await.0.status },
+        ));
+    }
+    wait_metrics(&p, "three in flight", |m| {
+        sum(m, "statuslens_requests_in_flight", &[]) == 3.0
+    })
+    .await;
+    // The same file again: a reload all the same (a new generation).
+    let post = Request::post(p.admin_url("/api/reload"))
+        .body(full(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(&c, post).await.0.status, 200);
+    // The route is full (2 of 2), and so is the proxy (3 of 3).
+    assert_eq!(get(&c, &p.url("/slow/status/200")).await.0.status, 503);
+    assert_eq!(get(&c, &p.url("/status/200")).await.0.status, 503);
+    up.gate.add_permits(3);
+    for h in held {
+        assert_eq!(h.await.unwrap(), 200);
+    }
+    // The old requests' ends freed their places in the new generation's limits.
+    assert_eq!(get(&c, &p.url("/slow/status/200")).await.0.status, 200);
+    assert_eq!(get(&c, &p.url("/status/200")).await.0.status, 200);
+    let m = wait_responses(&p, 7.0).await;
+    assert_eq!(responses(&m, "503", "proxy"), 2.0);
+    assert_eq!(sum(&m, "statuslens_requests_in_flight", &[]), 0.0);
+}
