@@ -885,6 +885,14 @@ fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
 /// an HTTP/1.1 request, given more than once, or not a valid host. Routed by one Host,
 /// such a request could be acted on by the upstream under another.
 fn host_fault<B>(req: &Request<B>) -> Option<&'static str> {
+    // The authority of an absolute-form target or HTTP/2's `:authority` is what the
+    // request is routed by and the upstream sees as Host: held to the same rule, which
+    // refuses a userinfo part (`user@host`; RFC 9113 §8.3.1 forbids it outright).
+    if let Some(a) = req.uri().authority() {
+        if !valid_host(a.as_str().as_bytes()) {
+            return Some("request target's authority is not a valid host[:port]\n");
+        }
+    }
     let mut hosts = req.headers().get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
         (None, _) if req.version() == Version::HTTP_11 => {

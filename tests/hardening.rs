@@ -1114,12 +1114,15 @@ async fn http11_requests_need_exactly_one_valid_host() {
             "GET /x HTTP/1.1\r\nHost: a b\r\n\r\n",
             "GET /x HTTP/1.1\r\nHost: a/b\r\n\r\n",
             "GET /x HTTP/1.1\r\nHost: user@a\r\n\r\n",
+            // The authority an absolute-form target carries wins over Host: same rule.
+            "GET http://user@a/x HTTP/1.1\r\nHost: a\r\n\r\n",
         ];
         let accepted = [
             "GET /x HTTP/1.1\r\nHost: api.example.test:8080\r\n\r\n",
             "GET /x HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n",
             "GET /x HTTP/1.0\r\n\r\n",
             "GET /x HTTP/1.1\r\nHost:\r\n\r\n",
+            "GET http://a:8080/x HTTP/1.1\r\nHost: b\r\n\r\n",
         ];
         let before = up.seen.0.lock().unwrap().len();
         for (head, want) in refused
@@ -1135,8 +1138,8 @@ async fn http11_requests_need_exactly_one_valid_host() {
                 "fast_path = {fast}: {head:?} got {line}"
             );
         }
-        let m = wait_responses(&p, 9.0).await;
-        assert_eq!(responses(&m, "400", "proxy"), 5.0, "fast_path = {fast}");
+        let m = wait_responses(&p, 11.0).await;
+        assert_eq!(responses(&m, "400", "proxy"), 6.0, "fast_path = {fast}");
         assert_eq!(
             up.seen.0.lock().unwrap().len() - before,
             accepted.len(),
