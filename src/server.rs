@@ -651,23 +651,43 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// Admin connections open at once. Scrapers, probes and an operator's curl need a
+/// handful; the cap keeps a client that opens thousands (the admin port is often bound
+/// to all interfaces for Kubernetes scrapes) from using up the file descriptors the
+/// proxy shares.
+const ADMIN_MAX_CONNECTIONS: usize = 256;
+/// How long an admin connection may take to send a request head, and stay idle between
+/// requests (hyper's clock does both once it has a timer).
+const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves the admin endpoints until aborted; it keeps answering (`/readyz` says 503)
 /// while the proxy drains.
 async fn serve_admin(listener: TcpListener, admin: Arc<Admin>) {
-    let builder = hyper::server::conn::http1::Builder::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(ADMIN_HEADER_TIMEOUT);
+    let slots = Arc::new(tokio::sync::Semaphore::new(ADMIN_MAX_CONNECTIONS));
     loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let admin = admin.clone();
-                let conn = builder.serve_connection(
-                    TokioIo::new(stream),
-                    service_fn(move |req| admin.clone().handle(req)),
-                );
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
+        // At the cap, new connections wait in the listen backlog for a slot.
+        let slot = slots.clone().acquire_owned().await.expect("never closed");
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, don't spin.
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
             }
-        }
+        };
+        let admin = admin.clone();
+        let conn = builder.serve_connection(
+            TokioIo::new(stream),
+            service_fn(move |req| admin.clone().handle(req)),
+        );
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(slot);
+        });
     }
 }

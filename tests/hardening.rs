@@ -1738,3 +1738,27 @@ async fn an_upstream_flooding_interim_heads_gets_504_at_the_timeout() {
         .await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_admin_connections_are_closed() {
+    // The admin port is often bound to all interfaces (so Prometheus can scrape it from
+    // another pod): a client that opens connections and sends nothing, or half a head,
+    // must not hold them (and the file descriptors the proxy shares) for ever.
+    let up = upstream().await;
+    let p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
+    let c = client();
+    let mut idle = Vec::new();
+    for sent in [&b""[..], b"GET /metrics HTTP/1.1\r\nHo"] {
+        let mut s = TcpStream::connect(p.admin).await.unwrap();
+        s.write_all(sent).await.unwrap();
+        idle.push(s);
+    }
+    // Answered meanwhile: slow clients hold no one else up.
+    assert_eq!(get(&c, &p.admin_url("/healthz")).await.0.status, 200);
+    for mut s in idle {
+        let got = read_until_closed(&mut s, "an idle admin connection").await;
+        // Half a head may get a 408 before the close; nothing else.
+        let text = String::from_utf8_lossy(&got);
+        assert!(got.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+    }
+}
