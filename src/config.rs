@@ -221,6 +221,32 @@ fn flattened_unknown(text: &str, field: &str, msg: &str, from: usize) -> Option<
     ))
 }
 
+/// A threshold of `[detection]` or a `[[signals]]` entry with the wrong type or value,
+/// named as serde names it in every other table: the table's thresholds are read again
+/// on their own, where serde can follow the field, and the key's line is found.
+fn flattened_invalid(text: &str, field: &str, from: usize) -> Option<(String, String)> {
+    let file: toml::Table = text.parse().ok()?;
+    let (own, table): (&[&str], _) = if field == "detection" {
+        (&DETECTION_FIELDS, file.get("detection")?)
+    } else {
+        let i: usize = field
+            .strip_prefix("signals[")?
+            .strip_suffix(']')?
+            .parse()
+            .ok()?;
+        (&SIGNAL_FIELDS, file.get("signals")?.as_array()?.get(i)?)
+    };
+    let mut thresholds = table.as_table()?.clone();
+    thresholds.retain(|k, _| !own.contains(&k));
+    let err = serde_path_to_error::deserialize::<_, FileThresholds>(toml::Value::Table(thresholds))
+        .err()?;
+    let key = err.path().to_string();
+    let msg = err.into_inner().message().trim().to_string();
+    let at = key_offset(text, &key, from).unwrap_or(from);
+    let line = 1 + text[..at].matches('\n').count();
+    Some((format!("{field}.{key}"), format!("{msg} (line {line})")))
+}
+
 /// Where `key =` is first written, as a bare key, at or after `from`.
 fn key_offset(text: &str, key: &str, from: usize) -> Option<usize> {
     let mut i = from;
@@ -578,7 +604,9 @@ impl Config {
             // toml's message carries the line and a caret; keep its last line, the reason.
             let msg = inner.message().trim().to_string();
             let from = inner.span().map(|s| s.start);
-            if let Some((field, msg)) = flattened_unknown(text, &field, &msg, from.unwrap_or(0)) {
+            if let Some((field, msg)) = flattened_unknown(text, &field, &msg, from.unwrap_or(0))
+                .or_else(|| flattened_invalid(text, &field, from.unwrap_or(0)))
+            {
                 return field_err(origin, field, msg);
             }
             let line = from
@@ -1400,6 +1428,29 @@ mod tests {
                 err.ends_with(&format!("`clear_after` (line {line})")),
                 "{err}"
             );
+        }
+        // A threshold there with the wrong type or value: named too.
+        let cases = [
+            (
+                "[detection]\nenabled = true\np_value = \"1e-9\"\n",
+                "detection.p_value: invalid type: string \"1e-9\", expected f64 (line 3)",
+            ),
+            (
+                "[[signals]]\nname = \"x\"\ncodes = [\"401\"]\nmin_events = -1\n",
+                "signals[0].min_events: invalid value: integer `-1`, expected u64 (line 4)",
+            ),
+            (
+                "[[signals]]\nname = \"x\"\ncodes = [\"401\"]\n[[signals]]\nname = \"y\"\ncodes = [\"429\"]\nclear_after = \"soon\"\n",
+                "signals[1].clear_after: ",
+            ),
+            (
+                "detection = { prior_ratio = true }\n",
+                "detection.prior_ratio: invalid type: boolean `true`, expected f64 (line 1)",
+            ),
+        ];
+        for (table, want) in cases {
+            let err = parse(&format!("{table}{route}")).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("test.toml: {want}")), "{err}");
         }
         // The threshold list is serde's own, where no flatten hides it.
         let err = parse(&format!("{route}[routes.detect.unauthorized]\nbogus = 1\n"))
