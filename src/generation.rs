@@ -252,7 +252,8 @@ impl Live {
     fn swap(&self, path: &Path, overrides: &Overrides) -> Result<usize, String> {
         let config = Config::load(path, overrides).map_err(|e| e.to_string())?;
         let old = self.load();
-        // Listeners and the webhook task are built once; changing them needs a restart.
+        // Listeners, the webhook task, the log's format and hyper's header clock are built
+        // once; changing them needs a restart.
         // A listener speaks TLS or not for good; its certificate is this config's.
         let fixed = [
             (
@@ -278,6 +279,16 @@ impl Live {
             (
                 "detection.instance",
                 config.detection.instance != old.config.detection.instance,
+            ),
+            // The log's subscriber is installed once, at start-up.
+            (
+                "access_log.format",
+                config.access_log.format != old.config.access_log.format,
+            ),
+            // hyper's connection builders, the TLS and PROXY-header waits take it once.
+            (
+                "proxy.header_read_timeout",
+                config.proxy.header_read_timeout != old.config.proxy.header_read_timeout,
             ),
         ];
         if let Some((field, _)) = fixed.iter().find(|(_, changed)| *changed) {

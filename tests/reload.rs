@@ -177,6 +177,25 @@ async fn a_bad_file_is_rejected_and_the_old_config_stays() {
     .unwrap();
     p.signal("HUP");
     p.wait_output("detection.instance cannot change on reload");
+    // So are the log's format and the header clock (once accepted and not applied).
+    for (table, field) in [
+        ("[access_log]\nformat = \"pretty\"", "access_log.format"),
+        (
+            "[proxy]\nheader_read_timeout = \"3s\"",
+            "proxy.header_read_timeout",
+        ),
+    ] {
+        std::fs::write(
+            &path,
+            format!(
+                "{table}\n[[routes]]\nname = \"api\"\nupstream = \"http://{}\"\n",
+                b.addr
+            ),
+        )
+        .unwrap();
+        p.signal("HUP");
+        p.wait_output(&format!("{field} cannot change on reload"));
+    }
     // Still serving with the old config.
     assert_eq!(get(&client(), &p.url("/status/200")).await.0.status, 200);
     assert_eq!(a.seen.0.lock().unwrap().len(), 1);
