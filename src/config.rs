@@ -659,16 +659,39 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
         (None, Some(v)) => parse_addr(origin, "admin.listen", v)?,
         (None, None) => DEFAULT_ADMIN.parse().expect("valid default"),
     };
-    if listen == admin_listen && listen.port() != 0 {
-        let (origin, field) = match ov.admin {
-            Some(_) => ("flags", "--admin"),
-            None => (origin, "admin.listen"),
+    // One port on one address, or on a wildcard and any address (0.0.0.0 or [::]
+    // takes the port on every address): the second bind would fail at start-up.
+    let overlap = listen.port() == admin_listen.port()
+        && listen.port() != 0
+        && (listen.ip() == admin_listen.ip()
+            || listen.ip().is_unspecified()
+            || admin_listen.ip().is_unspecified());
+    if overlap {
+        // The field the user set is the one at fault; the admin's when both are.
+        let admin_set = match (&ov.admin, &file.admin.listen) {
+            (Some(_), _) => Some(("flags", "--admin")),
+            (None, Some(_)) => Some((origin, "admin.listen")),
+            (None, None) => None,
         };
-        return Err(field_err(
-            origin,
-            field,
-            format!("{admin_listen} is also the proxy listener: the admin port must be separate"),
-        ));
+        let (origin, field, message) = match admin_set {
+            Some((origin, field)) => (
+                origin,
+                field,
+                format!("{admin_listen} overlaps the proxy listener {listen}: the admin port must be separate"),
+            ),
+            None => {
+                let (origin, field) = match ov.listen {
+                    Some(_) => ("flags", "--listen"),
+                    None => (origin, "proxy.listen"),
+                };
+                (
+                    origin,
+                    field,
+                    format!("{listen} overlaps the admin listener's default {admin_listen}: use another port, or set admin.listen (--admin)"),
+                )
+            }
+        };
+        return Err(field_err(origin, field, message));
     }
     // A zero clock would cut every request head (or body) that takes two reads.
     let clock = |field: &str, v: Option<Duration>, default: u64| -> Result<Duration, ConfigError> {
@@ -1643,5 +1666,63 @@ upstream = "http://127.0.0.1:3001"
             err.contains("--upstream-timeout") && err.contains("soon"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_proxy_and_admin_port_clash_blames_the_address_that_was_set() {
+        let flags = |listen: Option<&str>, admin: Option<&str>| Overrides {
+            upstream: Some("http://127.0.0.1:9".into()),
+            listen: listen.map(Into::into),
+            admin: admin.map(Into::into),
+            ..Default::default()
+        };
+        // (--listen, --admin, the field blamed); None: no clash.
+        let cases = [
+            (
+                Some("127.0.0.1:9464"),
+                None,
+                Some("flags: --listen: 127.0.0.1:9464 overlaps the admin listener's default"),
+            ),
+            (
+                Some("0.0.0.0:9464"),
+                None,
+                Some("flags: --listen: 0.0.0.0:9464 overlaps"),
+            ),
+            (
+                Some("[::]:9464"),
+                None,
+                Some("flags: --listen: [::]:9464 overlaps"),
+            ),
+            (
+                None,
+                Some("127.0.0.1:8080"),
+                Some("flags: --admin: 127.0.0.1:8080 overlaps the proxy listener"),
+            ),
+            (
+                Some("0.0.0.0:7000"),
+                Some("127.0.0.1:7000"),
+                Some("flags: --admin: 127.0.0.1:7000 overlaps"),
+            ),
+            (Some("127.0.0.1:7000"), Some("127.0.0.2:7000"), None),
+            (Some("127.0.0.1:0"), Some("127.0.0.1:0"), None),
+            (Some("0.0.0.0:8081"), None, None),
+        ];
+        for (listen, admin, want) in cases {
+            let got = Config::from_flags(&flags(listen, admin));
+            match want {
+                Some(want) => {
+                    let err = got.unwrap_err().to_string();
+                    assert!(err.starts_with(want), "{listen:?} {admin:?}: {err}");
+                }
+                None => assert!(got.is_ok(), "{listen:?} {admin:?}: {:?}", got.err()),
+            }
+        }
+        // From the file: its field.
+        let err = parse(
+            "[proxy]\nlisten = \"0.0.0.0:9464\"\n[[routes]]\nname = \"a\"\nupstream = \"http://x\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("test.toml: proxy.listen: "), "{err}");
     }
 }
