@@ -1328,6 +1328,17 @@ fn host_problem(h: &str) -> Option<&'static str> {
     if !h.starts_with('[') && h.matches(':').count() > 1 {
         return Some("is an IPv6 address: write it in brackets, e.g. \"[::1]\"");
     }
+    if let Some(rest) = h.strip_prefix('[') {
+        let Some((addr, after)) = rest.split_once(']') else {
+            return Some("opens a '[' it does not close: write an IPv6 address as \"[::1]\"");
+        };
+        if addr.parse::<std::net::Ipv6Addr>().is_err() {
+            return Some("has brackets around something that is not an IPv6 address");
+        }
+        if !(after.is_empty() || after.starts_with(':')) {
+            return Some("has something other than a :port after its ']'");
+        }
+    }
     let port = match h.rfind(']') {
         Some(i) => h[i + 1..].strip_prefix(':'),
         None => h.rsplit_once(':').map(|(_, p)| p),
@@ -1666,6 +1677,35 @@ upstream = "http://127.0.0.1:3001"
             err.contains("--upstream-timeout") && err.contains("soon"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn route_hosts_that_can_never_match_are_refused() {
+        for ok in [
+            "api.example.com",
+            "api.example.com:8443",
+            "[::1]",
+            "[::1]:8080",
+            "10.0.0.1:80",
+        ] {
+            assert_eq!(host_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "",
+            "a b",
+            "a/b",
+            "u@a",
+            "*.example.com",
+            "::1",
+            "a:port",
+            "a.",
+            "[::1",
+            "[::1]x",
+            "[zz]",
+            "[::1]:x",
+        ] {
+            assert!(host_problem(bad).is_some(), "{bad:?}");
+        }
     }
 
     #[test]
