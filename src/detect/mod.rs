@@ -231,6 +231,9 @@ pub struct Detection {
     webhook: Option<Arc<webhook::Webhook>>,
     origin: Instant,
     origin_unix: u64,
+    /// The second of the last tick (0 before the first): decays follow the time that
+    /// passed, not the number of ticks, which a reload can skip or the timer repeat.
+    last_tick: std::sync::atomic::AtomicU64,
 }
 
 impl Detection {
@@ -339,6 +342,9 @@ impl Detection {
             // Detectors need t never to go back: a reload keeps the clock's origin.
             origin: previous.map_or_else(Instant::now, |p| p.origin),
             origin_unix: previous.map_or_else(unix_now, |p| p.origin_unix),
+            last_tick: previous
+                .map_or(0, |p| p.last_tick.load(Ordering::Relaxed))
+                .into(),
         })
     }
 
@@ -402,6 +408,19 @@ impl Detection {
     pub fn tick(&self, now: u64) {
         let mut guard = self.keys.lock().expect("detector lock");
         let (keys, totals) = &mut *guard;
+        let last = self.last_tick.swap(now, Ordering::Relaxed);
+        let (seconds, halvings) = match last {
+            0 => (1, u64::from(now % 10 == 0)),
+            last => (
+                now.saturating_sub(last),
+                (now / 10).saturating_sub(last / 10),
+            ),
+        };
+        // 0.933^10 ≈ 0.5: a 10 s half-life, per second passed.
+        let recent_decay = 0.933f64.powi(seconds.min(1_000) as i32);
+        // The consumer tallies halve at each 10 s boundary passed: they follow the last
+        // ~20 s, the scale of the windows that fire.
+        let consumer_decay = 0.5f64.powi(halvings.min(100) as i32);
         for (slot, r) in totals.iter_mut().zip(&self.counters.routes) {
             *slot = r.total.swap(0, Ordering::Relaxed);
         }
@@ -412,18 +431,16 @@ impl Detection {
             key.carry = k.saturating_sub(n);
             let k = k - key.carry;
             for v in key.recent.iter_mut() {
-                *v *= 0.933; // 0.933^10 ≈ 0.5: a 10 s half-life
+                *v *= recent_decay;
             }
             if k > 0 {
                 for (slot, c) in rc.by_code[key.signal].iter().enumerate() {
                     key.recent[slot] += c.swap(0, Ordering::Relaxed) as f64;
                 }
             }
-            // Every 10 s halve the consumer tallies: they follow the last ~20 s, the
-            // scale of the windows that fire.
-            if now % 10 == 0 {
+            if halvings > 0 {
                 if let Ok(mut top) = rc.consumers[key.signal].lock() {
-                    top.decay(0.5);
+                    top.decay(consumer_decay);
                 }
             }
             if let Some(t) = key.detector.observe(now, n, k) {
@@ -628,6 +645,39 @@ mod tests {
         assert_eq!(top.total(), 20);
         assert!(crate::consumer::attribution(&top, "401s", 0.5).is_none());
         assert_eq!(top.top(1)[0].1, 5);
+    }
+
+    #[test]
+    fn consumer_tallies_halve_per_ten_seconds_passed_not_per_tick() {
+        let c = config("[[routes]]\nname='a'\nupstream='http://x'\nconsumer='header:X-Api-Key'\n");
+        let registry = prometheus::Registry::new();
+        let d = Detection::new(&c, &registry);
+        let unauthorized = c
+            .signals
+            .iter()
+            .position(|s| s.name == "unauthorized")
+            .unwrap();
+        let who = crate::consumer::ConsumerId(7);
+        for _ in 0..64 {
+            d.counters.observe(0, 401, Some(who));
+        }
+        let tally = || {
+            let top = d.counters.routes[0].consumers[unauthorized].lock().unwrap();
+            top.top(1).first().map_or(0, |e| e.1)
+        };
+        d.tick(1_001);
+        assert_eq!(tally(), 64);
+        // The tick of second 1_010 never came (a reload held the lock): the boundary
+        // passed all the same.
+        d.tick(1_011);
+        assert_eq!(tally(), 32);
+        // A second ticked twice halves nothing twice.
+        d.tick(1_020);
+        d.tick(1_020);
+        assert_eq!(tally(), 16);
+        // Half a minute without ticks: three boundaries.
+        d.tick(1_050);
+        assert_eq!(tally(), 2);
     }
 
     #[test]
