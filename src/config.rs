@@ -386,6 +386,31 @@ pub struct Config {
     pub detection: DetectionConfig,
     /// Routes, in file order.
     pub routes: Vec<RouteConfig>,
+    /// Settings left to a default read off the machine, which may read differently
+    /// later (see [`Config::keep_machine_defaults`]).
+    machine_defaults: MachineDefaults,
+}
+
+/// Which settings took a default read off the machine: the core count
+/// (`proxy.workers`) and the host name (`detection.instance`).
+#[derive(Debug, Clone, Copy, Default)]
+struct MachineDefaults {
+    workers: bool,
+    instance: bool,
+}
+
+impl Config {
+    /// For a reload: settings the file leaves to the machine keep the values `running`
+    /// has, so a changed CPU quota or host name alone does not make the file's reload
+    /// look like a change to a setting built once (which is refused).
+    pub fn keep_machine_defaults(&mut self, running: &Config) {
+        if self.machine_defaults.workers {
+            self.proxy.workers = running.proxy.workers;
+        }
+        if self.machine_defaults.instance {
+            self.detection.instance = running.detection.instance.clone();
+        }
+    }
 }
 
 /// Proxy listener settings.
@@ -1176,6 +1201,10 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
         signals,
         detection,
         routes,
+        machine_defaults: MachineDefaults {
+            workers: ov.workers.or(file.proxy.workers).is_none(),
+            instance: file.detection.instance.is_none(),
+        },
     })
 }
 
@@ -1677,6 +1706,28 @@ upstream = "http://127.0.0.1:3001"
             err.contains("--upstream-timeout") && err.contains("soon"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_reload_keeps_what_the_machine_decided_unless_the_file_decides() {
+        let route = "[[routes]]\nname = \"a\"\nupstream = \"http://x\"\n";
+        // The running process read 3 cores and host "before" at start-up.
+        let mut running = parse(route).unwrap();
+        running.proxy.workers = 3;
+        running.detection.instance = "before:8080".into();
+        // The same file read again on a machine that now says otherwise.
+        let mut again = parse(route).unwrap();
+        again.keep_machine_defaults(&running);
+        assert_eq!(again.proxy.workers, 3);
+        assert_eq!(again.detection.instance, "before:8080");
+        // What the file sets is the file's, and a reload judges it.
+        let mut set = parse(&format!(
+            "[proxy]\nworkers = 2\n[detection]\ninstance = \"eu-1\"\n{route}"
+        ))
+        .unwrap();
+        set.keep_machine_defaults(&running);
+        assert_eq!(set.proxy.workers, 2);
+        assert_eq!(set.detection.instance, "eu-1");
     }
 
     #[test]

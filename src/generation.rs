@@ -250,8 +250,9 @@ impl Live {
 
     /// Loads the file at `path` and, if it is good, makes it the current generation.
     fn swap(&self, path: &Path, overrides: &Overrides) -> Result<usize, String> {
-        let config = Config::load(path, overrides).map_err(|e| e.to_string())?;
+        let mut config = Config::load(path, overrides).map_err(|e| e.to_string())?;
         let old = self.load();
+        config.keep_machine_defaults(&old.config);
         // Listeners, the webhook task, the log's format and hyper's header clock are built
         // once; changing them needs a restart.
         // A listener speaks TLS or not for good; its certificate is this config's.
