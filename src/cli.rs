@@ -280,15 +280,20 @@ pub fn init_tracing(format: LogFormat) -> Option<Flusher> {
 ///
 /// Lines are formatted on the request's thread and gathered into batches that a
 /// dedicated thread writes (see [`crate::logsink`]), so the request path makes no
-/// system call per line. Nothing is dropped: if stdout cannot keep up, logging threads
-/// wait. The returned flusher writes what is left when dropped.
+/// system call per line. If stdout cannot keep up, logging threads wait (lines are shed,
+/// and counted, only when it takes nothing at all; see `logsink`). The returned flusher
+/// writes what is left when dropped.
 pub fn init_tracing_default(format: LogFormat, default_filter: &str) -> Option<Flusher> {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let (writer, flusher) = crate::logsink::start(std::io::stdout());
+    // Colour only for a terminal: `--log-format pretty > file` (or under docker) would
+    // otherwise write escape codes into the file.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(writer);
     let installed = match format {
         LogFormat::Json => builder.event_format(crate::logfmt::JsonLines).try_init(),

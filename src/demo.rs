@@ -169,6 +169,8 @@ async fn start_api(api: Arc<Api>) -> Result<SocketAddr, DemoError> {
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
+                // Out of file descriptors and the like: back off, don't spin.
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
             let api = api.clone();
@@ -234,21 +236,17 @@ upstream = "http://{api_addr}"
         }
     };
 
-    println!("statuslens demo");
-    println!("  synthetic API   http://{api_addr}");
-    println!(
-        "  proxy           http://{}   (try: curl -i http://{}/services/data/v60.0/sobjects)",
-        bound.proxy, bound.proxy
-    );
-    println!("  metrics         http://{}/metrics", bound.admin);
-    println!("  spikes          http://{}/api/spikes", bound.admin);
-    println!("  status by code  http://{}/api/status", bound.admin);
-    println!(
-        "  traffic         {} req/s from consumers {}",
+    let banner = format!(
+        "statuslens demo\n  synthetic API   http://{api_addr}\n  proxy           http://{}   (try: curl -i http://{}/services/data/v60.0/sobjects)\n  metrics         http://{}/metrics\n  spikes          http://{}/api/spikes\n  status by code  http://{}/api/status\n  traffic         {} req/s from consumers {}\n",
+        bound.proxy,
+        bound.proxy,
+        bound.admin,
+        bound.admin,
+        bound.admin,
         opts.rate,
         CONSUMERS.join(", ")
     );
-    println!();
+    let listened = say(format_args!("{banner}"));
 
     let traffic = tokio::spawn(generate(bound.proxy, opts.rate));
     let narrator = tokio::spawn(narrate(bound.admin));
@@ -272,7 +270,9 @@ upstream = "http://{api_addr}"
                     api.remaining.store(quota, Ordering::Relaxed);
                 }
                 api.phase.store(phase as u8, Ordering::Relaxed);
-                println!("phase: {text}");
+                if !say(format_args!("phase: {text}")) {
+                    return;
+                }
                 tokio::time::sleep(len).await;
             }
             cycle += 1;
@@ -281,9 +281,12 @@ upstream = "http://{api_addr}"
             }
         }
     };
-    tokio::select! {
-        _ = story => {}
-        _ = tokio::signal::ctrl_c() => {}
+    // Nobody reading (stdout closed): no story to tell.
+    if listened {
+        tokio::select! {
+            _ = story => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
     }
     traffic.abort();
     // One more look so spikes flagged in the last second are narrated.
@@ -357,7 +360,7 @@ async fn narrate(admin: SocketAddr) {
                 s["started_at"].to_string(),
             );
             if seen_started.insert(key.clone()) {
-                println!(
+                say(format_args!(
                     "  SPIKE  route {} signal {}: {} of {} responses in {} s ({:.0}%, baseline {:.2}%) — {}",
                     s["route"].as_str().unwrap_or("?"),
                     s["signal"].as_str().unwrap_or("?"),
@@ -367,10 +370,10 @@ async fn narrate(admin: SocketAddr) {
                     s["observed_ratio"].as_f64().unwrap_or(0.0) * 100.0,
                     s["baseline_ratio"].as_f64().unwrap_or(0.0) * 100.0,
                     s["meaning"].as_str().unwrap_or(""),
-                );
+                ));
             }
             if !s["ended_at"].is_null() && seen_ended.insert(key) {
-                println!(
+                say(format_args!(
                     "  ended  route {} signal {} after {} s",
                     s["route"].as_str().unwrap_or("?"),
                     s["signal"].as_str().unwrap_or("?"),
@@ -378,8 +381,16 @@ async fn narrate(admin: SocketAddr) {
                         .as_u64()
                         .unwrap_or(0)
                         .saturating_sub(s["started_at"].as_u64().unwrap_or(0)),
-                );
+                ));
             }
         }
     }
+}
+
+/// Prints one part of the demo's story; false once nobody reads it (`demo | head`),
+/// which ends the story instead of a panic on the closed pipe.
+fn say(text: std::fmt::Arguments<'_>) -> bool {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}").and_then(|()| out.flush()).is_ok()
 }

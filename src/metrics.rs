@@ -130,9 +130,11 @@ impl ClientErrorKind {
 const PROXY_CODES: [u16; 9] = [400, 404, 408, 413, 414, 431, 502, 503, 504];
 
 /// Latency buckets: the proxy's own overhead is sub-millisecond, API calls sit between
-/// 10 ms and a few seconds, and 30 s is the default upstream timeout.
-const DURATION_BUCKETS: [f64; 14] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+/// 10 ms and a few seconds, and 30 s is the default upstream timeout; 60 s and 120 s
+/// for routes given longer ones and bodies streamed to slow clients (past the last
+/// bucket, `histogram_quantile` can only answer that bucket's bound).
+const DURATION_BUCKETS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
 /// Dense slot numbers for (code, source) pairs that have a cached series.

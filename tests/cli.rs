@@ -308,3 +308,55 @@ fn relative_paths_are_relative_to_the_config_files_directory() {
         "{err}"
     );
 }
+
+#[test]
+fn pretty_lines_into_a_pipe_carry_no_colour_codes() {
+    // A file or a pipe (docker's log driver) would keep the escape codes as text.
+    use std::io::{BufRead, BufReader};
+    let mut child = common::Killed(
+        Command::new(common::bin())
+            .args([
+                "run",
+                "--upstream",
+                "http://127.0.0.1:1",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+                "--log-format",
+                "pretty",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let out = child.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { return };
+            let done = line.contains("listening");
+            let _ = tx.send(line);
+            if done {
+                return;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    while let Ok(line) = rx.recv_timeout(common::DEADLINE) {
+        let done = line.contains("listening");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    assert!(
+        seen.iter().any(|l| l.contains("listening")),
+        "no start-up line: {seen:?}"
+    );
+    for line in &seen {
+        assert!(!line.contains('\u{1b}'), "colour codes in {line:?}");
+    }
+}

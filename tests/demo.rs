@@ -73,3 +73,48 @@ fn demo_flags_401_429_and_5xx_episodes() {
         "{out}"
     );
 }
+
+#[test]
+fn demo_piped_into_a_reader_that_leaves_ends_cleanly() {
+    // `statuslens demo | head -3`: once the reader is gone the story ends, with exit 0,
+    // instead of a panic on the closed pipe (exit 101) or running on unseen.
+    let mut child = Command::new(common::bin())
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--phase",
+            "1s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    stdout.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"statuslens demo\n");
+    drop(stdout);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("demo kept running with nobody reading");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{status}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
