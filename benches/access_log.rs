@@ -55,6 +55,7 @@ fn main() {
                         retry_after: None,
                         consumer: Some(ConsumerId(i % 50)),
                         resent: false,
+                        in_doubt: false,
                     });
                 }
             };

@@ -61,6 +61,10 @@ pub struct Entry<'a> {
     pub consumer: Option<ConsumerId>,
     /// The request went to the upstream twice (its pooled connection closed unanswered).
     pub resent: bool,
+    /// The proxy's answer replaced one the upstream may have been working on (the
+    /// request was cut at the drain timeout, or its handling panicked): whatever the
+    /// code, a retry is only safe for an idempotent request.
+    pub in_doubt: bool,
 }
 
 impl AccessLog {
@@ -136,7 +140,11 @@ impl<'a> Line<'a> {
             client,
             via,
             request_id: e.request_id.to_str().unwrap_or("(non-ascii)"),
-            retry: status::lookup(e.status).map_or("", |i| i.retry.label()),
+            retry: if e.in_doubt {
+                status::Retry::IdempotentOnly.label()
+            } else {
+                status::lookup(e.status).map_or("", |i| i.retry.label())
+            },
             retry_after_s: e.retry_after,
             consumer: e.consumer,
             resent: e.resent,
@@ -490,6 +498,7 @@ mod tests {
             retry_after: None,
             consumer: None,
             resent: false,
+            in_doubt: false,
         };
         let mut cases = vec![base];
         // One case per change to the base entry.
@@ -550,6 +559,11 @@ mod tests {
         }
         vary!(|e| e.consumer = Some(ConsumerId(0x7f3a_09c1)));
         vary!(|e| e.resent = true);
+        vary!(|e| {
+            e.status = 503;
+            e.source = Source::Proxy;
+            e.in_doubt = true;
+        });
         let log = AccessLog::new(LogVolume::All);
         tracing::subscriber::with_default(subscriber, || {
             for e in &cases {

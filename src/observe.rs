@@ -279,14 +279,14 @@ impl Exchange {
 
 impl Drop for Exchange {
     fn drop(&mut self) {
-        let (code, source) = if self.completed {
-            (self.status, self.source)
+        let (code, source, in_doubt) = if self.completed {
+            (self.status, self.source, false)
         } else if crate::isolate::exchange_failed() {
-            (500, Source::Proxy)
+            (500, Source::Proxy, true)
         } else if CUTTING.with(std::cell::Cell::get) {
-            (503, Source::Proxy)
+            (503, Source::Proxy, true)
         } else {
-            (499, Source::Client)
+            (499, Source::Client, false)
         };
         let elapsed = self.start.elapsed();
         let o = &self.observer;
@@ -329,6 +329,7 @@ impl Drop for Exchange {
             consumer: self.consumer,
             resent: self.resent,
             upstream_header: self.upstream_header,
+            in_doubt,
         });
     }
 }

@@ -141,6 +141,7 @@ fn access_log_lines_allocate_nothing_once_warm() {
         retry_after: (i % 4 == 2).then_some(7.0),
         consumer: Some(ConsumerId(i % 50)),
         resent: false,
+        in_doubt: false,
     };
     tracing::subscriber::with_default(subscriber, || {
         // The first lines size the thread's buffers.

@@ -946,6 +946,9 @@ async fn requests_cut_at_the_drain_timeout_count_as_the_proxys_503() {
                 (&serde_json::json!(503), &serde_json::json!("proxy")),
                 "fast_path = {fast}: {l}"
             );
+            // The upstream had the request: another try is only safe if idempotent,
+            // not the plain backoff a 503 the proxy refused up front gets.
+            assert_eq!(l["retry"], "idempotent_only", "fast_path = {fast}: {l}");
         }
         let slow = lines
             .iter()
