@@ -64,16 +64,17 @@ fn lose(lines: u64, why: &dyn std::fmt::Display) {
 struct State {
     /// The batch lines are appended to.
     current: Vec<u8>,
-    /// Full batches, oldest first, waiting for the writer.
-    ready: VecDeque<Vec<u8>>,
+    /// Full batches, oldest first, waiting for the writer, with their line counts.
+    ready: VecDeque<(Vec<u8>, u64)>,
     /// Emptied batches back from the writer, so steady logging allocates nothing.
     spare: Vec<Vec<u8>>,
     stop: bool,
-    /// The writer took nothing for `STUCK` while lines waited: shed until it moves.
+    /// The writer wrote nothing for `STUCK` while lines waited: shed until it moves.
     stuck: bool,
-    /// Writer passes completed (progress, for the exit's wait).
-    passes: u64,
-    /// Lines (events) in the batches the writer is writing now, in `ready` and in
+    /// Pieces the writer has written: what waiting threads and the exit judge a slow
+    /// output by (one that moves gets every line; only one that takes nothing is shed).
+    progress: u64,
+    /// Lines (events) in the batch the writer is writing now, in `ready` and in
     /// `current`: counted as they come, so a give-up at exit can say how many are lost
     /// without scanning what was written.
     writing: u64,
@@ -86,7 +87,7 @@ struct Shared {
     state: Mutex<State>,
     /// Signalled when a batch is ready or on stop.
     work: Condvar,
-    /// Signalled when the writer has taken batches.
+    /// Signalled when the writer has taken a batch or written a piece of one.
     space: Condvar,
 }
 
@@ -94,6 +95,15 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while appending leaves at worst a partial line: keep logging.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The writer wrote a piece: the output moves.
+    fn moved(&self) {
+        let mut state = self.lock();
+        state.progress += 1;
+        state.stuck = false;
+        drop(state);
+        self.space.notify_all();
     }
 }
 
@@ -104,7 +114,8 @@ pub struct BatchWriter {
 }
 
 /// Stops the writer thread after it has written every line logged so far — waiting
-/// [`STUCK`] at most for an output that takes nothing (exit must not hang on it).
+/// [`STUCK`] past its last progress at most, for an output that takes nothing (exit
+/// must not hang on it).
 pub struct Flusher {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
@@ -135,10 +146,18 @@ pub fn start<W: Write + Send + 'static>(out: W) -> (BatchWriter, Flusher) {
     )
 }
 
+/// How much of a batch one `write` is given: progress is seen (and waiting threads
+/// keep waiting instead of shedding) at this grain, so an output as slow as a few KB/s
+/// still gets every line.
+const PIECE: usize = 16 * 1024;
+
 fn write_batches<W: Write>(shared: &Shared, mut out: W) {
-    let mut taken = Vec::new();
+    // A batch cut short by a failed write may have left part of a line in the output:
+    // the next bytes that go out end it first, so the line after it stays whole.
+    let mut mid_line = false;
     loop {
-        let stop = {
+        // One batch at a time, so a waiting thread sees space as soon as one is taken.
+        let (mut batch, stop) = {
             let mut state = shared.lock();
             if state.ready.is_empty() && !state.stop {
                 state = shared
@@ -147,36 +166,61 @@ fn write_batches<W: Write>(shared: &Shared, mut out: W) {
                     .unwrap_or_else(PoisonError::into_inner)
                     .0;
             }
-            // Full batches first (oldest), then — when nothing else is due, or at the
-            // end — the one being filled, so lines never wait longer than LINGER.
-            taken.extend(state.ready.drain(..));
-            state.writing = std::mem::take(&mut state.ready_lines);
-            if taken.is_empty() || state.stop {
-                let fresh = state.spare.pop().unwrap_or_default();
-                let current = std::mem::replace(&mut state.current, fresh);
-                taken.push(current);
-                state.writing += std::mem::take(&mut state.current_lines);
-            }
+            // Full batches first (oldest), then — when none is due, or at the end — the
+            // one being filled, so lines never wait longer than LINGER.
+            let batch = match state.ready.pop_front() {
+                Some((batch, lines)) => {
+                    state.ready_lines -= lines;
+                    state.writing = lines;
+                    batch
+                }
+                None => {
+                    let fresh = state.spare.pop().unwrap_or_default();
+                    state.writing = std::mem::take(&mut state.current_lines);
+                    std::mem::replace(&mut state.current, fresh)
+                }
+            };
+            let stop = state.stop && batch.is_empty() && state.ready.is_empty();
+            drop(state);
             shared.space.notify_all();
-            state.stop
+            (batch, stop)
         };
-        for batch in &taken {
-            // A failing stdout (closed pipe, full disk) must not stop the proxy: those
-            // lines are lost, and counted.
-            if let Err(e) = out.write_all(batch) {
-                lose(lines(batch), &e);
+        if !batch.is_empty() {
+            if mid_line && out.write_all(b"\n").is_ok() {
+                mid_line = false;
             }
+            let mut done = 0;
+            while done < batch.len() {
+                let end = (done + PIECE).min(batch.len());
+                match out.write(&batch[done..end]) {
+                    Ok(0) => {
+                        let e = io::Error::from(io::ErrorKind::WriteZero);
+                        mid_line |= batch[..done].last().is_some_and(|&b| b != b'\n');
+                        // A failing stdout (closed pipe, full disk) must not stop the
+                        // proxy: the lines not written are lost, and counted.
+                        lose(lines(&batch[done..]), &e);
+                        break;
+                    }
+                    Ok(n) => {
+                        done += n;
+                        shared.moved();
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        mid_line |= batch[..done].last().is_some_and(|&b| b != b'\n');
+                        lose(lines(&batch[done..]), &e);
+                        break;
+                    }
+                }
+            }
+            let _ = out.flush();
         }
-        let _ = out.flush();
         let mut state = shared.lock();
-        state.stuck = false;
         state.writing = 0;
-        state.passes += 1;
-        for mut batch in taken.drain(..) {
-            batch.clear();
-            if batch.capacity() > 0 && batch.capacity() <= 2 * BATCH && state.spare.len() < QUEUED {
-                state.spare.push(batch);
-            }
+        state.progress += 1;
+        batch.clear();
+        if batch.capacity() > 0 && batch.capacity() <= 2 * BATCH && state.spare.len() < QUEUED {
+            state.spare.push(batch);
         }
         if stop {
             return;
@@ -189,18 +233,20 @@ impl Drop for Flusher {
         self.shared.lock().stop = true;
         self.shared.work.notify_all();
         // Progress resets the clock: a slow output gets every line, a stuck one STUCK.
-        let mut passes = self.shared.lock().passes;
+        let mut progress = self.shared.lock().progress;
         loop {
             match self.done.recv_timeout(STUCK) {
                 Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                     let state = self.shared.lock();
-                    if state.passes != passes {
-                        passes = state.passes;
+                    if state.progress != progress {
+                        progress = state.progress;
                         continue;
                     }
                     let left = state.writing + state.ready_lines + state.current_lines;
+                    drop(state);
                     lose(left, &"the log output took nothing at exit");
+                    say_at_exit(left);
                     return;
                 }
             }
@@ -208,6 +254,26 @@ impl Drop for Flusher {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// The process is about to end with `left` lines unwritten: says so on stderr (a
+/// scrape of the counter will not come), waiting a second at most for a stderr that
+/// may be as stuck as stdout.
+fn say_at_exit(left: u64) {
+    let text = format!(
+        "statuslens: {left} log lines could not be written before exit ({} lost since start)",
+        lost_lines()
+    );
+    let (said, heard) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("statuslens-lost".into())
+        .spawn(move || {
+            eprintln!("{text}");
+            let _ = said.send(());
+        });
+    if spawned.is_ok() {
+        let _ = heard.recv_timeout(Duration::from_secs(1));
     }
 }
 
@@ -221,7 +287,10 @@ impl Write for LineWriter<'_> {
         let mut state = self.shared.lock();
         // Back-pressure: wait while the writer is QUEUED batches behind — but not on an
         // output that takes nothing at all (see STUCK).
+        // The clock restarts whenever the writer moves: only an output that takes
+        // nothing at all for STUCK sheds lines, however slow one that moves is.
         let mut waited = Duration::ZERO;
+        let mut seen = state.progress;
         while state.ready.len() >= QUEUED && !state.stop {
             if state.stuck || waited >= STUCK {
                 state.stuck = true;
@@ -237,6 +306,10 @@ impl Write for LineWriter<'_> {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
             waited += started.elapsed();
+            if state.progress != seen {
+                seen = state.progress;
+                waited = Duration::ZERO;
+            }
         }
         if state.current.capacity() == 0 {
             state.current = state.spare.pop().unwrap_or_default();
@@ -245,10 +318,11 @@ impl Write for LineWriter<'_> {
         state.current.extend_from_slice(line);
         state.current_lines += 1;
         if state.current.len() >= BATCH {
-            state.ready_lines += std::mem::take(&mut state.current_lines);
+            let lines = std::mem::take(&mut state.current_lines);
+            state.ready_lines += lines;
             let fresh = state.spare.pop().unwrap_or_default();
             let full = std::mem::replace(&mut state.current, fresh);
-            state.ready.push_back(full);
+            state.ready.push_back((full, lines));
             self.shared.work.notify_one();
         }
         Ok(line.len())
@@ -402,6 +476,81 @@ mod tests {
         }
         drop(flusher);
         assert!(lost_lines() - before >= 10);
+    }
+
+    #[test]
+    fn a_slow_output_that_moves_gets_every_line() {
+        // 64 KB/s, 16 KiB a write: writing eight queued batches (512 KiB) in one pass took
+        // 8 s, and a thread waiting for room shed its line at 5 s though the output never
+        // stopped taking bytes.
+        #[derive(Clone, Default)]
+        struct Slow(Arc<Mutex<Vec<u8>>>);
+        impl Write for Slow {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                std::thread::sleep(Duration::from_millis(250));
+                let n = b.len().min(16 * 1024);
+                self.0.lock().unwrap().extend_from_slice(&b[..n]);
+                Ok(n)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let out = Slow::default();
+        let (writer, flusher) = start(out.clone());
+        let mut line = vec![b'y'; 1023];
+        line.push(b'\n');
+        let lines = (QUEUED + 2) * BATCH / line.len();
+        finishes("logging", move || {
+            for _ in 0..lines {
+                writer.make_writer().write_all(&line).unwrap();
+            }
+            drop(flusher);
+        });
+        let got = out.0.lock().unwrap();
+        assert_eq!(got.len(), lines * 1024, "lines shed from a moving output");
+    }
+
+    #[test]
+    fn a_write_cut_short_leaves_no_line_glued_to_the_next() {
+        // A full disk took part of a batch: the next line must not be appended to the
+        // partial one, which would make one unparseable line of two.
+        #[derive(Clone, Default)]
+        struct Flaky(Arc<Mutex<(Vec<u8>, usize)>>);
+        impl Write for Flaky {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                let mut s = self.0.lock().unwrap();
+                s.1 += 1;
+                match s.1 {
+                    1 => {
+                        s.0.extend_from_slice(&b[..10]);
+                        Ok(10)
+                    }
+                    2 => Err(io::Error::from(io::ErrorKind::StorageFull)),
+                    _ => {
+                        s.0.extend_from_slice(b);
+                        Ok(b.len())
+                    }
+                }
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let out = Flaky::default();
+        let (writer, flusher) = start(out.clone());
+        writer
+            .make_writer()
+            .write_all(b"first line, cut\n")
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while out.0.lock().unwrap().1 < 2 {
+            assert!(std::time::Instant::now() < deadline, "never written");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        writer.make_writer().write_all(b"second\n").unwrap();
+        drop(flusher);
+        assert_eq!(out.0.lock().unwrap().0, b"first line\nsecond\n");
     }
 
     #[test]
