@@ -1386,11 +1386,19 @@ impl fmt::Display for Explain<'_> {
                 class.label(),
                 class.name()
             )?;
+            // 306 is in the registry, but only as "(Unused)": reserved, with no meaning.
+            if info.code == 306 {
+                write!(
+                    f,
+                    "Note: 306 is registered only as (Unused): RFC 9110 §15.4.7 reserves it \
+                     (an early draft's Switch Proxy) and gives it no meaning"
+                )?;
+            } else {
+                write!(f, "Note: {} is not in the IANA registry", info.code)?;
+            }
             writeln!(
                 f,
-                "Note: {} is not in the IANA registry; clients handle it like {}, \
-                 so this explains its class.",
-                info.code,
+                "; clients handle it like {}, so this explains its class.",
                 (class.index() + 1) * 100
             )?;
         }
@@ -1487,6 +1495,11 @@ mod tests {
 
         assert_eq!(lookup(420).unwrap().retry, Retry::No);
         assert!(!lookup(306).unwrap().registered, "306 is (Unused)");
+        // ...which the explanation says, instead of calling it unregistered.
+        let text = render_explain(&lookup(306).unwrap());
+        assert!(text.contains("registered only as (Unused)"), "{text}");
+        assert!(!text.contains("not in the IANA registry"), "{text}");
+        assert!(text.contains("like 300"), "{text}");
     }
 
     #[test]
