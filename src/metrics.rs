@@ -197,7 +197,7 @@ pub struct Families {
     upstream_connections: IntCounterVec,
     request_bytes: IntCounterVec,
     response_bytes: IntCounterVec,
-    quota: [GaugeVec; 3],
+    quota: [GaugeVec; 4],
     /// One per [`ClientErrorKind`], created at start so each series reads 0 until used.
     client_errors: [IntCounter; ClientErrorKind::ALL.len()],
     /// Follows [`crate::logsink::lost_lines`] when rendered.
@@ -226,10 +226,11 @@ pub struct RouteMetrics {
     pub request_bytes: IntCounter,
     /// Response body bytes sent to clients.
     pub response_bytes: IntCounter,
-    quota_vecs: [GaugeVec; 3],
-    /// remaining ratio, limit, remaining — created when the upstream first reports a
-    /// quota, so a route without quota headers never shows a misleading 0.
-    quota: OnceLock<[Gauge; 3]>,
+    quota_vecs: [GaugeVec; 4],
+    /// remaining ratio, limit, remaining, reset time — each created when the upstream
+    /// first reports it, so no route shows a misleading 0 (a 429's `Retry-After` alone
+    /// is a reset time, not 0% of a quota left).
+    quota: [OnceLock<Gauge>; 4],
 }
 
 impl Metrics {
@@ -262,7 +263,7 @@ impl Metrics {
                 request_bytes: f.request_bytes.with_label_values(&[name]),
                 response_bytes: f.response_bytes.with_label_values(&[name]),
                 quota_vecs: f.quota.clone(),
-                quota: OnceLock::new(),
+                quota: Default::default(),
             })
             .collect();
         Metrics {
@@ -377,6 +378,10 @@ impl Families {
                 "statuslens_upstream_quota_remaining",
                 "Requests left in the upstream's current rate-limit window, from its quota headers.",
             ),
+            quota_gauge(
+                "statuslens_upstream_quota_reset_timestamp_seconds",
+                "When the upstream's current rate-limit window resets, Unix seconds, from its quota headers (or Retry-After): past it, the other quota gauges describe a window that is over.",
+            ),
         ];
 
         let connections_open = IntGauge::new(
@@ -408,6 +413,7 @@ impl Families {
             Box::new(quota_vecs[0].clone()),
             Box::new(quota_vecs[1].clone()),
             Box::new(quota_vecs[2].clone()),
+            Box::new(quota_vecs[3].clone()),
             Box::new(client_errors.clone()),
             Box::new(connections_open.clone()),
             Box::new(connections_total.clone()),
@@ -510,17 +516,28 @@ impl Metrics {
     /// leave their gauge as it was.
     pub fn set_quota(&self, route: usize, q: &crate::quota::Quota) {
         let r = &self.routes[route];
-        let g = r.quota.get_or_init(|| {
-            [0, 1, 2].map(|i| r.quota_vecs[i].with_label_values(&[r.name.as_str()]))
-        });
+        let gauge =
+            |i: usize| r.quota[i].get_or_init(|| r.quota_vecs[i].with_label_values(&[&r.name]));
         if let Some(v) = q.remaining_ratio() {
-            g[0].set(v);
+            gauge(0).set(v);
         }
         if let Some(v) = q.limit {
-            g[1].set(v);
+            gauge(1).set(v);
         }
         if let Some(v) = q.remaining {
-            g[2].set(v);
+            gauge(2).set(v);
+        }
+        match (q.reset_secs, q.remaining_ratio()) {
+            (Some(v), _) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                gauge(3).set(now.as_secs_f64() + v);
+            }
+            // A new report of the window without its reset: an older reset time says
+            // nothing of it (NaN is "unknown" to Prometheus, and never in the past).
+            (None, Some(_)) if r.quota[3].get().is_some() => gauge(3).set(f64::NAN),
+            (None, _) => {}
         }
     }
 

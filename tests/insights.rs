@@ -22,13 +22,15 @@ async fn quota_upstream(headers: &'static str) -> std::net::SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quota_headers_of_every_dialect_become_gauges() {
-    let dialects: [(&str, &'static str); 6] = [
+    let dialects: [(&str, &'static str); 7] = [
         ("github", "X-RateLimit-Limit: 5000\r\nX-RateLimit-Remaining: 250\r\nX-RateLimit-Reset: 30\r\n"),
         ("ietf", "RateLimit: \"default\";r=40;t=10\r\nRateLimit-Policy: \"default\";q=100;w=60\r\n"),
         ("ietf_old", "RateLimit-Limit: 200\r\nRateLimit-Remaining: 150\r\nRateLimit-Reset: 5\r\n"),
         ("salesforce", "Sforce-Limit-Info: api-usage=14250/15000\r\n"),
         ("malformed", "X-RateLimit-Limit: lots\r\nX-RateLimit-Remaining: -5\r\nSforce-Limit-Info: api-usage=/\r\nRateLimit: ;;;===\r\n"),
         ("none", ""),
+        // A reset time alone (Retry-After) is no quota left to report: no ratio of 0.
+        ("retry_only", "Retry-After: 120\r\n"),
     ];
     let mut cfg = String::new();
     for (name, headers) in dialects {
@@ -44,7 +46,7 @@ async fn quota_headers_of_every_dialect_become_gauges() {
             "{name}"
         );
     }
-    let m = wait_responses(&p, 6.0).await;
+    let m = wait_responses(&p, 7.0).await;
     let ratio = |route: &str| {
         m.iter()
             .find(|s| {
@@ -72,6 +74,25 @@ async fn quota_headers_of_every_dialect_become_gauges() {
     assert_eq!(
         gauge("statuslens_upstream_quota_remaining", "salesforce"),
         Some(750.0)
+    );
+    // When the window resets: now + the seconds the upstream gave, where it gave them.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let reset = |route: &str| gauge("statuslens_upstream_quota_reset_timestamp_seconds", route);
+    for (route, secs) in [("github", 30.0), ("ietf", 10.0), ("retry_only", 120.0)] {
+        let at = reset(route).unwrap_or_else(|| panic!("{route}: no reset time"));
+        assert!(
+            at > now + secs - 60.0 && at <= now + secs,
+            "{route}: reset at {at}, now {now}"
+        );
+    }
+    assert_eq!(reset("salesforce"), None);
+    assert_eq!(
+        ratio("retry_only"),
+        None,
+        "a reset time alone is no 0% left"
     );
     // Malformed values never move a gauge; routes without quota headers have none.
     for route in ["malformed", "none"] {
