@@ -37,6 +37,10 @@ pub enum Defect {
     LengthAndChunked,
     /// A head line ended by a bare LF: parsers on the path may disagree on the lines.
     BareLf,
+    /// A `Content-Length` line too long to follow (zero padding hyper reads past): the
+    /// watcher cannot know where the body ends, so the request is refused, not passed
+    /// on unwatched.
+    OverlongLength,
 }
 
 impl Defect {
@@ -45,6 +49,9 @@ impl Defect {
         match self {
             Defect::LengthAndChunked => "request has both Content-Length and Transfer-Encoding\n",
             Defect::BareLf => "request head has a line ending in a bare LF instead of CRLF\n",
+            Defect::OverlongLength => {
+                "request Content-Length is longer than any length needs (zero padding)\n"
+            }
         }
     }
 }
@@ -88,6 +95,7 @@ impl Framing {
         match self.defect.load(Ordering::Relaxed) {
             1 => Some(Defect::LengthAndChunked),
             2 => Some(Defect::BareLf),
+            3 => Some(Defect::OverlongLength),
             _ => None,
         }
     }
@@ -110,6 +118,7 @@ impl Framing {
         let code = match defect {
             Defect::LengthAndChunked => 1,
             Defect::BareLf => 2,
+            Defect::OverlongLength => 3,
         };
         self.defect.store(code, Ordering::Relaxed);
         self.defect_at.store(index, Ordering::Relaxed);
@@ -154,6 +163,8 @@ struct Scanner {
     /// The head has a `Content-Length` line hyper would refuse (not one decimal, or one
     /// differing from an earlier line).
     bad_length: bool,
+    /// The head has a `Content-Length` line longer than `LINE_CAP`.
+    long_length: bool,
     transfer_encoding: bool,
     stop_after_head: bool,
 }
@@ -170,6 +181,7 @@ impl Scanner {
             heads: 0,
             content_length: None,
             bad_length: false,
+            long_length: false,
             transfer_encoding: false,
             stop_after_head: false,
         }
@@ -283,6 +295,7 @@ impl Scanner {
                         .then(|| v[1..].trim_ascii())
                 };
                 if let Some(v) = value(b"content-length") {
+                    self.long_length |= long;
                     match parse_decimal(v).filter(|_| !long) {
                         // Equal duplicates are one length; differing ones hyper rejects.
                         Some(n) if self.content_length.map_or(true, |c| c == n) => {
@@ -323,9 +336,12 @@ impl Scanner {
         self.heads += 1;
         let cl = self.content_length.take();
         let bad_length = std::mem::take(&mut self.bad_length);
+        let long_length = std::mem::take(&mut self.long_length);
         let te = std::mem::take(&mut self.transfer_encoding);
         let defect = if (cl.is_some() || bad_length) && te {
             Some(Defect::LengthAndChunked)
+        } else if long_length {
+            Some(Defect::OverlongLength)
         } else if std::mem::take(&mut self.bare_lf) {
             Some(Defect::BareLf)
         } else {
@@ -365,11 +381,20 @@ pub fn follow<'a>(pieces: impl IntoIterator<Item = &'a [u8]>) -> (Option<(u64, D
     (first, scanner.mid_head())
 }
 
+/// A Content-Length value as hyper reads it: digits only, leading zeros allowed (a
+/// padded `0005` is 5 to hyper, so it must be to the watcher), within u64.
 fn parse_decimal(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    std::str::from_utf8(v).ok()?.parse().ok()
+    let digits = match v.iter().position(|&b| b != b'0') {
+        Some(first) => &v[first..],
+        None => return Some(0),
+    };
+    if digits.len() > 20 {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 fn parse_hex(v: &[u8]) -> Option<u64> {
@@ -474,6 +499,26 @@ mod tests {
         head.extend_from_slice(b"5\r\nTransfer-Encoding: chunked\r\n\r\n");
         let found = Some((0, Defect::LengthAndChunked));
         assert_eq!(every_split(&head), (found, State::Off));
+    }
+
+    #[test]
+    fn a_zero_padded_length_is_followed_or_refused_never_unwatched() {
+        // hyper reads past any zero padding and keeps the connection: the watcher must
+        // follow the body (the next head's bare LF is found) ...
+        let stream = b"POST / HTTP/1.1\r\nContent-Length: 000000000000000000005\r\n\r\nhello\
+            GET / HTTP/1.1\nHost: a\n\n";
+        assert_eq!(every_split(stream), (Some((1, Defect::BareLf)), State::Off));
+        // ... or, past what it keeps of a line, refuse the request.
+        let mut head = b"POST / HTTP/1.1\r\nContent-Length: ".to_vec();
+        head.extend(std::iter::repeat_n(b'0', 100));
+        head.extend_from_slice(b"5\r\n\r\nhello");
+        assert_eq!(
+            every_split(&head),
+            (Some((0, Defect::OverlongLength)), State::Off)
+        );
+        assert_eq!(parse_decimal(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_decimal(b"18446744073709551616"), None);
+        assert_eq!(parse_decimal(b"0000"), Some(0));
     }
 
     #[test]
