@@ -6,9 +6,10 @@
 //! every 100 ms. So the request path makes no allocation, no channel send and no
 //! system call per line — one `write(2)` carries hundreds of lines. When the writer
 //! falls behind by more than a few batches, the threads logging wait for it (bounded
-//! memory, a slow disk slows requests rather than losing lines) — for up to
-//! [`STUCK`]: an output that takes no bytes at all for that long (a reader that stopped
-//! reading a pipe) must not freeze the proxy, the admin API and shutdown with it. Then,
+//! memory, a slow disk slows requests rather than losing lines) — as long as it
+//! moves ([`MOVING`] bytes per [`STUCK`]): an output that takes (next to) nothing for
+//! that long (a reader that stopped reading a pipe) must not freeze the proxy, the
+//! admin API and shutdown with it. Then,
 //! until the writer moves again, lines are dropped and counted ([`lost_lines`], the
 //! `statuslens_log_lines_lost_total` metric), as are lines the output refuses (a closed
 //! pipe, a full disk); the first loss is said on stderr. [`Flusher`] writes what is
@@ -71,8 +72,8 @@ struct State {
     stop: bool,
     /// The writer wrote nothing for `STUCK` while lines waited: shed until it moves.
     stuck: bool,
-    /// Pieces the writer has written: what waiting threads and the exit judge a slow
-    /// output by (one that moves gets every line; only one that takes nothing is shed).
+    /// Bytes the writer has written: what waiting threads and the exit judge a slow
+    /// output by (see [`MOVING`]).
     progress: u64,
     /// Lines (events) in the batch the writer is writing now, in `ready` and in
     /// `current`: counted as they come, so a give-up at exit can say how many are lost
@@ -97,10 +98,10 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The writer wrote a piece: the output moves.
-    fn moved(&self) {
+    /// The writer wrote `n` bytes.
+    fn moved(&self, n: usize) {
         let mut state = self.lock();
-        state.progress += 1;
+        state.progress += n as u64;
         state.stuck = false;
         drop(state);
         self.space.notify_all();
@@ -146,10 +147,14 @@ pub fn start<W: Write + Send + 'static>(out: W) -> (BatchWriter, Flusher) {
     )
 }
 
-/// How much of a batch one `write` is given: progress is seen (and waiting threads
-/// keep waiting instead of shedding) at this grain, so an output as slow as a few KB/s
-/// still gets every line.
+/// How much of a batch one `write` is given: progress is seen at this grain.
 const PIECE: usize = 16 * 1024;
+/// What counts as an output that moves: this many bytes within [`STUCK`] (~3 KB/s).
+/// Waiting threads, and the exit, wait on as long as it does; one that trickles slower
+/// (a byte now and then) is treated as stuck, or it would hold them without bound.
+const MOVING: u64 = PIECE as u64;
+/// The longest the exit waits for the writer, however it moves.
+const EXIT_CAP: Duration = Duration::from_secs(60);
 
 fn write_batches<W: Write>(shared: &Shared, mut out: W) {
     // A batch cut short by a failed write may have left part of a line in the output:
@@ -189,7 +194,16 @@ fn write_batches<W: Write>(shared: &Shared, mut out: W) {
             if mid_line && out.write_all(b"\n").is_ok() {
                 mid_line = false;
             }
-            let mut done = 0;
+            // The partial line could not be ended: this batch would be glued to it.
+            let mut done = if mid_line {
+                lose(
+                    lines(&batch),
+                    &"the log output refused the end of a cut line",
+                );
+                batch.len()
+            } else {
+                0
+            };
             while done < batch.len() {
                 let end = (done + PIECE).min(batch.len());
                 match out.write(&batch[done..end]) {
@@ -203,7 +217,7 @@ fn write_batches<W: Write>(shared: &Shared, mut out: W) {
                     }
                     Ok(n) => {
                         done += n;
-                        shared.moved();
+                        shared.moved(n);
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
@@ -217,7 +231,6 @@ fn write_batches<W: Write>(shared: &Shared, mut out: W) {
         }
         let mut state = shared.lock();
         state.writing = 0;
-        state.progress += 1;
         batch.clear();
         if batch.capacity() > 0 && batch.capacity() <= 2 * BATCH && state.spare.len() < QUEUED {
             state.spare.push(batch);
@@ -232,14 +245,16 @@ impl Drop for Flusher {
     fn drop(&mut self) {
         self.shared.lock().stop = true;
         self.shared.work.notify_all();
-        // Progress resets the clock: a slow output gets every line, a stuck one STUCK.
+        // Progress resets the clock: a slow output gets every line, a stuck one STUCK,
+        // and none more than EXIT_CAP in all.
         let mut progress = self.shared.lock().progress;
+        let started = std::time::Instant::now();
         loop {
             match self.done.recv_timeout(STUCK) {
                 Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                     let state = self.shared.lock();
-                    if state.progress != progress {
+                    if state.progress >= progress + MOVING && started.elapsed() < EXIT_CAP {
                         progress = state.progress;
                         continue;
                     }
@@ -306,7 +321,7 @@ impl Write for LineWriter<'_> {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
             waited += started.elapsed();
-            if state.progress != seen {
+            if state.progress >= seen + MOVING {
                 seen = state.progress;
                 waited = Duration::ZERO;
             }
