@@ -7,7 +7,7 @@
 //! system call per line — one `write(2)` carries hundreds of lines. When the writer
 //! falls behind by more than a few batches, the threads logging wait for it (bounded
 //! memory, a slow disk slows requests rather than losing lines) — as long as it
-//! moves ([`MOVING`] bytes per [`STUCK`]): an output that takes (next to) nothing for
+//! moves (16 KiB per [`STUCK`]): an output that takes (next to) nothing for
 //! that long (a reader that stopped reading a pipe) must not freeze the proxy, the
 //! admin API and shutdown with it. Then,
 //! until the writer moves again, lines are dropped and counted ([`lost_lines`], the
