@@ -659,6 +659,12 @@ const ADMIN_MAX_CONNECTIONS: usize = 256;
 /// How long an admin connection may take to send a request head, and stay idle between
 /// requests (hyper's clock does both once it has a timer).
 const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one admin connection is served before it is closed (gracefully: a response
+/// in progress finishes, for up to `ADMIN_HEADER_TIMEOUT` more). hyper's clocks do not
+/// cover writing a response, so a client that asks for `/metrics` and never reads it
+/// would otherwise hold its place among `ADMIN_MAX_CONNECTIONS` for ever; a scraper
+/// just opens a new connection.
+const ADMIN_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
 /// Serves the admin endpoints until aborted; it keeps answering (`/readyz` says 503)
 /// while the proxy drains.
@@ -686,7 +692,14 @@ async fn serve_admin(listener: TcpListener, admin: Arc<Admin>) {
             service_fn(move |req| admin.clone().handle(req)),
         );
         tokio::spawn(async move {
-            let _ = conn.await;
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = tokio::time::sleep(ADMIN_CONNECTION_LIFETIME) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(ADMIN_HEADER_TIMEOUT, conn).await;
+                }
+            }
             drop(slot);
         });
     }
