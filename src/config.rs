@@ -686,11 +686,15 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
     };
     // One port on one address, or on a wildcard and any address (0.0.0.0 or [::]
     // takes the port on every address): the second bind would fail at start-up.
+    // [::] is dual-stack (it takes the IPv4 port too); 0.0.0.0 only IPv4's.
+    let covers = |wild: std::net::IpAddr, other: std::net::IpAddr| {
+        wild.is_unspecified() && (wild.is_ipv6() || other.is_ipv4())
+    };
     let overlap = listen.port() == admin_listen.port()
         && listen.port() != 0
         && (listen.ip() == admin_listen.ip()
-            || listen.ip().is_unspecified()
-            || admin_listen.ip().is_unspecified());
+            || covers(listen.ip(), admin_listen.ip())
+            || covers(admin_listen.ip(), listen.ip()));
     if overlap {
         // The field the user set is the one at fault; the admin's when both are.
         let admin_set = match (&ov.admin, &file.admin.listen) {
@@ -1795,6 +1799,12 @@ upstream = "http://127.0.0.1:3001"
                 Some("flags: --admin: 127.0.0.1:7000 overlaps"),
             ),
             (Some("127.0.0.1:7000"), Some("127.0.0.2:7000"), None),
+            (Some("0.0.0.0:7000"), Some("[::1]:7000"), None),
+            (
+                Some("[::]:7000"),
+                Some("127.0.0.1:7000"),
+                Some("flags: --admin: 127.0.0.1:7000 overlaps"),
+            ),
             (Some("127.0.0.1:0"), Some("127.0.0.1:0"), None),
             (Some("0.0.0.0:8081"), None, None),
         ];

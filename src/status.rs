@@ -1379,9 +1379,14 @@ impl fmt::Display for Explain<'_> {
                 class.name()
             )?;
         } else {
+            let what = if info.code == 306 {
+                "(Unused)"
+            } else {
+                "Unregistered status code"
+            };
             writeln!(
                 f,
-                "{} Unregistered status code ({} {})",
+                "{} {what} ({} {})",
                 info.code,
                 class.label(),
                 class.name()
@@ -1497,6 +1502,10 @@ mod tests {
         assert!(!lookup(306).unwrap().registered, "306 is (Unused)");
         // ...which the explanation says, instead of calling it unregistered.
         let text = render_explain(&lookup(306).unwrap());
+        assert!(
+            text.starts_with("306 (Unused) (3xx Redirection)\n"),
+            "{text}"
+        );
         assert!(text.contains("registered only as (Unused)"), "{text}");
         assert!(!text.contains("not in the IANA registry"), "{text}");
         assert!(text.contains("like 300"), "{text}");

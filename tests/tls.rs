@@ -169,11 +169,28 @@ fn bad_ca_file_is_a_config_error_naming_the_field() {
         )
         .unwrap();
         for command in ["check", "run"] {
-            let out = std::process::Command::new(bin())
-                .args([command, "--config", cfg.to_str().unwrap()])
+            // Ports of its own, and a deadline: a `run` that wrongly took the file would
+            // serve, not exit.
+            let mut args = vec![command, "--config", cfg.to_str().unwrap()];
+            if command == "run" {
+                args.extend(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+            }
+            let mut child = std::process::Command::new(bin())
+                .args(&args)
                 .stdin(std::process::Stdio::null())
-                .output()
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
                 .unwrap();
+            let started = std::time::Instant::now();
+            while child.try_wait().unwrap().is_none() {
+                if started.elapsed() > DEADLINE {
+                    let _ = child.kill();
+                    panic!("{command} accepted the bad CA file and kept running");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let out = child.wait_with_output().unwrap();
             let err = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(2), "{command}: {err}");
             assert!(
