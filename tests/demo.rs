@@ -4,7 +4,7 @@ mod common;
 
 use std::io::Read;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[test]
 fn demo_flags_401_429_and_5xx_episodes() {
@@ -25,17 +25,7 @@ fn demo_flags_401_429_and_5xx_episodes() {
         .spawn()
         .unwrap();
     // One cycle is 10 phases (40 s); allow a slow box plenty more.
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > Duration::from_secs(240) {
-            let _ = child.kill();
-            panic!("demo did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = common::exit_within(&mut child, Duration::from_secs(240), "the demo");
     let mut out = String::new();
     child
         .stdout
@@ -97,17 +87,11 @@ fn demo_piped_into_a_reader_that_leaves_ends_cleanly() {
     stdout.read_exact(&mut first).unwrap();
     assert_eq!(&first, b"statuslens demo\n");
     drop(stdout);
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > Duration::from_secs(120) {
-            let _ = child.kill();
-            panic!("demo kept running with nobody reading");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = common::exit_within(
+        &mut child,
+        Duration::from_secs(120),
+        "the demo with nobody reading",
+    );
     let mut err = String::new();
     child
         .stderr

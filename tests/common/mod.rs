@@ -798,6 +798,23 @@ impl tokio::io::AsyncWrite for HeaderFirst {
     }
 }
 
+/// Waits for `child` to exit, polling; past `limit` it is killed and the test fails,
+/// saying `what` (a process that should end must not hang the suite).
+pub fn exit_within(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A helper program (Prometheus, Alertmanager, HAProxy) killed and reaped on drop, so a
 /// failing test leaves none behind.
 pub struct Killed(pub Child);
