@@ -6,24 +6,20 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-#[test]
-fn demo_flags_401_429_and_5xx_episodes() {
-    let mut child = Command::new(common::bin())
-        .args([
-            "demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--phase",
-            "4s",
-            "--cycles",
-            "1",
-        ])
+/// Starts `statuslens demo` on free ports with `args`, its output piped.
+fn demo(args: &[&str]) -> std::process::Child {
+    Command::new(common::bin())
+        .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn demo_flags_401_429_and_5xx_episodes() {
+    let mut child = demo(&["--phase", "4s", "--cycles", "1"]);
     // One cycle is 10 phases (40 s); allow a slow box plenty more.
     let status = common::exit_within(&mut child, Duration::from_secs(240), "the demo");
     let mut out = String::new();
@@ -68,20 +64,7 @@ fn demo_flags_401_429_and_5xx_episodes() {
 fn demo_piped_into_a_reader_that_leaves_ends_cleanly() {
     // `statuslens demo | head -3`: once the reader is gone the story ends, with exit 0,
     // instead of a panic on the closed pipe (exit 101) or running on unseen.
-    let mut child = Command::new(common::bin())
-        .args([
-            "demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--phase",
-            "1s",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = demo(&["--phase", "1s"]);
     let mut stdout = child.stdout.take().unwrap();
     let mut first = [0u8; 16];
     stdout.read_exact(&mut first).unwrap();
