@@ -684,9 +684,9 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
         (None, Some(v)) => parse_addr(origin, "admin.listen", v)?,
         (None, None) => DEFAULT_ADMIN.parse().expect("valid default"),
     };
-    // One port on one address, or on a wildcard and any address (0.0.0.0 or [::]
-    // takes the port on every address): the second bind would fail at start-up.
-    // [::] is dual-stack (it takes the IPv4 port too); 0.0.0.0 only IPv4's.
+    // One port on one address, or on a wildcard that covers the other address: the
+    // second bind would fail at start-up. [::] is dual-stack (it takes the port on every
+    // address, IPv4's too); 0.0.0.0 only on IPv4's.
     let covers = |wild: std::net::IpAddr, other: std::net::IpAddr| {
         wild.is_unspecified() && (wild.is_ipv6() || other.is_ipv4())
     };
