@@ -56,26 +56,27 @@ impl FromStr for Cidr {
                 _ => return Err(format!("{s:?}: the prefix length must be 1 to {max}")),
             },
         };
+        // Clients on a dual-stack listener are matched as IPv4: so is `::ffff:a.b.c.d/n`.
+        let (net, len) = match net {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) if len >= 96 => (IpAddr::V4(v4), len - 96),
+                Some(_) if len > 0 => {
+                    return Err(format!(
+                        "{s:?}: an IPv4-mapped range needs a prefix of 96 to 128"
+                    ))
+                }
+                _ => (net, len),
+            },
+            v4 => (v4, len),
+        };
         // Every address, and so every X-Forwarded-For entry, trusted: the walk would run
-        // to the left end, which the client writes itself.
+        // to the left end, which the client writes itself. After the mapping above, which
+        // makes `::ffff:0.0.0.0/96` the IPv4 /0.
         if len == 0 {
             return Err(format!(
                 "{s:?} trusts every address, so every client could name itself: list the load balancers"
             ));
         }
-        // Clients on a dual-stack listener are matched as IPv4: so is `::ffff:a.b.c.d/n`.
-        let (net, len) = match net {
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) if len >= 96 => (IpAddr::V4(v4), len - 96),
-                Some(_) => {
-                    return Err(format!(
-                        "{s:?}: an IPv4-mapped range needs a prefix of 96 to 128"
-                    ))
-                }
-                None => (net, len),
-            },
-            v4 => (v4, len),
-        };
         let cidr = Cidr { net, len };
         // Host bits set ("10.1.2.3/8") usually mean a typo for a narrower range.
         if !cidr.is_network() {
@@ -216,6 +217,8 @@ mod tests {
             ("::/129", "1 to 128"),
             ("0.0.0.0/0", "every client could name itself"),
             ("::/0", "every client could name itself"),
+            ("::ffff:0.0.0.0/96", "every client could name itself"),
+            ("::ffff:0:0/96", "every client could name itself"),
             ("::ffff:10.0.0.0/8", "96 to 128"),
             ("10.1.2.3/8", "write the network address"),
             ("lb.internal", "not an address or range"),
