@@ -6,6 +6,13 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// All a piped stream of a finished child says.
+fn text(pipe: Option<impl Read>) -> String {
+    let mut out = String::new();
+    pipe.unwrap().read_to_string(&mut out).unwrap();
+    out
+}
+
 /// Starts `statuslens demo` on free ports with `args`, its output piped.
 fn demo(args: &[&str]) -> std::process::Child {
     Command::new(common::bin())
@@ -22,20 +29,7 @@ fn demo_flags_401_429_and_5xx_episodes() {
     let mut child = demo(&["--phase", "4s", "--cycles", "1"]);
     // One cycle is 10 phases (40 s); allow a slow box plenty more.
     let status = common::exit_within(&mut child, Duration::from_secs(240), "the demo");
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let (out, err) = (text(child.stdout.take()), text(child.stderr.take()));
     assert!(status.success(), "{out}\n{err}");
     assert!(
         out.contains("/metrics") && out.contains("/api/spikes"),
@@ -75,13 +69,7 @@ fn demo_piped_into_a_reader_that_leaves_ends_cleanly() {
         Duration::from_secs(120),
         "the demo with nobody reading",
     );
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = text(child.stderr.take());
     assert!(status.success(), "{status}: {err}");
     assert!(!err.contains("panicked"), "{err}");
 }
