@@ -115,6 +115,12 @@ async fn quota_headers_of_every_dialect_become_gauges() {
         if warned.len() == 2 {
             assert!(warned.iter().all(|w| w["level"] == "WARN"
                 && w["message"].as_str().unwrap().contains("429s are near")));
+            let mut routes: Vec<&str> = warned
+                .iter()
+                .map(|w| w["route"].as_str().unwrap())
+                .collect();
+            routes.sort_unstable();
+            assert_eq!(routes, ["github", "salesforce"], "{warned:?}");
             break;
         }
         assert!(start.elapsed() < DEADLINE, "quota warnings: {warned:?}");
@@ -187,7 +193,7 @@ async fn a_spike_from_one_consumer_is_attributed_to_it() {
         for i in 0..20 {
             let key = keys[i % 4];
             let code = if key == "key-expired-9999" { 401 } else { 200 };
-            send_as(key, code).await;
+            assert_eq!(send_as(key, code).await, code);
         }
         let (_, body) = get(&c, &p.admin_url("/api/spikes")).await;
         let v: Value = serde_json::from_slice(&body).unwrap();

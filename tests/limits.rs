@@ -119,22 +119,21 @@ async fn limits_answer_413_414_431_and_count_them() {
 
 /// The statuses logged, sorted: lines from requests a client sent on two connections
 /// (its pool may open a second one) can reach the log in either order.
-async fn logged_statuses(p: &Proc, expect: usize) -> Vec<u64> {
-    // Wait for the sentinel (a proxy-made 414, always logged) so the log is complete.
-    let start = std::time::Instant::now();
-    loop {
-        let lines = p.access_lines();
-        if lines.iter().any(|l| l["status"] == 414) || start.elapsed() > DEADLINE {
-            let mut got: Vec<u64> = lines
-                .iter()
-                .map(|l| l["status"].as_u64().unwrap())
-                .collect();
-            assert!(got.len() >= expect, "{got:?}");
-            got.sort_unstable();
-            return got;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn logged_statuses(p: &Proc, requests: f64, expect: usize) -> Vec<u64> {
+    // Every exchange has ended (and logged, right after it was counted) once all are
+    // counted; then the expected lines must arrive, and a reload's line, written after
+    // anything logged before it, fences off any line that should not be there.
+    wait_responses(p, requests).await;
+    p.wait_access_lines(expect).await;
+    p.signal("HUP");
+    p.wait_output("configuration reloaded");
+    let mut got: Vec<u64> = p
+        .access_lines()
+        .iter()
+        .map(|l| l["status"].as_u64().unwrap())
+        .collect();
+    got.sort_unstable();
+    got
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,7 +153,7 @@ async fn access_log_volume_all_errors_off() {
         // A proxy-made error is logged whatever the volume.
         get(&c, &p.url(&format!("/{}", "a".repeat(300)))).await;
         assert_eq!(
-            logged_statuses(&p, want.len()).await,
+            logged_statuses(&p, 4.0, want.len()).await,
             want,
             "volume {volume}"
         );

@@ -317,15 +317,14 @@ async fn a_reloaded_drain_timeout_is_the_one_shutdown_uses() {
         sum(m, "statuslens_requests_in_flight", &[]) == 1.0
     })
     .await;
-    let asked = Instant::now();
     p.sigterm();
+    // wait_exit gives up at 30 s, well before the old 60 s drain would end.
     assert_eq!(p.wait_exit(), Some(0), "{}", p.all_output());
     assert!(
         p.all_output().contains("\"drain_timeout_ms\":1000"),
         "{}",
         p.all_output()
     );
-    assert!(asked.elapsed() < Duration::from_secs(20));
     held.abort();
 }
 
