@@ -396,7 +396,7 @@ impl Families {
         .expect("valid metric");
         let log_lines_lost = IntCounter::new(
             "statuslens_log_lines_lost_total",
-            "Log lines the output refused (closed pipe, full disk) or that were shed while it took nothing for 2 s.",
+            "Log lines the output refused (closed pipe, full disk) or that were shed while it took less than 16 KiB in 5 s.",
         )
         .expect("valid metric");
         for c in [

@@ -312,7 +312,7 @@ mod tests {
     #[test]
     fn the_outbox_keeps_the_latest_state_and_never_loses_a_resolution() {
         let mut o = Outbox::default();
-        // 300 routes break at once: nothing is dropped (a 256-event queue dropped 44).
+        // 300 routes break at once: nothing is dropped (the 256-event queue this outbox replaced dropped 44).
         for r in 0..300 {
             o.fire(&spike(&format!("r{r}"), None));
         }
