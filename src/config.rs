@@ -1238,8 +1238,15 @@ fn parse_format(origin: &str, field: &str, v: &str) -> Result<LogFormat, ConfigE
     }
 }
 
+/// Checks the thresholds set at `at` (`detection`, `signals[0]`, ...), naming the key.
 fn check_detector(origin: &str, at: &str, d: &DetectorConfig) -> Result<(), ConfigError> {
-    d.validate().map_err(|m| field_err(origin, at, m))
+    d.validate().map_err(|e| {
+        field_err(
+            origin,
+            format!("{at}.{}", e.key),
+            format!("{}, got {}", e.expected, e.got),
+        )
+    })
 }
 
 fn validate_signals(
@@ -1609,6 +1616,19 @@ upstream = "http://127.0.0.1:3001"
             ("[proxy]\nbody_read_timeout='0s'\n[[routes]]\nname='a'\nupstream='http://x'\n", "proxy.body_read_timeout"),
             ("[detection]\nhistory=10001\n[[routes]]\nname='a'\nupstream='http://x'\n", "detection.history"),
             ("[detection]\nclear_after='500ms'\n[[routes]]\nname='a'\nupstream='http://x'\n", "detection.clear_after"),
+            // A threshold out of range is named by its key, wherever it is set.
+            (
+                "[detection]\nmin_ratio=1.5\n[[routes]]\nname='a'\nupstream='http://x'\n",
+                "detection.min_ratio: must be in [0, 1], got 1.5",
+            ),
+            (
+                "[[signals]]\nname='s'\ncodes=['500']\np_value=2.0\n[[routes]]\nname='a'\nupstream='http://x'\n",
+                "signals[0].p_value: must be in (0, 1), got 2",
+            ),
+            (
+                "[[routes]]\nname='a'\nupstream='http://x'\n[routes.detect.server_error]\nmin_events=0\n",
+                "routes[0].detect.server_error.min_events: must be at least 1, got 0",
+            ),
             (
                 "[[signals]]\nname='s'\ncodes=['500']\nclear_after='1500ms'\n[[routes]]\nname='a'\nupstream='http://x'\n",
                 "signals[0].clear_after",

@@ -142,55 +142,71 @@ impl Default for DetectorConfig {
     }
 }
 
+/// A threshold out of its range: which one (as the config file names it) and why.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{key} {expected}, got {got}")]
+pub struct InvalidThreshold {
+    /// The threshold's key, e.g. `p_value`.
+    pub key: &'static str,
+    /// What it must be, e.g. `must be in (0, 1)`.
+    pub expected: &'static str,
+    /// The value given.
+    pub got: String,
+}
+
 impl DetectorConfig {
     /// Checks every field.
     ///
     /// # Errors
     ///
-    /// A message that names the offending field and value, e.g.
-    /// `"p_value must be in (0, 1), got 2"`.
-    pub fn validate(&self) -> Result<(), String> {
+    /// The first threshold out of range, e.g. `p_value must be in (0, 1), got 2`.
+    pub fn validate(&self) -> Result<(), InvalidThreshold> {
+        let invalid = |key, expected, got: &dyn std::fmt::Display| {
+            Err(InvalidThreshold {
+                key,
+                expected,
+                got: got.to_string(),
+            })
+        };
         if self.min_events == 0 {
-            return Err("min_events must be at least 1, got 0".to_string());
+            return invalid("min_events", "must be at least 1", &0);
         }
         if !(0.0..=1.0).contains(&self.min_ratio) {
-            return Err(format!(
-                "min_ratio must be in [0, 1], got {}",
-                self.min_ratio
-            ));
+            return invalid("min_ratio", "must be in [0, 1]", &self.min_ratio);
         }
         if !(self.min_factor >= 1.0 && self.min_factor.is_finite()) {
-            return Err(format!(
-                "min_factor must be a finite number >= 1, got {}",
-                self.min_factor
-            ));
+            return invalid(
+                "min_factor",
+                "must be a finite number >= 1",
+                &self.min_factor,
+            );
         }
         if !(self.p_value > 0.0 && self.p_value < 1.0) {
-            return Err(format!("p_value must be in (0, 1), got {}", self.p_value));
+            return invalid("p_value", "must be in (0, 1)", &self.p_value);
         }
         if !(self.baseline_half_life_secs > 0.0 && self.baseline_half_life_secs.is_finite()) {
             // Named as the config writes it (`baseline_half_life = "1h"`).
-            return Err(format!(
-                "baseline_half_life must be greater than 0, got {} s",
-                self.baseline_half_life_secs
-            ));
+            return invalid(
+                "baseline_half_life",
+                "must be greater than 0",
+                &format_args!("{} s", self.baseline_half_life_secs),
+            );
         }
         // Strictly inside (0, 1) so that p0 can never be exactly 0 or 1, which
         // keeps every logarithm in the tests finite.
         if !(self.prior_ratio > 0.0 && self.prior_ratio < 1.0) {
-            return Err(format!(
-                "prior_ratio must be in (0, 1), got {}",
-                self.prior_ratio
-            ));
+            return invalid("prior_ratio", "must be in (0, 1)", &self.prior_ratio);
         }
         if !(self.prior_weight > 0.0 && self.prior_weight.is_finite()) {
-            return Err(format!(
-                "prior_weight must be a finite number > 0, got {}",
-                self.prior_weight
-            ));
+            return invalid(
+                "prior_weight",
+                "must be a finite number > 0",
+                &self.prior_weight,
+            );
         }
         if self.clear_after_secs == 0 {
-            return Err("clear_after_secs must be at least 1, got 0".to_string());
+            // The file's `clear_after` is refused below 1 s before it gets here.
+            return invalid("clear_after", "must be at least 1 s", &"0 s");
         }
         Ok(())
     }
@@ -327,7 +343,7 @@ impl Detector {
     /// # Errors
     ///
     /// The [`DetectorConfig::validate`] message if `config` is invalid.
-    pub fn try_new(config: DetectorConfig) -> Result<Self, String> {
+    pub fn try_new(config: DetectorConfig) -> Result<Self, InvalidThreshold> {
         config.validate()?;
         Ok(Self {
             lambda: 0.5f64.powf(1.0 / config.baseline_half_life_secs),
@@ -1156,12 +1172,12 @@ mod tests {
                     clear_after_secs: 0,
                     ..Default::default()
                 },
-                "clear_after_secs",
+                "clear_after",
             ),
         ];
         for (config, field) in cases {
             let err = config.validate().expect_err(field);
-            assert!(err.starts_with(field), "{err}");
+            assert_eq!(err.key, field, "{err}");
             assert!(Detector::try_new(config).is_err());
         }
         let bad = DetectorConfig {
@@ -1169,7 +1185,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            bad.validate(),
+            bad.validate().map_err(|e| e.to_string()),
             Err("p_value must be in (0, 1), got 2".to_string())
         );
     }
