@@ -167,9 +167,9 @@ impl Admin {
                 let by_code: Vec<Value> = codes
                     .iter()
                     .map(|(&code, &count)| {
-                        if let Some(c) = status::Class::of(code) {
-                            *classes.entry(c.label()).or_default() += count;
-                        }
+                        *classes
+                            .entry(status::Class::counted(code).label())
+                            .or_default() += count;
                         let info = status::lookup(code);
                         json!({
                             "code": code,

@@ -501,7 +501,7 @@ impl Metrics {
     /// Counts one finished request: one response series and one duration sample.
     pub fn record(&self, route: usize, method: usize, code: u16, source: Source, seconds: f64) {
         let r = &self.routes[route];
-        let class = Class::of(code).unwrap_or(Class::ServerError);
+        let class = Class::counted(code);
         match self.slots.index(code, source) {
             Some(slot) => r.responses[method * self.slots.count + slot]
                 .get_or_init(|| r.series(method, code, class, source))

@@ -49,6 +49,17 @@ impl Class {
         }
     }
 
+    /// The class a response with `code` is counted in: its own, and 5xx for a code
+    /// outside 100..=599 (an upstream may send up to 999), which RFC 9110 §15 tells a
+    /// client to treat as a server error. Metrics, the access log and `/api/status`
+    /// agree on it.
+    pub const fn counted(code: u16) -> Class {
+        match Class::of(code) {
+            Some(class) => class,
+            None => Class::ServerError,
+        }
+    }
+
     /// "1xx" .. "5xx".
     pub fn label(self) -> &'static str {
         match self {

@@ -154,6 +154,41 @@ async fn retry_after_and_retry_advice_reach_the_access_log() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_above_599_is_forwarded_and_counted_as_5xx_everywhere() {
+    // HTTP/1.1 carries any three digits; RFC 9110 §15 has clients treat a code outside
+    // 100..=599 as a server error. The metrics did (class 5xx), while the access log
+    // said class "invalid" and /api/status left it out of every class.
+    let up = upstream().await;
+    for fast in [true, false] {
+        let p = start_with_proxy_settings(&format!("fast_path = {fast}"), up.addr);
+        let c = client();
+        let (parts, body) = get(&c, &p.url("/status/600")).await;
+        assert_eq!(parts.status, 600, "fast_path = {fast}");
+        assert_eq!(&body[..], b"status 600");
+        let m = wait_responses(&p, 1.0).await;
+        assert_eq!(
+            sum(
+                &m,
+                "statuslens_responses_total",
+                &[("code", "600"), ("class", "5xx"), ("source", "upstream")]
+            ),
+            1.0,
+            "fast_path = {fast}"
+        );
+        let line = &p.wait_access_lines(1).await[0];
+        assert_eq!(line["status"], 600);
+        assert_eq!(line["class"], "5xx", "fast_path = {fast}");
+        assert_eq!(line["meaning"], "invalid status code");
+        let (_, body) = get(&c, &p.admin_url("/api/status")).await;
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        let route = &v["routes"][0];
+        assert_eq!(route["total"], 1);
+        assert_eq!(route["by_class"]["5xx"], 1, "{route}");
+        assert_eq!(route["by_code"][0]["code"], 600);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spike_from_one_consumer_is_attributed_to_it() {
     let up = upstream().await;
     let cfg = write_config(&format!(
