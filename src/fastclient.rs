@@ -73,6 +73,11 @@ pub(crate) async fn send(
     request_head(&mut head_bytes, parts, cfg, fast);
 
     let head_only = parts.method == Method::HEAD;
+    // What the upstream reads the body by (`takes` lets no other framing through).
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let replayable = fastpath::replayable(&parts.method, body.is_some());
     // Once more on a new connection when a pooled one closed unanswered and the request
     // may go twice (see `fastpath::may_resend`).
@@ -102,7 +107,7 @@ pub(crate) async fn send(
         up.buf.clear();
         let mut sent_whole = true;
         if let Some(body) = body.as_mut() {
-            sent_whole = Box::pin(send_body(&mut up, body)).await?;
+            sent_whole = Box::pin(send_body(&mut up, body, declared)).await?;
         }
         let mut heard = false;
         let limit = cfg.max_response_header_bytes;
@@ -151,17 +156,24 @@ pub(crate) async fn send(
 
 /// Streams `body` to the upstream, as the client sends it. An upstream that stops
 /// reading (it answered early, or died) ends the sending; its answer, if any, is read
-/// next. Returns whether the whole body went.
-async fn send_body(up: &mut UpConn, body: &mut RequestBody) -> Result<bool, Failure> {
+/// next. Returns whether the whole body went: all `declared` bytes, no fewer, or the
+/// upstream still waits for the rest and the connection cannot carry another request.
+async fn send_body(
+    up: &mut UpConn,
+    body: &mut RequestBody,
+    declared: Option<u64>,
+) -> Result<bool, Failure> {
+    let mut sent = 0u64;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| (UpstreamErrorKind::Reset, e.to_string()))?;
         if let Ok(data) = frame.into_data() {
             if up.io.write_all(&data).await.is_err() {
                 return Ok(false);
             }
+            sent += data.len() as u64;
         }
     }
-    Ok(true)
+    Ok(declared == Some(sent))
 }
 
 /// The upstream request head, as hyper's client writes it: lower-case names in the

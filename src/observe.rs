@@ -410,6 +410,11 @@ pub struct BodyStalled(pub std::time::Duration);
 #[error("request body exceeds the route's max_body_bytes ({0} bytes)")]
 pub struct BodyTooLarge(pub u64);
 
+/// The error a request body yields when it ends before its declared length.
+#[derive(Debug, thiserror::Error)]
+#[error("the client ended the request body {0} bytes short of its Content-Length")]
+pub struct BodyCut(pub u64);
+
 /// A request body on its way upstream: counted, and cut off past the route's limit.
 pub struct RequestBody {
     /// None: no body (a request sent once more, see `forward_hyper`).
@@ -598,9 +603,22 @@ impl Body for RequestBody {
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             Poll::Ready(None) => {
+                // hyper ends an HTTP/2 body at the client's RST_STREAM(NO_ERROR) as if it
+                // were whole (RFC 9113 §8.1 lets a *server* stop an upload so): bytes
+                // of a declared length still owed are a client that left, not a body
+                // to present upstream as complete.
+                let owed = this
+                    .inner
+                    .as_ref()
+                    .and_then(|b| b.size_hint().exact())
+                    .filter(|&n| n > 0);
                 // Ended: nothing is left to discard (a chunked body never reports its
                 // end through `is_end_stream`).
                 this.inner = None;
+                if let Some(owed) = owed {
+                    this.state.client_gone.store(true, Ordering::Relaxed);
+                    return Poll::Ready(Some(Err(Box::new(BodyCut(owed)))));
+                }
                 Poll::Ready(None)
             }
             Poll::Pending => Poll::Pending,

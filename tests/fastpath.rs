@@ -1113,3 +1113,102 @@ async fn a_large_body_to_an_echoing_upstream_streams_both_ways() {
         assert!(body == data, "echo differs: {} bytes", body.len());
     }
 }
+
+/// An upstream that answers every request head at once with an empty 401, reading no
+/// body, and keeps the connection: it records each head's first line with the index of
+/// the connection it came on. Bytes it was not told to expect read as part of the next
+/// head, as they would to any HTTP/1.1 server.
+async fn early_answering_upstream() -> (SocketAddr, Arc<Mutex<Vec<(usize, String)>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let record = heads.clone();
+    tokio::spawn(async move {
+        for index in 0.. {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head: Vec<u8> = buf.drain(..end + 4).collect();
+                        let line = String::from_utf8_lossy(&head);
+                        let line = line.lines().next().unwrap_or("").to_string();
+                        record.lock().unwrap().push((index, line));
+                        let reply = b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n";
+                        if s.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, heads)
+}
+
+#[tokio::test]
+async fn an_h2_upload_the_client_resets_with_no_error_is_never_a_whole_body() {
+    // hyper ends an HTTP/2 request body at the client's RST_STREAM(NO_ERROR) as if it
+    // were complete. The fast pools then took the upload as sent whole: an upstream that
+    // had answered early got its connection back in the pool while it still waited for
+    // the rest of the declared body, and the next request on it was read as body bytes.
+    for fast in [true, false] {
+        let (up, heads) = early_answering_upstream().await;
+        let cfg = write_config(&format!(
+            "[proxy]\nfast_path = {fast}\n[[routes]]\nname = \"api\"\nupstream = \"http://{up}\"\n"
+        ));
+        let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+        let tcp = TcpStream::connect(p.proxy).await.unwrap();
+        let (mut h2c, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+        let upload = http::Request::post(format!("http://{}/upload", p.proxy))
+            .header("content-length", "100")
+            .body(())
+            .unwrap();
+        let (_response, mut body) = h2c.send_request(upload, false).unwrap();
+        body.send_data(Bytes::from_static(b"0123456789"), false)
+            .unwrap();
+        // The upstream has the head (and has answered it) before the client leaves.
+        let start = std::time::Instant::now();
+        while heads.lock().unwrap().is_empty() {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "fast_path = {fast}: no head upstream"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        body.send_reset(h2::Reason::NO_ERROR);
+        let m = wait_responses(&p, 1.0).await;
+        // The fast pools read the answer once the body is sent; hyper's client may pass
+        // the early 401 on before the reset arrives, and then it was delivered.
+        let delivered = if fast {
+            0.0
+        } else {
+            responses(&m, "401", "upstream")
+        };
+        assert_eq!(
+            responses(&m, "499", "client"),
+            1.0 - delivered,
+            "fast_path = {fast}: a client that left mid-body"
+        );
+        // The next request must reach the upstream as a request of its own.
+        let (parts, _) = get(&client(), &p.url("/next")).await;
+        assert_eq!(parts.status, 401, "fast_path = {fast}");
+        let heads = heads.lock().unwrap().clone();
+        assert_eq!(heads.len(), 2, "fast_path = {fast}: {heads:?}");
+        assert_eq!(heads[0], (0, "POST /upload HTTP/1.1".to_string()));
+        assert_eq!(
+            heads[1],
+            (1, "GET /next HTTP/1.1".to_string()),
+            "fast_path = {fast}: the upload's connection was used again"
+        );
+    }
+}
