@@ -450,10 +450,19 @@ impl Accepting {
             let activity = Activity::new();
             let requests = activity.clone();
             let hold: crate::forward::Hold = guard.clone();
+            // Over the limit, the first request gets its 503 and the connection is then
+            // closed: over HTTP/1.1 by the 503's `Connection: close`; HTTP/2 has no such
+            // field (hyper drops it), so a GOAWAY is begun below, or a long-lived h2
+            // client that connected in a moment of overload would get 503s for good.
+            let shed = overloaded.then(|| Arc::new(tokio::sync::Notify::new()));
+            let shed_on_request = shed.clone();
             // Each request takes the generation current when it arrives and keeps it to its
             // end: a reload never changes a request in flight.
             let service = service_fn(move |req| {
                 let busy = requests.enter();
+                if let Some(shed) = &shed_on_request {
+                    shed.notify_one();
+                }
                 let arrival = Arrival {
                     client: peer,
                     overloaded,
@@ -506,6 +515,12 @@ impl Accepting {
                     biased;
                     ended = conn.as_mut() => break ended,
                     _ = stop.wait_for(|stop| *stop), if !closing => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    _ = async { shed.as_ref().expect("checked").notified().await },
+                        if shed.is_some() && !closing =>
+                    {
                         conn.as_mut().graceful_shutdown();
                         closing = true;
                     }
