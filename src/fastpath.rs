@@ -53,6 +53,10 @@ pub(crate) const RESPONSE_HEAD_TOO_LARGE: &str = "response head over max_respons
 /// would hand the client bytes it cannot read, so it is a 502.
 pub(crate) const UNKNOWN_TRANSFER_CODING: &str =
     "response has a Transfer-Encoding other than chunked alone";
+/// What the log says of a 101 to a request that asked for no upgrade: nothing is there
+/// to switch to (and HTTP/2 has no 101 at all), so it is a 502.
+pub(crate) const UNASKED_SWITCH: &str =
+    "101 Switching Protocols to a request that asked for no upgrade";
 /// Largest upstream read buffer while a long body streams.
 const MAX_STREAM_BUF: usize = 64 * 1024;
 /// Most request headers parsed here (more: hyper's path, which answers 431 when needed).
@@ -1221,6 +1225,8 @@ pub(crate) enum NoHead {
     TooLarge,
     /// A body framed by a transfer coding other than chunked alone.
     UnknownCoding,
+    /// A 101 to a request that asked for no upgrade.
+    UnaskedSwitch,
     /// Anything else: a broken head, or a close part-way.
     Fault(UpstreamErrorKind),
 }
@@ -1230,7 +1236,9 @@ impl NoHead {
     pub(crate) fn kind(self) -> UpstreamErrorKind {
         match self {
             NoHead::Unanswered => UpstreamErrorKind::Reset,
-            NoHead::TooLarge | NoHead::UnknownCoding => UpstreamErrorKind::Protocol,
+            NoHead::TooLarge | NoHead::UnknownCoding | NoHead::UnaskedSwitch => {
+                UpstreamErrorKind::Protocol
+            }
             NoHead::Fault(kind) => kind,
         }
     }
@@ -1240,6 +1248,7 @@ impl NoHead {
         match self {
             NoHead::TooLarge => RESPONSE_HEAD_TOO_LARGE,
             NoHead::UnknownCoding => UNKNOWN_TRANSFER_CODING,
+            NoHead::UnaskedSwitch => UNASKED_SWITCH,
             other => other.kind().label(),
         }
     }
@@ -1315,9 +1324,12 @@ fn parse_response<T>(
     let status = resp.code.ok_or(UpstreamErrorKind::Protocol)?;
     // httparse takes any three digits; like hyper, refuse what is no status code (a
     // "000" would otherwise reach the client as an unparseable "HTTP/1.1 0"), and a
-    // 101 nothing asked for.
-    if !(100..=999).contains(&status) || status == 101 {
+    if !(100..=999).contains(&status) {
         return Err(UpstreamErrorKind::Protocol.into());
+    }
+    // Upgrade requests never come this way.
+    if status == 101 {
+        return Err(NoHead::UnaskedSwitch);
     }
     if (100..200).contains(&status) {
         return Ok(Parsed::Interim(len));

@@ -587,6 +587,12 @@ impl Proxy {
             }
         }
 
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_none() {
+            // hyper's client takes a 101 to any request; the fast pools' rule.
+            let detail = fastpath::UNASKED_SWITCH;
+            return failed(ex, &up.cfg, UpstreamErrorKind::Protocol, detail);
+        }
+
         // Phase 4: respond.
         self.note_response(route, &mut ex, resp.status(), resp.headers());
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -529,6 +529,29 @@ async fn an_h2c_upgrade_offer_is_not_forwarded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_to_a_request_that_asked_for_no_upgrade_is_a_502_on_every_path() {
+    // hyper's client takes a 101 to any request: with the fast pools off (or a TLS
+    // upstream) it reached the client — over HTTP/2 as a malformed `:status 101` —
+    // counted as a 1xx. The fast pools' rule for it is a 502.
+    let up = upstream().await;
+    for fast in [true, false] {
+        let p = start_with_proxy_settings(&format!("fast_path = {fast}"), up.addr);
+        for (c, version) in [(client(), "HTTP/1.1"), (h2_client(), "h2c")] {
+            let (parts, _) = get(&c, &p.url("/ws")).await;
+            assert_eq!(parts.status, 502, "fast_path = {fast}, {version}");
+        }
+        let m = wait_responses(&p, 2.0).await;
+        assert_eq!(responses(&m, "502", "proxy"), 2.0, "fast_path = {fast}");
+        let protocol = sum(
+            &m,
+            "statuslens_upstream_errors_total",
+            &[("kind", "protocol")],
+        );
+        assert_eq!(protocol, 2.0, "fast_path = {fast}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_match_the_path_the_upstream_reads() {
     // `/api/../admin/x` is /admin/x to an upstream that resolves dot segments: routed by
     // `/api/` it would reach the api upstream (with the api route's limits and
