@@ -609,7 +609,13 @@ impl Proxy {
                 );
             }
         }
-        plain_content_length(resp.headers_mut());
+        if resp.status() == StatusCode::NO_CONTENT {
+            // A 204 has none (RFC 9110 §8.6): hyper's HTTP/1 server drops it and the fast
+            // pools never pass it, but its HTTP/2 server would send it on.
+            resp.headers_mut().remove(header::CONTENT_LENGTH);
+        } else {
+            plain_content_length(resp.headers_mut());
+        }
         let (parts, body) = resp.into_parts();
         to_client(
             parts,

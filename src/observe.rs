@@ -793,7 +793,19 @@ impl ObservedBody {
                 }
                 // Trailers end a body, though hyper's `Incoming` only says so when
                 // polled once more — which hyper's HTTP/2 server never does.
-                if frame.is_trailers() || this.inner_ended() {
+                let frame = match frame.into_trailers() {
+                    Ok(mut trailers) => {
+                        // Connection-specific fields are the hop's, never the client's:
+                        // neither upstream client drops them, and among HTTP/2 trailers
+                        // h2 resets the stream (the client would lose a response
+                        // counted as delivered).
+                        crate::forward::strip_hop_by_hop(&mut trailers, false);
+                        this.finish();
+                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                    }
+                    Err(frame) => frame,
+                };
+                if this.inner_ended() {
                     this.finish();
                 }
                 Poll::Ready(Some(Ok(frame)))

@@ -26,13 +26,16 @@ fn scripted(path: &str, head_only: bool) -> &'static [u8] {
         ("/len", true) => b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-kept: 1\r\n\r\n",
         ("/chunked", _) => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nx-kept: 2\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n",
         ("/interim", _) => b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok",
-        ("/nocontent", _) => b"HTTP/1.1 204 No Content\r\nx-kept: 3\r\n\r\n",
+        // A 204 has no Content-Length to pass on (RFC 9110 §8.6), even one of 0.
+        ("/nocontent", _) => b"HTTP/1.1 204 No Content\r\nx-kept: 3\r\nContent-Length: 0\r\n\r\n",
         ("/limited", _) => b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 7\r\nx-ratelimit-limit: 100\r\nx-ratelimit-remaining: 3\r\ncontent-length: 4\r\n\r\nslow",
         ("/close", _) => b"HTTP/1.0 200 OK\r\nx-kept: 4\r\n\r\nuntil the upstream closes",
         ("/split", _) => b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nlater!",
         ("/big", _) => big_response(),
         ("/named", _) => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nConnection: keep-alive, Host, X-Gone, \xe9t\xe9\r\nConnection: close\r\nHost: upstream.test\r\nClose: said\r\nX-Gone: 1\r\nX-Kept: 5\r\n\r\nok",
         ("/trailers", _) => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\n\r\n3\r\nabc\r\n0\r\nx-checksum: 42\r\n\r\n",
+        // Connection-specific fields among the trailers: HTTP/2 cannot carry them.
+        ("/trailers-hop", _) => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx-checksum: 42\r\nKeep-Alive: timeout=5\r\nConnection: close\r\nTE: gzip\r\n\r\n",
         _ => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
     }
 }
@@ -799,6 +802,7 @@ async fn run_h2(
 async fn h2c_requests_on_the_fast_pools_are_answered_as_by_hypers_client() {
     let mut requests: Vec<_> = SEQUENCE.iter().map(|&(m, t)| (m, t, None)).collect();
     requests.push(("GET", "/trailers", None));
+    requests.push(("GET", "/trailers-hop", None));
     let (fast, fast_heads, fast_proc) = run_h2(true, &requests).await;
     let (slow, slow_heads, slow_proc) = run_h2(false, &requests).await;
     assert_eq!(fast.len(), requests.len());
@@ -825,9 +829,19 @@ async fn h2c_requests_on_the_fast_pools_are_answered_as_by_hypers_client() {
             (200, &big[..]),
             (200, b"hello"),
             (200, b"abc"),
+            (200, b"abc"),
         ]
     );
     assert_eq!(fast[0].1["x-kept"], "1");
+    assert!(!fast[4].1.contains_key("content-length"), "{:?}", fast[4]);
+    // h2 resets a stream whose trailers carry them (the client saw an error, statuslens
+    // counted a 200): they are dropped, the rest arrive.
+    let trailers = fast[11].3.as_ref().expect("the upstream's trailers");
+    assert_eq!(
+        trailers.keys().collect::<Vec<_>>(),
+        ["x-checksum"],
+        "{trailers:?}"
+    );
     assert!(!fast[0].1.contains_key("x-hop"), "{:?}", fast[0]);
     assert_eq!(fast[3].1["content-length"], "5", "HEAD keeps the length");
     let trailers = fast[10].3.as_ref().expect("the upstream's trailers");
@@ -846,11 +860,11 @@ async fn h2c_requests_on_the_fast_pools_are_answered_as_by_hypers_client() {
     assert_eq!(first["x-request-id"], "req-/len?q=1");
 
     for p in [&fast_proc, &slow_proc] {
-        let m = wait_metrics(p, "11 responses", |m| {
-            sum(m, "statuslens_responses_total", &[("route", "api")]) == 11.0
+        let m = wait_metrics(p, "12 responses", |m| {
+            sum(m, "statuslens_responses_total", &[("route", "api")]) == 12.0
         })
         .await;
-        for (code, n) in [("200", 8.0), ("201", 1.0), ("204", 1.0), ("429", 1.0)] {
+        for (code, n) in [("200", 9.0), ("201", 1.0), ("204", 1.0), ("429", 1.0)] {
             let got = sum(&m, "statuslens_responses_total", &[("code", code)]);
             assert_eq!(got, n, "code {code}");
         }
@@ -862,7 +876,10 @@ async fn h2c_requests_on_the_fast_pools_are_answered_as_by_hypers_client() {
             assert_eq!(gauge(&m, name, "api"), Some(want), "{name}");
         }
         let bytes = sum(&m, "statuslens_response_bytes_total", &[("route", "api")]);
-        assert_eq!(bytes, (5 + 11 + 2 + 4 + 25 + 6 + 100_000 + 5 + 3) as f64);
+        assert_eq!(
+            bytes,
+            (5 + 11 + 2 + 4 + 25 + 6 + 100_000 + 5 + 3 + 3) as f64
+        );
         let line = p.wait_line(|l| l.contains("\"status\":429"));
         assert!(line.contains("\"retry_after_s\":7"), "{line}");
     }
