@@ -787,25 +787,20 @@ impl ObservedBody {
             }
         };
         match polled {
-            Poll::Ready(Some(Ok(frame))) => {
+            Poll::Ready(Some(Ok(mut frame))) => {
                 if let (Some(data), Some(ex)) = (frame.data_ref(), this.exchange.as_mut()) {
                     ex.sent(data.len() as u64);
                 }
                 // Trailers end a body, though hyper's `Incoming` only says so when
                 // polled once more — which hyper's HTTP/2 server never does.
-                let frame = match frame.into_trailers() {
-                    Ok(mut trailers) => {
-                        // Connection-specific fields are the hop's, never the client's:
-                        // neither upstream client drops them, and among HTTP/2 trailers
-                        // h2 resets the stream (the client would lose a response
-                        // counted as delivered).
-                        crate::forward::strip_hop_by_hop(&mut trailers, false);
-                        this.finish();
-                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-                    }
-                    Err(frame) => frame,
-                };
-                if this.inner_ended() {
+                if let Some(trailers) = frame.trailers_mut() {
+                    // Connection-specific fields are the hop's, never the client's:
+                    // neither upstream client drops them, and among HTTP/2 trailers h2
+                    // resets the stream (the client would lose a response counted as
+                    // delivered).
+                    crate::forward::strip_hop_by_hop(trailers, false);
+                    this.finish();
+                } else if this.inner_ended() {
                     this.finish();
                 }
                 Poll::Ready(Some(Ok(frame)))
