@@ -73,11 +73,6 @@ pub(crate) async fn send(
     request_head(&mut head_bytes, parts, cfg, fast);
 
     let head_only = parts.method == Method::HEAD;
-    // What the upstream reads the body by (`takes` lets no other framing through).
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let replayable = fastpath::replayable(&parts.method, body.is_some());
     // Once more on a new connection when a pooled one closed unanswered and the request
     // may go twice (see `fastpath::may_resend`).
@@ -107,6 +102,11 @@ pub(crate) async fn send(
         up.buf.clear();
         let mut sent_whole = true;
         if let Some(body) = body.as_mut() {
+            // What the upstream reads the body by (`takes` lets no other framing through).
+            let declared = parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
             sent_whole = Box::pin(send_body(&mut up, body, declared)).await?;
         }
         let mut heard = false;

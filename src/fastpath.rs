@@ -1323,7 +1323,7 @@ fn parse_response<T>(
     };
     let status = resp.code.ok_or(UpstreamErrorKind::Protocol)?;
     // httparse takes any three digits; like hyper, refuse what is no status code (a
-    // "000" would otherwise reach the client as an unparseable "HTTP/1.1 0"), and a
+    // "000" would otherwise reach the client as an unparseable "HTTP/1.1 0").
     if !(100..=999).contains(&status) {
         return Err(UpstreamErrorKind::Protocol.into());
     }

@@ -460,8 +460,12 @@ impl Accepting {
             // end: a reload never changes a request in flight.
             let service = service_fn(move |req| {
                 let busy = requests.enter();
+                // HTTP/1.1's 503 closes by itself, after hyper tries to read an unread
+                // body (a close sooner could reset the answer away).
                 if let Some(shed) = &shed_on_request {
-                    shed.notify_one();
+                    if req.version() == http::Version::HTTP_2 {
+                        shed.notify_one();
+                    }
                 }
                 let arrival = Arrival {
                     client: peer,

@@ -1154,11 +1154,13 @@ async fn early_answering_upstream() -> (SocketAddr, Arc<Mutex<Vec<(usize, String
                         let head: Vec<u8> = buf.drain(..end + 4).collect();
                         let line = String::from_utf8_lossy(&head);
                         let line = line.lines().next().unwrap_or("").to_string();
-                        record.lock().unwrap().push((index, line));
+                        // Answered before recorded: a test that sees the head has the
+                        // answer waiting in the proxy's socket.
                         let reply = b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n";
                         if s.write_all(reply).await.is_err() {
                             return;
                         }
+                        record.lock().unwrap().push((index, line));
                     }
                     match s.read(&mut chunk).await {
                         Ok(0) | Err(_) => return,
@@ -1182,7 +1184,9 @@ async fn an_h2_upload_the_client_resets_with_no_error_is_never_a_whole_body() {
         let cfg = write_config(&format!(
             "[proxy]\nfast_path = {fast}\n[[routes]]\nname = \"api\"\nupstream = \"http://{up}\"\n"
         ));
-        let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+        // One worker: one pool, so the next request meets the upload's connection if
+        // it went back there.
+        let p = Proc::start(&["--config", cfg.to_str().unwrap(), "--workers", "1"]);
         let tcp = TcpStream::connect(p.proxy).await.unwrap();
         let (mut h2c, conn) = h2::client::handshake(tcp).await.unwrap();
         tokio::spawn(conn);
@@ -1193,7 +1197,7 @@ async fn an_h2_upload_the_client_resets_with_no_error_is_never_a_whole_body() {
         let (_response, mut body) = h2c.send_request(upload, false).unwrap();
         body.send_data(Bytes::from_static(b"0123456789"), false)
             .unwrap();
-        // The upstream has the head (and has answered it) before the client leaves.
+        // The upstream has answered the head before the client leaves.
         let start = std::time::Instant::now();
         while heads.lock().unwrap().is_empty() {
             assert!(
