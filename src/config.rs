@@ -134,6 +134,8 @@ struct FileProxy {
     header_read_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "duration::serde_str::option")]
     body_read_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration::serde_str::option")]
+    send_timeout: Option<Duration>,
     max_header_bytes: Option<usize>,
     max_headers: Option<usize>,
     max_uri_bytes: Option<usize>,
@@ -425,6 +427,8 @@ pub struct ProxyConfig {
     pub header_read_timeout: Duration,
     /// How long a client may pause mid-body before the request gets 408.
     pub body_read_timeout: Duration,
+    /// How long a write of a response may wait for a client that takes nothing.
+    pub send_timeout: Duration,
     /// Largest request head (all header names and values) before answering 431.
     pub max_header_bytes: usize,
     /// Most request headers before answering 431.
@@ -761,6 +765,7 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
             10,
         )?,
         body_read_timeout: clock("proxy.body_read_timeout", file.proxy.body_read_timeout, 30)?,
+        send_timeout: clock("proxy.send_timeout", file.proxy.send_timeout, 60)?,
         max_header_bytes: within(
             "proxy.max_header_bytes",
             file.proxy.max_header_bytes,
@@ -1614,6 +1619,7 @@ upstream = "http://127.0.0.1:3001"
             ("[proxy]\nheader_read_timeout='0s'\n[[routes]]\nname='a'\nupstream='http://x'\n", "proxy.header_read_timeout"),
             ("[detection]\ninstance=' '\n[[routes]]\nname='a'\nupstream='http://x'\n", "detection.instance"),
             ("[proxy]\nbody_read_timeout='0s'\n[[routes]]\nname='a'\nupstream='http://x'\n", "proxy.body_read_timeout"),
+            ("[proxy]\nsend_timeout='0s'\n[[routes]]\nname='a'\nupstream='http://x'\n", "proxy.send_timeout"),
             ("[detection]\nhistory=10001\n[[routes]]\nname='a'\nupstream='http://x'\n", "detection.history"),
             ("[detection]\nclear_after='500ms'\n[[routes]]\nname='a'\nupstream='http://x'\n", "detection.clear_after"),
             // A threshold out of range is named by its key, wherever it is set.

@@ -40,6 +40,7 @@ use crate::iptext::IpText;
 use crate::isolate;
 use crate::metrics::{Source, UpstreamErrorKind};
 use crate::observe::{Exchange, RequestBodyState};
+use crate::send;
 
 /// Client read buffer; a head that does not fit in the first read goes to hyper.
 pub const CLIENT_BUF: usize = 8 * 1024;
@@ -227,6 +228,8 @@ struct Client {
     out: Vec<u8>,
     /// Some bytes of the current response went out (a panic must not add a second head).
     wrote: bool,
+    /// `proxy.send_timeout`: how long a write may wait for a client that takes nothing.
+    send: Duration,
 }
 
 /// Serves `io` on the fast path until it closes (None) or a request needs hyper; `early`
@@ -246,6 +249,7 @@ pub async fn serve(
         buf,
         out: Vec::with_capacity(1024),
         wrote: false,
+        send: live.load().config.proxy.send_timeout,
     };
     // One timer for the connection's waits between requests, moved on at each: tokio
     // extends a later deadline in place, where a timeout per wait put an entry into the
@@ -324,7 +328,7 @@ async fn internal_error(c: &mut Client) {
         true,
     );
     c.out.extend_from_slice(body);
-    let _ = c.io.write_all(&c.out).await;
+    let _ = send::write_all(&c.io, &c.out, c.send).await;
 }
 
 /// After a response: go on with the connection or close it.
@@ -925,7 +929,9 @@ enum Broken {
 /// Writes `c.out` (the head and, of it, `body` body bytes) to the client.
 async fn write_client(c: &mut Client, ex: &mut Exchange, body: usize) -> Result<(), Broken> {
     c.wrote = true;
-    c.io.write_all(&c.out).await.map_err(|_| Broken::Client)?;
+    send::write_all(&c.io, &c.out, c.send)
+        .await
+        .map_err(|_| Broken::Client)?;
     ex.sent(body as u64);
     Ok(())
 }
@@ -943,9 +949,10 @@ async fn write_with_body(c: &mut Client, ex: &mut Exchange, body: &[u8]) -> Resu
     while done < total {
         let wrote = if done < head {
             let slices = [IoSlice::new(&c.out[done..]), IoSlice::new(body)];
-            c.io.write_vectored(&slices).await
+            send::write_vectored(&c.io, &slices, c.send).await
         } else {
-            c.io.write(&body[done - head..]).await
+            let rest = [IoSlice::new(&body[done - head..])];
+            send::write_vectored(&c.io, &rest, c.send).await
         };
         match wrote {
             Ok(0) | Err(_) => return Err(Broken::Client),
@@ -1021,7 +1028,7 @@ async fn stream_length(
         let take = (n as u64).min(left) as usize;
         // Bytes beyond the body: the connection's framing is in doubt.
         *reusable &= take == n;
-        c.io.write_all(&up.buf[..take])
+        send::write_all(&c.io, &up.buf[..take], c.send)
             .await
             .map_err(|_| Broken::Client)?;
         ex.sent(take as u64);
@@ -1049,7 +1056,7 @@ async fn stream_chunked(
             .map_err(|()| Broken::Framing)?
             .unwrap_or(n);
         *reusable &= used == n;
-        c.io.write_all(&up.buf[..used])
+        send::write_all(&c.io, &up.buf[..used], c.send)
             .await
             .map_err(|_| Broken::Client)?;
         ex.sent(chunks.data - data_before);

@@ -24,6 +24,7 @@ use crate::generation::Live;
 use crate::idle::{Activity, Tracked};
 use crate::isolate::CatchPanic;
 use crate::metrics::{method_index, ClientErrorKind};
+use crate::send::SendClock;
 
 /// Errors that stop `statuslens run` after the config was accepted.
 #[derive(Debug, thiserror::Error)]
@@ -375,6 +376,7 @@ impl Accepting {
             .map(|t| t.config.clone());
         let fast = generation.config.proxy.fast_path && !overloaded && tls.is_none();
         let proxy_protocol = generation.config.proxy.proxy_protocol;
+        let send_timeout = generation.config.proxy.send_timeout;
         drop(generation);
         // Shared: an upgraded connection's tunnel keeps it after hyper lets go. Its
         // watcher, held from here, makes a drain wait for the connection — the fast
@@ -495,7 +497,7 @@ impl Accepting {
             let conn = self
                 .builder
                 .serve_connection_with_upgrades(
-                    TokioIo::new(Watched::new(stream, watched)),
+                    TokioIo::new(Watched::new(SendClock::new(stream, send_timeout), watched)),
                     service,
                 )
                 .into_owned();

@@ -342,3 +342,40 @@ async fn broken_chunk_framing_mid_body_is_a_protocol_error() {
         assert_eq!(protocol, 1.0, "fast_path = {fast}: {m:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_given_up_on_after_send_timeout() {
+    // No clock ran while a response waited for room in the client's socket: a client
+    // that stopped reading held the response, its in-flight slot and the upstream
+    // connection for as long as it kept the connection open. Now a write may wait
+    // `proxy.send_timeout` (nginx's send_timeout), then the client is counted gone.
+    let up = upstream().await;
+    for fast in [true, false] {
+        let p = start_with_proxy_settings(
+            &format!("fast_path = {fast}\nworkers = 1\nsend_timeout = \"1s\""),
+            up.addr,
+        );
+        let mut s = TcpStream::connect(p.proxy).await.unwrap();
+        // Many times what the sockets between them hold; then it never reads.
+        s.write_all(b"GET /big/16000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let m = wait_metrics(&p, "the client given up on", |m| {
+            responses(m, "499", "client") == 1.0 && settled(m)
+        })
+        .await;
+        assert_eq!(
+            sum(&m, "statuslens_responses_total", &[]),
+            1.0,
+            "fast_path = {fast}"
+        );
+        // And its connection closed: what was sent arrives, then the end.
+        let got = read_until_closed(&mut s, "the stalled client").await;
+        assert!(got.starts_with(b"HTTP/1.1 200 "), "fast_path = {fast}");
+        assert!(
+            got.len() < 16_000_000,
+            "fast_path = {fast}: {} bytes",
+            got.len()
+        );
+    }
+}
