@@ -10,8 +10,10 @@
 //! the first defective head in [`Framing`]; the service asks
 //! [`Framing::next_request_defect`] for each request it receives.
 //!
-//! The watcher only ever fails open: on HTTP/2, CONNECT or anything it does not follow
-//! it stops watching, and hyper's own (RFC-conformant) handling applies. A request that
+//! The watcher only ever fails open: on HTTP/2, or what hyper refuses and closes the
+//! connection on, it stops watching, and hyper's own (RFC-conformant) handling applies;
+//! where hyper would go on reading requests it cannot follow (a chunk size padded past
+//! the bytes kept), it refuses the next request instead. A request that
 //! asks to upgrade does not stop it: only an upgrade the proxy agrees to
 //! ([`Framing::tunnelled`]) does, since a refused one leaves the connection carrying
 //! requests.
@@ -37,9 +39,9 @@ pub enum Defect {
     LengthAndChunked,
     /// A head line ended by a bare LF: parsers on the path may disagree on the lines.
     BareLf,
-    /// A `Content-Length` line too long to follow (zero padding hyper reads past): the
-    /// watcher cannot know where the body ends, so the request is refused, not passed
-    /// on unwatched.
+    /// A `Content-Length` or chunk-size line too long to follow (zero padding hyper
+    /// reads past): the watcher cannot know where the body ends, so the request (for a
+    /// chunk size, the next one on the connection) is refused, not passed on unwatched.
     OverlongLength,
 }
 
@@ -50,7 +52,7 @@ impl Defect {
             Defect::LengthAndChunked => "request has both Content-Length and Transfer-Encoding\n",
             Defect::BareLf => "request head has a line ending in a bare LF instead of CRLF\n",
             Defect::OverlongLength => {
-                "request Content-Length is longer than any length needs (zero padding)\n"
+                "request body length is written longer than any length needs (zero padding)\n"
             }
         }
     }
@@ -166,7 +168,6 @@ struct Scanner {
     /// The head has a `Content-Length` line longer than `LINE_CAP`.
     long_length: bool,
     transfer_encoding: bool,
-    stop_after_head: bool,
 }
 
 impl Scanner {
@@ -183,7 +184,6 @@ impl Scanner {
             bad_length: false,
             long_length: false,
             transfer_encoding: false,
-            stop_after_head: false,
         }
     }
 
@@ -272,14 +272,16 @@ impl Scanner {
                     return None;
                 }
                 self.bare_lf = !crlf;
-                // An HTTP/2 preface ("PRI * HTTP/2.0") or a tunnel: not ours to follow,
-                // though a preface is a head until its last byte (RFC 9113 §3.4).
+                // An HTTP/2 preface: not ours to follow, though it is a head until its
+                // last byte (RFC 9113 §3.4). Any other line naming HTTP/2.0 hyper's
+                // HTTP/1 parser refuses (400, closed). A `PRI /x HTTP/1.1` request, and a
+                // CONNECT (answered 405, never tunnelled), are requests like any other:
+                // the connection goes on, and so does the watcher.
                 if line == b"PRI * HTTP/2.0" && crlf {
                     self.state = State::Preface(PREFACE_REST.len() as u64);
-                } else if line.starts_with(b"PRI ") || line.ends_with(b"HTTP/2.0") {
+                } else if line.ends_with(b"HTTP/2.0") {
                     self.state = State::Off;
                 } else {
-                    self.stop_after_head = line.starts_with(b"CONNECT ");
                     self.state = State::Head { first: false };
                 }
             }
@@ -311,11 +313,20 @@ impl Scanner {
                 }
             }
             State::ChunkSize => {
-                let digits = line
+                // The size ends at an extension or white space (hyper takes up to 16 KiB
+                // of extensions): a long line is read by the size in the bytes kept.
+                let end = line
                     .iter()
-                    .position(|&b| b == b';' || b == b' ' || b == b'\t')
-                    .map_or(line, |i| &line[..i]);
-                self.state = match parse_hex(digits).filter(|_| !long) {
+                    .position(|&b| b == b';' || b == b' ' || b == b'\t');
+                if long && end.is_none() {
+                    // Its digits alone run past what is kept (padding hyper reads): where
+                    // the body ends is unknown, so the next head is refused rather than
+                    // left unwatched.
+                    self.state = State::Off;
+                    return Some((self.heads, Defect::OverlongLength));
+                }
+                // Not a size hyper reads: it answers 400 and closes; nothing follows.
+                self.state = match parse_hex(end.map_or(line, |i| &line[..i])) {
                     Some(0) => State::Trailers,
                     Some(n) => State::ChunkData(n),
                     None => State::Off,
@@ -353,7 +364,7 @@ impl Scanner {
             return Some((index, defect));
         }
         // A bad length alone: hyper answers 400 and closes; nothing after it to follow.
-        self.state = if std::mem::take(&mut self.stop_after_head) || bad_length {
+        self.state = if bad_length {
             State::Off
         } else if te {
             State::ChunkSize
@@ -397,11 +408,19 @@ fn parse_decimal(v: &[u8]) -> Option<u64> {
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
+/// A chunk size as hyper reads it: hex digits, leading zeros allowed, within u64.
 fn parse_hex(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 15 {
+    if v.is_empty() || !v.iter().all(u8::is_ascii_hexdigit) {
         return None;
     }
-    u64::from_str_radix(std::str::from_utf8(v).ok()?, 16).ok()
+    let digits = match v.iter().position(|&b| b != b'0') {
+        Some(first) => &v[first..],
+        None => return Some(0),
+    };
+    if digits.len() > 16 {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
 }
 
 pin_project_lite::pin_project! {
@@ -627,7 +646,7 @@ mod tests {
     fn stops_watching_what_it_does_not_follow() {
         for stream in [
             &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..],
-            b"CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET / HTTP/2.0\r\nHost: x\r\n\r\n",
             b"POST / HTTP/1.1\r\nContent-Length: 5a\r\n\r\n",
             b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
@@ -635,6 +654,46 @@ mod tests {
         ] {
             assert_eq!(every_split(stream), (None, State::Off), "{stream:?}");
         }
+    }
+
+    #[test]
+    fn follows_on_after_what_hyper_serves_and_keeps_the_connection_for() {
+        // Each of these turned the watcher off for the rest of the connection, though
+        // hyper serves it and reads the next request: a bare-LF head after it went
+        // through. A CONNECT is answered 405 (never tunnelled); `PRI` is a method name
+        // outside the HTTP/2 preface; hyper takes chunk extensions up to 16 KiB and any
+        // number of leading zeros in a chunk size.
+        let next = b"GET /b HTTP/1.1\nHost: x\n\n";
+        let mut long_extension =
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;e=".to_vec();
+        long_extension.extend(std::iter::repeat_n(b'a', 200));
+        long_extension.extend_from_slice(b"\r\nhello\r\n0\r\n\r\n");
+        let mut padded = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        padded.extend(std::iter::repeat_n(b'0', 40));
+        padded.extend_from_slice(b"5\r\nhello\r\n0\r\n\r\n");
+        for first in [
+            &b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n"[..],
+            b"PRI /x HTTP/1.1\r\nHost: x\r\n\r\n",
+            &long_extension,
+            &padded,
+        ] {
+            let stream = [first, &next[..]].concat();
+            assert_eq!(
+                every_split(&stream),
+                (Some((1, Defect::BareLf)), State::Off),
+                "{:?}",
+                String::from_utf8_lossy(first)
+            );
+        }
+        // A size whose digits alone run past the bytes kept cannot be followed: the next
+        // head is refused.
+        let mut overlong = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        overlong.extend(std::iter::repeat_n(b'0', 100));
+        overlong.extend_from_slice(b"5\r\nhello\r\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n");
+        assert_eq!(
+            every_split(&overlong),
+            (Some((1, Defect::OverlongLength)), State::Off)
+        );
     }
 
     #[test]

@@ -632,8 +632,36 @@ async fn connect_is_refused_not_tunnelled() {
     s.write_all(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
         .await
         .unwrap();
-    let line = read_status_line(&mut s).await;
-    assert!(line.starts_with("HTTP/1.1 405 "), "{line}");
+    // The whole 405 (its head, then its body by length).
+    let mut got = Vec::new();
+    read_until(&mut s, &mut got, |b| {
+        let Some(end) = b.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return false;
+        };
+        let head = String::from_utf8_lossy(&b[..end]).to_ascii_lowercase();
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+        b.len() >= end + 4 + length
+    })
+    .await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 405 "),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // The connection goes on, and so does the smuggling watcher: it stopped at a
+    // CONNECT head, so a bare-LF request after it was forwarded.
+    s.write_all(b"GET /status/200 HTTP/1.1\nHost: x\n\n")
+        .await
+        .unwrap();
+    let rest = read_until_closed(&mut s, "after the CONNECT").await;
+    assert!(
+        rest.starts_with(b"HTTP/1.1 400 "),
+        "{}",
+        String::from_utf8_lossy(&rest)
+    );
     // HTTP/2's CONNECT (RFC 9113 §8.5: :authority, no :path), through the h2 crate hyper
     // itself uses.
     let tcp = TcpStream::connect(p.proxy).await.unwrap();
@@ -649,11 +677,12 @@ async fn connect_is_refused_not_tunnelled() {
     assert_eq!(resp.status(), 405);
     let c = client();
     assert_eq!(get(&c, &p.url("/status/200")).await.0.status, 200);
-    let m = wait_responses(&p, 3.0).await;
+    let m = wait_responses(&p, 4.0).await;
     let n = |code: &str, source: &str| responses(&m, code, source);
     assert_eq!(n("405", "proxy"), 2.0);
+    assert_eq!(n("400", "proxy"), 1.0);
     assert_eq!(n("200", "upstream"), 1.0);
-    assert_eq!(sum(&m, "statuslens_responses_total", &[]), 3.0);
+    assert_eq!(sum(&m, "statuslens_responses_total", &[]), 4.0);
     let seen: Vec<String> = up
         .seen
         .0
