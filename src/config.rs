@@ -27,6 +27,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// nginx's `proxy_read_timeout`: long enough for any response that is still moving,
 /// short enough that a stalled upstream does not hold a client for ever.
 const DEFAULT_RESPONSE_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// HAProxy's `timeout tunnel` as commonly set, Envoy's connection idle timeout.
+const DEFAULT_TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Envoy's default is 60 KiB, nginx's 4–8 KiB: a head this large is already a fault
 /// somewhere (a cookie jar gone wild), and HTTP/2 clients refuse much larger ones.
 const DEFAULT_MAX_RESPONSE_HEADER_BYTES: usize = 64 * 1024;
@@ -349,6 +351,8 @@ struct FileRoute {
     idle_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "duration::serde_str::option")]
     response_body_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration::serde_str::option")]
+    tunnel_idle_timeout: Option<Duration>,
     max_response_header_bytes: Option<usize>,
     max_body_bytes: Option<u64>,
     max_in_flight: Option<usize>,
@@ -548,6 +552,8 @@ pub struct RouteConfig {
     pub idle_timeout: Duration,
     /// Longest pause in the upstream's response body before the response is cut.
     pub response_body_timeout: Duration,
+    /// How long an upgraded connection (WebSocket) may carry nothing either way.
+    pub tunnel_idle_timeout: Duration,
     /// Largest upstream response head (status line and fields) accepted; 502 beyond.
     pub max_response_header_bytes: usize,
     /// Largest request body accepted (413 beyond), if limited.
@@ -994,6 +1000,7 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(90),
             response_body_timeout: DEFAULT_RESPONSE_BODY_TIMEOUT,
+            tunnel_idle_timeout: DEFAULT_TUNNEL_IDLE_TIMEOUT,
             max_response_header_bytes: DEFAULT_MAX_RESPONSE_HEADER_BYTES,
             max_body_bytes: None,
             max_in_flight: None,
@@ -1164,6 +1171,11 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
                 "response_body_timeout",
                 r.response_body_timeout,
                 DEFAULT_RESPONSE_BODY_TIMEOUT,
+            )?,
+            tunnel_idle_timeout: nonzero(
+                "tunnel_idle_timeout",
+                r.tunnel_idle_timeout,
+                DEFAULT_TUNNEL_IDLE_TIMEOUT,
             )?,
             max_response_header_bytes: match r.max_response_header_bytes {
                 None => DEFAULT_MAX_RESPONSE_HEADER_BYTES,

@@ -601,8 +601,12 @@ impl Proxy {
                     c.framing.tunnelled();
                 }
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
-                let (parts, _) = resp.into_parts();
+                let idle = up.cfg.tunnel_idle_timeout;
+                tokio::spawn(tunnel(client_upgrade, upstream_upgrade, idle));
+                let (mut parts, _) = resp.into_parts();
+                // The hop's own fields stay with the hop, as on every other answer;
+                // `Connection: upgrade` and `Upgrade` are what the 101 is.
+                strip_hop_by_hop(&mut parts.headers, true);
                 return Response::from_parts(
                     parts,
                     ObservedBody::new(ResponseInner::Local(None), ex),
@@ -864,8 +868,10 @@ fn local(mut ex: Exchange, status: StatusCode, body: &'static str) -> Response<O
 }
 
 /// Copies bytes both ways once client and upstream have both switched protocols; the
-/// client's connection counts as open, and a drain waits, until it ends.
-async fn tunnel(client: ClientUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+/// client's connection counts as open, and a drain waits, until it ends — or until
+/// nothing has crossed it either way for `idle` (a peer gone without a FIN, behind a
+/// NAT that forgot it, would otherwise hold both sockets and a connection slot for good).
+async fn tunnel(client: ClientUpgrade, upstream: hyper::upgrade::OnUpgrade, idle: Duration) {
     let ClientUpgrade {
         on: client,
         connection: _open,
@@ -877,10 +883,81 @@ async fn tunnel(client: ClientUpgrade, upstream: hyper::upgrade::OnUpgrade) {
             return;
         }
     };
-    let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(error = %e, "upgraded connection ended with an error");
+    let moved = Arc::new(Moved::default());
+    let base = tokio::time::Instant::now();
+    let mut client = Stamped::new(TokioIo::new(client), moved.clone(), base);
+    let mut upstream = Stamped::new(TokioIo::new(upstream), moved.clone(), base);
+    let quiet = async {
+        loop {
+            let due = base + Duration::from_millis(moved.0.load(Ordering::Relaxed)) + idle;
+            if tokio::time::Instant::now() >= due {
+                return;
+            }
+            tokio::time::sleep_until(due).await;
+        }
+    };
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+            if let Err(e) = copied {
+                tracing::debug!(error = %e, "upgraded connection ended with an error");
+            }
+        }
+        () = quiet => tracing::debug!(?idle, "upgraded connection idle: closed"),
+    }
+}
+
+/// When bytes last crossed a tunnel, either way: milliseconds after its start.
+#[derive(Default)]
+struct Moved(AtomicU64);
+
+pin_project_lite::pin_project! {
+    /// One side of a tunnel; what is read from it stamps [`Moved`].
+    struct Stamped<S> {
+        #[pin]
+        inner: S,
+        moved: Arc<Moved>,
+        base: tokio::time::Instant,
+    }
+}
+
+impl<S> Stamped<S> {
+    fn new(inner: S, moved: Arc<Moved>, base: tokio::time::Instant) -> Self {
+        Stamped { inner, moved, base }
+    }
+}
+
+impl<S: tokio::io::AsyncRead> tokio::io::AsyncRead for Stamped<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let polled = this.inner.poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let at = this.base.elapsed().as_millis().min(u64::MAX as u128) as u64;
+            this.moved.0.store(at, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<S: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Stamped<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
     }
 }
 

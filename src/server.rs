@@ -361,6 +361,10 @@ impl Accepting {
         stop: watch::Receiver<bool>,
     ) {
         let _ = stream.set_nodelay(true);
+        // As on upstream connections: notice a client that vanished without a FIN (a
+        // NAT that forgot it) instead of holding its connection open for good.
+        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
         // Over the connection limit the connection is still served, so that its requests
         // get a counted 503 with Retry-After instead of a silent reset.
         let generation = self.live.load();

@@ -469,6 +469,12 @@ async fn websocket_upgrade_passes_through() {
     let (mut s, head) = open_websocket(p.proxy).await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"), "{head}");
+    assert!(head.contains("connection: upgrade\r\n"), "{head}");
+    // The upstream's hop-by-hop fields stay with its hop, as on every other answer.
+    assert!(
+        !head.contains("x-hop") && !head.contains("keep-alive"),
+        "{head}"
+    );
     for msg in [&b"hello"[..], b"second frame", &[0u8, 1, 2, 255]] {
         s.write_all(msg).await.unwrap();
         let mut got = vec![0u8; msg.len()];
@@ -486,6 +492,41 @@ async fn websocket_upgrade_passes_through() {
             "statuslens_responses_total",
             &[("code", "101"), ("class", "1xx")],
         ) == 1.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_idle_for_its_routes_limit_is_closed() {
+    // Nothing bounded an upgraded connection: one whose client vanished without a FIN
+    // (a NAT that forgot it) held both sockets and a connection slot for good.
+    let up = upstream().await;
+    let cfg = write_config(&format!(
+        "[[routes]]\nname = \"ws\"\nupstream = \"http://{}\"\ntunnel_idle_timeout = \"3s\"\n",
+        up.addr
+    ));
+    let p = Proc::start(&["--config", cfg.to_str().unwrap()]);
+    let (mut s, head) = open_websocket(p.proxy).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    // In use, it stays open past the limit: a message every 100 ms for 4 s.
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(4) {
+        s.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        tokio::time::timeout(DEADLINE, s.read_exact(&mut got))
+            .await
+            .expect("an echo within the deadline")
+            .expect("the tunnel open while in use");
+        assert_eq!(&got, b"ping");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Then quiet: closed, and its connection no longer counted.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(DEADLINE, s.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the idle tunnel was not closed");
+    assert!(rest.is_empty(), "{rest:?}");
+    wait_metrics(&p, "the tunnel's connection closed", |m| {
+        sum(m, "statuslens_connections_open", &[]) == 0.0
     })
     .await;
 }

@@ -228,10 +228,14 @@ async fn upstream_handle(
             });
             let mut r = Response::new(full(Bytes::new()));
             *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            // With fields that are this hop's own, as any upstream may add.
             r.headers_mut()
-                .insert("connection", "upgrade".parse().unwrap());
+                .insert("connection", "upgrade, x-hop".parse().unwrap());
             r.headers_mut()
                 .insert("upgrade", "websocket".parse().unwrap());
+            r.headers_mut().insert("x-hop", "1".parse().unwrap());
+            r.headers_mut()
+                .insert("keep-alive", "timeout=5".parse().unwrap());
             r
         }
         _ => {
