@@ -133,6 +133,11 @@ pub(crate) async fn send(
     // The body bytes that came with the head.
     let buf = BytesMut::from(&up.buf[head.len..]);
     up.buf.clear();
+    if up.buf.capacity() > fastpath::UPSTREAM_BUF {
+        // A long head grew it (up to max_response_header_bytes): the body, which may
+        // stream for long, reads into the usual size.
+        up.buf = Vec::with_capacity(fastpath::UPSTREAM_BUF);
+    }
     let mut body = UpstreamBody {
         framing,
         buf,

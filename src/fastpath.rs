@@ -22,6 +22,7 @@ use std::io::{ErrorKind, IoSlice};
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -45,7 +46,7 @@ use crate::send;
 /// Client read buffer; a head that does not fit in the first read goes to hyper.
 pub const CLIENT_BUF: usize = 8 * 1024;
 /// Upstream read buffer, kept with its pooled connection.
-const UPSTREAM_BUF: usize = 16 * 1024;
+pub(crate) const UPSTREAM_BUF: usize = 16 * 1024;
 /// The log's word for a response head over `max_response_header_bytes` (nginx: "upstream
 /// sent too big header").
 pub(crate) const RESPONSE_HEAD_TOO_LARGE: &str = "response head over max_response_header_bytes";
@@ -87,6 +88,8 @@ pub struct FastRoute {
     /// own, so the lock is never contended (and a connection stays on the runtime whose
     /// reactor it is registered with).
     pools: Box<[Mutex<VecDeque<Idle>>]>,
+    /// Its generation was replaced: connections given back are closed, not pooled.
+    retired: AtomicBool,
     /// Counts the connections opened (the route's `statuslens_upstream_connections_total`).
     opened: IntCounter,
 }
@@ -121,6 +124,7 @@ impl FastRoute {
             pools: (0..workers.max(1))
                 .map(|_| Mutex::new(VecDeque::new()))
                 .collect(),
+            retired: AtomicBool::new(false),
             opened,
         })
     }
@@ -148,6 +152,16 @@ impl FastRoute {
         None
     }
 
+    /// Closes every idle connection, of every worker, and each one given back from now on.
+    pub(crate) fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+        for pool in self.pools.iter() {
+            // Closed here, on the reloading thread: tokio deregisters a socket from its
+            // worker's reactor from any thread.
+            pool.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+    }
+
     /// Closes this worker's idle connections that outlived `idle_timeout` or that the
     /// upstream closed, so none lingers (in CLOSE_WAIT) until the pool is next used.
     pub(crate) fn sweep(&self, idle_timeout: Duration) {
@@ -165,6 +179,11 @@ impl FastRoute {
             conn.buf = Vec::with_capacity(UPSTREAM_BUF);
         }
         let mut pool = self.pool().lock().unwrap_or_else(|e| e.into_inner());
+        // Read under the lock `retire` empties each pool with after setting it: a
+        // connection is either seen retired here or pooled before the emptying.
+        if self.retired.load(Ordering::Relaxed) {
+            return;
+        }
         while pool
             .front()
             .is_some_and(|i| i.since.elapsed() > idle_timeout)
@@ -2043,6 +2062,46 @@ crate::write_through!(Replay);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_retired_route_closes_its_idle_connections_and_pools_none_after() {
+        // A reload replaces the generation; requests of the old one still running (a
+        // stream may last hours) gave their connections back to pools nobody swept.
+        let config = crate::config::Config::parse(
+            "[[routes]]\nname = 'a'\nupstream = 'http://127.0.0.1:9'\n",
+            "test.toml",
+            &crate::config::Overrides::default(),
+        )
+        .unwrap();
+        let fast = FastRoute::new(&config.routes[0], 1, IntCounter::new("n", "h").unwrap())
+            .expect("a plain-http route");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conn = || async {
+            let (io, _) = tokio::join!(TcpStream::connect(addr), listener.accept());
+            UpConn {
+                io: io.unwrap(),
+                buf: Vec::new(),
+            }
+        };
+        let idle = Duration::from_secs(90);
+        fast.checkin(conn().await, idle);
+        let pooled = |f: &FastRoute| {
+            f.pools
+                .iter()
+                .map(|p| p.lock().unwrap().len())
+                .sum::<usize>()
+        };
+        assert_eq!(pooled(&fast), 1);
+        fast.retire();
+        assert_eq!(pooled(&fast), 0, "the idle connection closed at retirement");
+        fast.checkin(conn().await, idle);
+        assert_eq!(
+            pooled(&fast),
+            0,
+            "a connection given back after it is closed"
+        );
+    }
 
     fn follow(stream: &[u8]) -> Option<usize> {
         let mut c = Chunks::default();

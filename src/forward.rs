@@ -259,6 +259,14 @@ impl Proxy {
         Some((&up.cfg, up.fast.as_ref()?))
     }
 
+    /// Closes every idle fast-path upstream connection, and each one given back from now
+    /// on: this proxy's generation was replaced by a reload.
+    pub(crate) fn retire_fast_pools(&self) {
+        for fast in self.upstreams.iter().filter_map(|up| up.fast.as_ref()) {
+            fast.retire();
+        }
+    }
+
     /// Closes this worker's stale idle fast-path upstream connections, every route.
     pub(crate) fn sweep_fast_pools(&self) {
         for up in &self.upstreams {

@@ -304,6 +304,9 @@ impl Live {
         let old = self.load();
         let next = Generation::build(config, &self.shared, Some(&old));
         self.current.store(Arc::new(next));
+        // Requests of the old generation still running (a stream may last hours) keep
+        // it alive; the connections they give back must not sit in pools nobody sweeps.
+        old.proxy.retire_fast_pools();
         Ok(routes)
     }
 

@@ -202,9 +202,13 @@ async fn post(
         let exchange = async {
             let resp = client.request(req).await?;
             // Read to its end, so the connection can carry the next POST; a body that
-            // breaks off leaves the status standing (the receiver has decided).
+            // breaks off leaves the status standing (the receiver has decided). At most
+            // 64 KiB of it: Alertmanager answers with a few bytes, and a receiver that
+            // sends more is not read into memory (its connection is dropped instead).
             let status = resp.status();
-            let _ = resp.into_body().collect().await;
+            let _ = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
+                .collect()
+                .await;
             Ok::<_, hyper_util::client::legacy::Error>(status)
         };
         let error = match tokio::time::timeout(limit, exchange).await {
