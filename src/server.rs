@@ -478,10 +478,12 @@ impl Accepting {
                     overloaded,
                     tls: is_tls,
                     defect: framing.next_request_defect(),
-                    // Only an HTTP/1.1 body can be left to read after its response.
-                    activity: (req.version() == http::Version::HTTP_11
-                        && !http_body::Body::is_end_stream(req.body()))
-                    .then(|| requests.clone()),
+                    // Only an HTTP/1 connection that stays open has a body left to read
+                    // after its response: HTTP/1.1, or HTTP/1.0 asking to be kept alive
+                    // (hyper keeps it so; with the body unread it closed after telling
+                    // the client `keep-alive`, and the client's next request was lost).
+                    activity: (keeps_alive(&req) && !http_body::Body::is_end_stream(req.body()))
+                        .then(|| requests.clone()),
                     // hyper marks the requests that ask to upgrade (HTTP/1.1 only).
                     connection: req
                         .extensions()
@@ -571,6 +573,21 @@ impl Accepting {
             }
             drop(guard);
         });
+    }
+}
+
+/// Whether an HTTP/1 request leaves its connection open after the response, as hyper
+/// decides it: HTTP/1.1, or HTTP/1.0 with `Connection: keep-alive`.
+fn keeps_alive<B>(req: &http::Request<B>) -> bool {
+    match req.version() {
+        http::Version::HTTP_11 => true,
+        http::Version::HTTP_10 => req
+            .headers()
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"keep-alive")),
+        _ => false,
     }
 }
 

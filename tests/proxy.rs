@@ -736,6 +736,46 @@ async fn connect_is_refused_not_tunnelled() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http10_keep_alive_request_with_an_unread_body_keeps_its_connection() {
+    // A proxy-made answer to an HTTP/1.0 keep-alive request whose body went unread told
+    // the client `keep-alive`, then closed (only HTTP/1.1 bodies were read to their end
+    // after the answer): the client's next request on it was lost.
+    let p = Proc::start(&["--upstream", "http://127.0.0.1:1"]);
+    let mut s = TcpStream::connect(p.proxy).await.unwrap();
+    let head =
+        "POST /x HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\nContent-Length: 100000\r\n\r\n";
+    s.write_all(head.as_bytes()).await.unwrap();
+    // The whole answer: its head, then its body by length.
+    let whole = |b: &[u8]| {
+        let Some(end) = b.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return false;
+        };
+        let head = String::from_utf8_lossy(&b[..end]).to_ascii_lowercase();
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+        b.len() >= end + 4 + length
+    };
+    let mut got = Vec::new();
+    read_until(&mut s, &mut got, whole).await;
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.0 502 "), "{text}");
+    assert!(text.contains("connection: keep-alive"), "{text}");
+    // The body it still owes, then a second request on the same connection.
+    s.write_all(&vec![b'b'; 100_000]).await.unwrap();
+    s.write_all(b"GET /y HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
+        .await
+        .unwrap();
+    let mut again = Vec::new();
+    read_until(&mut s, &mut again, whole).await;
+    let again = String::from_utf8_lossy(&again);
+    assert!(again.starts_with("HTTP/1.0 502 "), "{again}");
+    let m = wait_responses(&p, 2.0).await;
+    assert_eq!(responses(&m, "502", "proxy"), 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expect_100_continue_works() {
     let up = upstream().await;
     let p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
