@@ -391,16 +391,19 @@ impl Proxy {
 
         // Phase 3: the request as the upstream gets it.
         let client_version = req.version();
-        // An HTTP/1.1 body the upstream leaves unread is read to its end where the
+        // An HTTP/1 body the upstream leaves unread is read to its end where the
         // connection would otherwise stay open (see `observe::Discard`). `activity` comes
         // only with such a body, so a bodyless request (most) looks up no field here.
         let discard = activity
             .filter(|_| !asks_close(req.headers()))
             .map(|activity| Discard {
-                expect: req
-                    .headers()
-                    .get(header::EXPECT)
-                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")),
+                // hyper honours `Expect` from HTTP/1.1 clients only; an HTTP/1.0 one
+                // sends its body regardless.
+                expect: client_version == Version::HTTP_11
+                    && req
+                        .headers()
+                        .get(header::EXPECT)
+                        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")),
                 activity,
             });
         let upgrade = is_upgrade(req.headers()) && client_version == Version::HTTP_11;
@@ -813,8 +816,14 @@ fn to_client(
 ) -> Response<ObservedBody> {
     strip_hop_by_hop(&mut parts.headers, false);
     // The client hears its own protocol version: an HTTP/1.0 upstream must not turn
-    // an HTTP/1.1 client's keep-alive connection into a one-shot one.
-    parts.version = client_version;
+    // an HTTP/1.1 client's keep-alive connection into a one-shot one. An HTTP/1.0
+    // client's answer goes to hyper as HTTP/1.1: hyper writes it as 1.0 itself, with
+    // `Connection: keep-alive` when the client asked for that (one marked 1.0 here it
+    // would close, the upstream's Connection field being gone).
+    parts.version = match client_version {
+        Version::HTTP_10 => Version::HTTP_11,
+        v => v,
+    };
     Response::from_parts(parts, ObservedBody::new(body, ex).stalls_after(stall))
 }
 
@@ -919,7 +928,7 @@ async fn tunnel(client: ClientUpgrade, upstream: hyper::upgrade::OnUpgrade, idle
 struct Moved(AtomicU64);
 
 pin_project_lite::pin_project! {
-    /// One side of a tunnel; what is read from it stamps [`Moved`].
+    /// One side of a tunnel; what is read from it or written to it stamps [`Moved`].
     struct Stamped<S> {
         #[pin]
         inner: S,
@@ -957,7 +966,15 @@ impl<S: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Stamped<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.project().inner.poll_write(cx, buf)
+        let this = self.project();
+        let polled = this.inner.poll_write(cx, buf);
+        // A write that moves bytes is the tunnel in use too (a slow reader draining
+        // what was read long ago).
+        if matches!(polled, Poll::Ready(Ok(1..))) {
+            let at = this.base.elapsed().as_millis().min(u64::MAX as u128) as u64;
+            this.moved.0.store(at, Ordering::Relaxed);
+        }
+        polled
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

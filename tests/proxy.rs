@@ -776,6 +776,37 @@ async fn an_http10_keep_alive_request_with_an_unread_body_keeps_its_connection()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http10_keep_alive_client_keeps_its_connection_for_forwarded_answers() {
+    // Forwarded answers to HTTP/1.0 clients were marked 1.0 without the upstream's
+    // (hop-by-hop) Connection field, so hyper closed after each, keep-alive asked or not.
+    let up = upstream().await;
+    let p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
+    let mut s = TcpStream::connect(p.proxy).await.unwrap();
+    for i in 0..3 {
+        s.write_all(b"GET /status/200 HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        read_until(&mut s, &mut got, |b| b.ends_with(b"status 200")).await;
+        let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.0 200 "), "request {i}: {text}");
+        assert!(
+            text.contains("connection: keep-alive"),
+            "request {i}: {text}"
+        );
+    }
+    // Without keep-alive, one answer and the close, as HTTP/1.0 has it.
+    let mut s = TcpStream::connect(p.proxy).await.unwrap();
+    s.write_all(b"GET /status/200 HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_until_closed(&mut s, "an HTTP/1.0 request").await;
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.0 200 "), "{text}");
+    assert!(!text.contains("keep-alive"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expect_100_continue_works() {
     let up = upstream().await;
     let p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
