@@ -156,9 +156,11 @@ impl FastRoute {
     pub(crate) fn retire(&self) {
         self.retired.store(true, Ordering::Relaxed);
         for pool in self.pools.iter() {
-            // Closed here, on the reloading thread: tokio deregisters a socket from its
-            // worker's reactor from any thread.
-            pool.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            // Closed here, on the reloading thread (tokio deregisters a socket from its
+            // worker's reactor from any thread), after the lock: a worker's checkout
+            // does not wait on the closing.
+            let idle = std::mem::take(&mut *pool.lock().unwrap_or_else(|e| e.into_inner()));
+            drop(idle);
         }
     }
 

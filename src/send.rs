@@ -100,14 +100,17 @@ impl<S: AsyncWrite> SendClock<S> {
                 Poll::Ready(done)
             }
             Poll::Pending => {
-                let due = Instant::now() + *this.limit;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
                 if !*this.waiting {
+                    // A new wait: the clock starts now (a stall that ended left the timer
+                    // armed at its old deadline; it fires once, harmlessly, if not reset).
                     *this.waiting = true;
-                    timer.as_mut().reset(due);
+                    let due = Instant::now() + *this.limit;
+                    match this.timer.as_mut() {
+                        Some(timer) => timer.as_mut().reset(due),
+                        None => *this.timer = Some(Box::pin(tokio::time::sleep_until(due))),
+                    }
                 }
+                let timer = this.timer.as_mut().expect("armed at the wait's start");
                 match timer.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(Err(stalled(*this.limit))),
                     Poll::Pending => Poll::Pending,
@@ -171,16 +174,18 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_reader_that_stops_is_given_up_on() {
+    async fn a_reader_that_stops_is_given_up_on_after_the_limit() {
         let (writer, reader) = pair().await;
         let chunk = vec![7u8; 1 << 20];
         let limit = Duration::from_secs(60);
-        // Until the socket buffers are full, writes go through; then the clock runs.
+        // Until the socket buffers are full, writes go through; then the clock runs: the
+        // write that fails has waited the whole limit (paused time is exact).
         let mut written = 0usize;
-        let err = loop {
+        let (err, waited) = loop {
+            let began = Instant::now();
             match write_all(&writer, &chunk, limit).await {
                 Ok(()) => written += chunk.len(),
-                Err(e) => break e,
+                Err(e) => break (e, began.elapsed()),
             }
             assert!(
                 written < 1 << 30,
@@ -189,55 +194,45 @@ mod tests {
         };
         assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
         assert!(err.to_string().contains("proxy.send_timeout"), "{err}");
-        drop(reader);
-
-        // The wrapper: the same, for hyper's side.
-        let (writer, reader) = pair().await;
-        let mut clocked = SendClock::new(writer, limit);
-        let err = loop {
-            if let Err(e) = clocked.write_all(&chunk).await {
-                break e;
-            }
-        };
-        assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
+        assert!(waited >= limit, "gave up after {waited:?}");
         drop(reader);
     }
 
-    #[tokio::test]
-    async fn a_slow_reader_that_keeps_reading_is_never_cut() {
+    #[tokio::test(start_paused = true)]
+    async fn the_clock_runs_per_wait_and_a_reader_that_keeps_taking_is_never_cut() {
         use tokio::io::AsyncReadExt;
-        // Real time (paused time would jump over the socket's own progress): it drains
-        // what has come every 500 ms, far inside a 10 s limit; 16 MiB is several times
-        // what the socket buffers hold, so the writer waits for it again and again.
-        let (writer, mut reader) = pair().await;
-        let limit = Duration::from_secs(10);
+        // In memory, so paused time is exact: a 64 KiB pipe, a reader taking 16 KiB every
+        // 700 ms, a 1 s limit. 1 MiB takes some 45 s, waiting for room again and again,
+        // each wait under the limit; a clock that ran from the first wait would fire.
+        let (writer, mut reader) = tokio::io::duplex(64 * 1024);
         let reading = tokio::spawn(async move {
-            let mut buf = vec![0u8; 1 << 20];
+            let mut buf = vec![0u8; 16 * 1024];
             let mut total = 0;
-            while total < 16 << 20 {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                // All that is there now, then the next pause.
-                loop {
-                    match tokio::time::timeout(Duration::from_millis(1), reader.read(&mut buf))
-                        .await
-                    {
-                        Ok(Ok(0)) | Ok(Err(_)) => return total,
-                        Ok(Ok(n)) => total += n,
-                        Err(_) => break,
-                    }
+            loop {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                match reader.read(&mut buf).await.unwrap() {
+                    0 => return total,
+                    n => total += n,
                 }
             }
-            total
         });
-        let chunk = vec![7u8; 1 << 20];
-        for _ in 0..8 {
-            write_all(&writer, &chunk, limit).await.unwrap();
-        }
+        let limit = Duration::from_secs(1);
         let mut clocked = SendClock::new(writer, limit);
-        for _ in 0..8 {
-            clocked.write_all(&chunk).await.unwrap();
-        }
+        let began = Instant::now();
+        clocked.write_all(&vec![7u8; 1 << 20]).await.unwrap();
+        assert!(
+            began.elapsed() > 20 * limit,
+            "{:?}: it never had to wait",
+            began.elapsed()
+        );
         drop(clocked);
-        assert_eq!(reading.await.unwrap(), 16 << 20);
+        assert_eq!(reading.await.unwrap(), 1 << 20);
+        // And one that stops taking is given up on, after the limit.
+        let (writer, _reader) = tokio::io::duplex(64 * 1024);
+        let mut clocked = SendClock::new(writer, limit);
+        let began = Instant::now();
+        let err = clocked.write_all(&vec![7u8; 1 << 20]).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
+        assert!(began.elapsed() >= limit);
     }
 }

@@ -249,6 +249,13 @@ fn bind_proxy(addr: SocketAddr, workers: usize) -> Result<Vec<std::net::TcpListe
         .map_err(err)?;
         socket.set_reuseaddr(true).map_err(err)?;
         socket.set_reuseport(true).map_err(err)?;
+        // As on upstream connections: notice a client that vanished without a FIN (a NAT
+        // that forgot it). Set once here; accepted sockets inherit it (no syscall per
+        // accept). Dead after 60 s quiet plus the kernel's probes (9 × 75 s by default).
+        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+        socket2::SockRef::from(&socket)
+            .set_tcp_keepalive(&keepalive)
+            .map_err(err)?;
         socket.bind(at).map_err(err)?;
         let listener = socket.listen(4096).map_err(err)?;
         at = listener.local_addr().map_err(err)?;
@@ -361,10 +368,6 @@ impl Accepting {
         stop: watch::Receiver<bool>,
     ) {
         let _ = stream.set_nodelay(true);
-        // As on upstream connections: notice a client that vanished without a FIN (a
-        // NAT that forgot it) instead of holding its connection open for good.
-        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
-        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
         // Over the connection limit the connection is still served, so that its requests
         // get a counted 503 with Retry-After instead of a silent reset.
         let generation = self.live.load();
