@@ -105,15 +105,19 @@ pub enum ClientErrorKind {
     /// `proxy.proxy_protocol` is on and the connection did not begin with a valid PROXY
     /// protocol header; it was closed.
     ProxyProtocol,
+    /// Accepted while `proxy.max_connections` was exceeded by more than the room kept
+    /// for counted 503s (a flood): closed at once, unanswered.
+    OverLimit,
 }
 
 impl ClientErrorKind {
     /// All kinds, in label order.
-    pub const ALL: [ClientErrorKind; 4] = [
+    pub const ALL: [ClientErrorKind; 5] = [
         ClientErrorKind::MalformedHead,
         ClientErrorKind::TlsHandshake,
         ClientErrorKind::HeadTimeout,
         ClientErrorKind::ProxyProtocol,
+        ClientErrorKind::OverLimit,
     ];
     /// The `kind` label value.
     pub fn label(self) -> &'static str {
@@ -122,6 +126,7 @@ impl ClientErrorKind {
             ClientErrorKind::TlsHandshake => "tls_handshake",
             ClientErrorKind::HeadTimeout => "head_timeout",
             ClientErrorKind::ProxyProtocol => "proxy_protocol",
+            ClientErrorKind::OverLimit => "over_limit",
         }
     }
 }

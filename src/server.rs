@@ -367,12 +367,20 @@ impl Accepting {
         graceful: &GracefulShutdown,
         stop: watch::Receiver<bool>,
     ) {
-        let _ = stream.set_nodelay(true);
         // Over the connection limit the connection is still served, so that its requests
-        // get a counted 503 with Retry-After instead of a silent reset.
+        // get a counted 503 with Retry-After instead of a silent reset — up to a room of
+        // a tenth more (64 at least). Past that it is a flood: each would cost a task, a
+        // TLS handshake and a socket held up to header_read_timeout, so it is closed now.
         let generation = self.live.load();
         let max_connections = generation.config.proxy.max_connections;
-        let overloaded = self.live.families().connections_open() >= max_connections as u64;
+        let open = self.live.families().connections_open();
+        if open >= hard_limit(max_connections) {
+            drop(stream);
+            self.client_error(ClientErrorKind::OverLimit);
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let overloaded = open >= max_connections as u64;
         // The certificate of the generation current at accept: a reload that re-read
         // rotated files serves them from the next connection on.
         let tls = generation
@@ -485,7 +493,7 @@ impl Accepting {
                     // after its response: HTTP/1.1, or HTTP/1.0 asking to be kept alive
                     // (hyper keeps it so; with the body unread it closed after telling
                     // the client `keep-alive`, and the client's next request was lost).
-                    activity: (keeps_alive(&req) && !http_body::Body::is_end_stream(req.body()))
+                    activity: (!http_body::Body::is_end_stream(req.body()) && keeps_alive(&req))
                         .then(|| requests.clone()),
                     // hyper marks the requests that ask to upgrade (HTTP/1.1 only).
                     connection: req
@@ -577,6 +585,12 @@ impl Accepting {
             drop(guard);
         });
     }
+}
+
+/// Open client connections past which new ones are closed at accept, unanswered:
+/// `max_connections` and the room kept above it for counted 503s.
+fn hard_limit(max_connections: usize) -> u64 {
+    (max_connections as u64).saturating_add((max_connections as u64 / 10).max(64))
 }
 
 /// Whether an HTTP/1 request leaves its connection open after the response, as hyper

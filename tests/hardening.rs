@@ -333,6 +333,54 @@ async fn an_http2_connection_accepted_over_the_limit_is_closed_after_its_503() {
     assert_eq!(responses(&m, "503", "proxy"), 1.0 + refused, "{answers:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_past_the_connection_limit_is_closed_at_accept() {
+    // Every connection past max_connections was served (a 503 for its requests): a flood
+    // cost a task, a TLS handshake and a socket held up to header_read_timeout each. Past
+    // the room kept for counted 503s (a tenth more, 64 at least) they are closed at once.
+    let up = upstream().await;
+    let p = start_with_proxy_settings("max_connections = 1\nworkers = 1", up.addr);
+    let mut held = Vec::new();
+    let mut first = TcpStream::connect(p.proxy).await.unwrap();
+    first
+        .write_all(b"GET /status/200 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_status_line(&mut first)
+        .await
+        .starts_with("HTTP/1.1 200"));
+    held.push(first);
+    // The room: 64 more, each served (silent here; they would get 503s).
+    for _ in 0..64 {
+        held.push(TcpStream::connect(p.proxy).await.unwrap());
+    }
+    wait_metrics(&p, "65 connections open", |m| {
+        connections(m) == (65.0, 65.0)
+    })
+    .await;
+    for i in 0..3 {
+        let mut s = TcpStream::connect(p.proxy).await.unwrap();
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+            .await
+            .expect("closed at once, not held");
+        assert!(
+            matches!(read, Ok(0) | Err(_)),
+            "flood connection {i}: {read:?}"
+        );
+    }
+    let m = wait_metrics(&p, "three over the limit", |m| {
+        client_errors(m, "over_limit") == 3.0
+    })
+    .await;
+    assert_eq!(
+        connections(&m),
+        (65.0, 65.0),
+        "closed at accept: never counted as open"
+    );
+    drop(held);
+}
+
 /// Client connections counted: (open now, accepted in all).
 fn connections(m: &[Sample]) -> (f64, f64) {
     (
