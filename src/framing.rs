@@ -395,32 +395,28 @@ pub fn follow<'a>(pieces: impl IntoIterator<Item = &'a [u8]>) -> (Option<(u64, D
 /// A Content-Length value as hyper reads it: digits only, leading zeros allowed (a
 /// padded `0005` is 5 to hyper, so it must be to the watcher), within u64.
 fn parse_decimal(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let digits = match v.iter().position(|&b| b != b'0') {
-        Some(first) => &v[first..],
-        None => return Some(0),
-    };
-    if digits.len() > 20 {
-        return None;
-    }
-    std::str::from_utf8(digits).ok()?.parse().ok()
+    parse_padded(v, 10)
 }
 
 /// A chunk size as hyper reads it: hex digits, leading zeros allowed, within u64.
 fn parse_hex(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || !v.iter().all(u8::is_ascii_hexdigit) {
+    parse_padded(v, 16)
+}
+
+/// Digits of `radix` (10 or 16), any number of leading zeros, the value within u64.
+fn parse_padded(v: &[u8], radix: u32) -> Option<u64> {
+    if v.is_empty() || !v.iter().all(|&b| char::from(b).is_digit(radix)) {
         return None;
     }
     let digits = match v.iter().position(|&b| b != b'0') {
         Some(first) => &v[first..],
         None => return Some(0),
     };
-    if digits.len() > 16 {
+    // u64 has 20 decimal and 16 hex digits: longer cannot fit (and is not parsed).
+    if digits.len() > if radix == 10 { 20 } else { 16 } {
         return None;
     }
-    u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+    u64::from_str_radix(std::str::from_utf8(digits).ok()?, radix).ok()
 }
 
 pin_project_lite::pin_project! {

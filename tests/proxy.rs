@@ -675,18 +675,7 @@ async fn connect_is_refused_not_tunnelled() {
         .unwrap();
     // The whole 405 (its head, then its body by length).
     let mut got = Vec::new();
-    read_until(&mut s, &mut got, |b| {
-        let Some(end) = b.windows(4).position(|w| w == b"\r\n\r\n") else {
-            return false;
-        };
-        let head = String::from_utf8_lossy(&b[..end]).to_ascii_lowercase();
-        let length = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length: "))
-            .map_or(0, |v| v.trim().parse::<usize>().unwrap());
-        b.len() >= end + 4 + length
-    })
-    .await;
+    read_until(&mut s, &mut got, whole_response).await;
     assert!(
         got.starts_with(b"HTTP/1.1 405 "),
         "{}",
@@ -745,20 +734,8 @@ async fn an_http10_keep_alive_request_with_an_unread_body_keeps_its_connection()
     let head =
         "POST /x HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\nContent-Length: 100000\r\n\r\n";
     s.write_all(head.as_bytes()).await.unwrap();
-    // The whole answer: its head, then its body by length.
-    let whole = |b: &[u8]| {
-        let Some(end) = b.windows(4).position(|w| w == b"\r\n\r\n") else {
-            return false;
-        };
-        let head = String::from_utf8_lossy(&b[..end]).to_ascii_lowercase();
-        let length = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length: "))
-            .map_or(0, |v| v.trim().parse::<usize>().unwrap());
-        b.len() >= end + 4 + length
-    };
     let mut got = Vec::new();
-    read_until(&mut s, &mut got, whole).await;
+    read_until(&mut s, &mut got, whole_response).await;
     let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
     assert!(text.starts_with("http/1.0 502 "), "{text}");
     assert!(text.contains("connection: keep-alive"), "{text}");
@@ -768,7 +745,7 @@ async fn an_http10_keep_alive_request_with_an_unread_body_keeps_its_connection()
         .await
         .unwrap();
     let mut again = Vec::new();
-    read_until(&mut s, &mut again, whole).await;
+    read_until(&mut s, &mut again, whole_response).await;
     let again = String::from_utf8_lossy(&again);
     assert!(again.starts_with("HTTP/1.0 502 "), "{again}");
     let m = wait_responses(&p, 2.0).await;

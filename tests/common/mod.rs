@@ -672,6 +672,19 @@ pub async fn read_until_closed(s: &mut tokio::net::TcpStream, what: &str) -> Vec
     got
 }
 
+/// Whether `b` holds a whole response: its head, then a body of its Content-Length.
+pub fn whole_response(b: &[u8]) -> bool {
+    let Some(end) = b.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&b[..end]).to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+    b.len() >= end + 4 + length
+}
+
 /// Reads a raw socket into `got` until `done(got)` holds; panics if the server closes
 /// first or the deadline passes.
 pub async fn read_until(
