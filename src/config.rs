@@ -431,7 +431,8 @@ pub struct ProxyConfig {
     pub header_read_timeout: Duration,
     /// How long a client may pause mid-body before the request gets 408.
     pub body_read_timeout: Duration,
-    /// How long a write of a response may wait for a client that takes nothing.
+    /// How long a write of a response may wait for a client that takes nothing (HTTP/2:
+    /// how long responses with data ready may go with no window granted).
     pub send_timeout: Duration,
     /// Largest request head (all header names and values) before answering 431.
     pub max_header_bytes: usize,

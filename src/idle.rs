@@ -8,6 +8,17 @@
 //! (the request's whole life on the connection), and notes when the last one ended; the
 //! connection's task asks [`Activity::idle_for`] to decide when to shut it down
 //! gracefully (HTTP/2: GOAWAY, streams in flight finish).
+//!
+//! It also sees an HTTP/2 client that starves its responses of flow-control window
+//! while it goes on reading its socket: hyper then stops polling those bodies and
+//! writes nothing, so no write waits and `proxy.send_timeout`'s clock (see `send`)
+//! never starts — yet each such response holds its in-flight slot and its upstream
+//! connection. [`TrackedBody`] counts an HTTP/2 body as *held* from when hyper gets it
+//! (with no window hyper never polls it at all) and again after each chunk it yields,
+//! until hyper polls it once more; a body waiting on its upstream is not held. The
+//! connection's task ([`Starved`]) closes a connection whose held bodies saw no take
+//! for `send_timeout`. Per connection, not per stream: hyper offers no way to reset one
+//! stream from its body, and a body it does not poll cannot fail.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -29,6 +40,11 @@ pub struct Activity {
     active: AtomicUsize,
     /// When the last request ended (or the connection began), as nanoseconds after `base`.
     quiet_since: AtomicU64,
+    /// HTTP/2 response bodies with a chunk ready that hyper has not taken.
+    held: AtomicUsize,
+    /// Moves each time hyper comes back for a held body, and when one becomes held while
+    /// none was: while it stands still, the same wait goes on.
+    moves: AtomicU64,
 }
 
 impl Activity {
@@ -38,6 +54,8 @@ impl Activity {
             base: Instant::now(),
             active: AtomicUsize::new(0),
             quiet_since: AtomicU64::new(0),
+            held: AtomicUsize::new(0),
+            moves: AtomicU64::new(0),
         })
     }
 
@@ -54,6 +72,61 @@ impl Activity {
         }
         let since = Duration::from_nanos(self.quiet_since.load(Ordering::SeqCst));
         Some(self.base.elapsed().saturating_sub(since))
+    }
+
+    /// While a response body waits on the client: a count that moves each time hyper
+    /// takes from one (or a wait begins anew). `None` while none waits.
+    pub fn held(&self) -> Option<u64> {
+        // Relaxed: a connection's bodies and its task share one worker thread.
+        (self.held.load(Ordering::Relaxed) > 0).then(|| self.moves.load(Ordering::Relaxed))
+    }
+
+    fn hold(&self) {
+        // A client that opens a stream while others starve does not restart the wait.
+        if self.held.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.moves.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn take(&self) {
+        self.held.fetch_sub(1, Ordering::Relaxed);
+        self.moves.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How long a connection's held response bodies have gone without a take, as seen by
+/// the connection's task at its ticks.
+#[derive(Debug)]
+pub struct Starved {
+    moves: Option<u64>,
+    since: Instant,
+}
+
+impl Default for Starved {
+    /// Nothing seen yet.
+    fn default() -> Starved {
+        Starved {
+            moves: None,
+            since: Instant::now(),
+        }
+    }
+}
+
+impl Starved {
+    /// How long, as of now, bodies have been held with no take (zero when none is held).
+    /// It counts from the first tick that saw the wait, so a wait is seen up to a tick
+    /// late — never early.
+    pub fn check(&mut self, activity: &Activity) -> Duration {
+        let now = Instant::now();
+        let moves = activity.held();
+        if moves.is_none() || moves != self.moves {
+            self.moves = moves;
+            self.since = now;
+        }
+        match moves {
+            Some(_) => now - self.since,
+            None => Duration::ZERO,
+        }
     }
 }
 
@@ -77,15 +150,18 @@ pin_project_lite::pin_project! {
         #[pin]
         fut: F,
         busy: Option<Busy>,
+        watch_takes: bool,
     }
 }
 
 impl<F> Tracked<F> {
-    /// Tracks `fut`, the request `busy` stands for.
-    pub fn new(fut: F, busy: Busy) -> Self {
+    /// Tracks `fut`, the request `busy` stands for; `watch_takes` (HTTP/2) also counts
+    /// its response body as held while it waits on the client.
+    pub fn new(fut: F, busy: Busy, watch_takes: bool) -> Self {
         Tracked {
             fut,
             busy: Some(busy),
+            watch_takes,
         }
     }
 }
@@ -100,16 +176,42 @@ where
         let this = self.project();
         let out = ready!(this.fut.poll(cx));
         let busy = this.busy.take();
-        Poll::Ready(out.map(|resp| resp.map(|inner| TrackedBody { inner, _busy: busy })))
+        Poll::Ready(out.map(|resp| {
+            resp.map(|inner| {
+                let watch = *this.watch_takes && busy.is_some();
+                if let (true, Some(busy)) = (watch, &busy) {
+                    busy.0.hold();
+                }
+                TrackedBody {
+                    inner,
+                    busy,
+                    watch,
+                    held: watch,
+                }
+            })
+        }))
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A response body that holds its request's [`Busy`] until hyper drops it.
+    /// A response body that holds its request's [`Busy`] until hyper drops it, and
+    /// (HTTP/2) counts itself held while it has a chunk ready hyper has not taken.
     pub struct TrackedBody<B> {
         #[pin]
         inner: B,
-        _busy: Option<Busy>,
+        busy: Option<Busy>,
+        // HTTP/2: whether this body's takes are watched at all, and whether it is held.
+        watch: bool,
+        held: bool,
+    }
+
+    impl<B> PinnedDrop for TrackedBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let (true, Some(busy)) = (*this.held, this.busy.as_ref()) {
+                busy.0.held.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -124,7 +226,21 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        self.project().inner.poll_frame(cx)
+        let this = self.project();
+        let Some(busy) = this.busy.as_ref().filter(|_| *this.watch) else {
+            return this.inner.poll_frame(cx);
+        };
+        if *this.held {
+            busy.0.take();
+            *this.held = false;
+        }
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            // The next chunk waits for hyper to come back, and hyper waits for window.
+            busy.0.hold();
+            *this.held = true;
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -155,5 +271,42 @@ mod tests {
         drop(second);
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(a.idle_for(), Some(Duration::from_secs(2)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_lasts_while_held_bodies_see_no_take() {
+        let a = Activity::new();
+        let mut s = Starved::default();
+        let tick = || tokio::time::advance(Duration::from_secs(1));
+        assert_eq!(s.check(&a), Duration::ZERO, "nothing held");
+        a.hold();
+        assert_eq!(
+            s.check(&a),
+            Duration::ZERO,
+            "counted from the tick that saw it"
+        );
+        tick().await;
+        assert_eq!(s.check(&a), Duration::from_secs(1));
+        // A second stream starved beside the first (or in place of one the client
+        // reset) does not restart the wait.
+        a.hold();
+        a.held.fetch_sub(1, Ordering::Relaxed);
+        tick().await;
+        assert_eq!(s.check(&a), Duration::from_secs(2));
+        // A take does, though another body stays held.
+        a.hold();
+        a.take();
+        tick().await;
+        assert_eq!(s.check(&a), Duration::ZERO);
+        tick().await;
+        assert_eq!(s.check(&a), Duration::from_secs(1));
+        // So does a moment with nothing held, even between two ticks.
+        a.held.fetch_sub(1, Ordering::Relaxed);
+        a.hold();
+        tick().await;
+        assert_eq!(s.check(&a), Duration::ZERO);
+        a.held.fetch_sub(1, Ordering::Relaxed);
+        tick().await;
+        assert_eq!(s.check(&a), Duration::ZERO, "nothing held");
     }
 }

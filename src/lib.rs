@@ -24,8 +24,9 @@
 //! knows what every status code means, for `statuslens explain`, the log and the API.
 //! [`generation`] holds the state built from one config and swaps it on reload.
 //! [`idle`] closes client connections hyper serves once they have had no request for
-//! `proxy.header_read_timeout`; [`send`] gives up on a client that stops taking its
-//! response for `proxy.send_timeout`.
+//! `proxy.header_read_timeout`, or whose HTTP/2 client grants no window for
+//! `proxy.send_timeout`; [`send`] gives up on a client that stops reading its response
+//! for as long.
 //! [`isolate`] turns a panic in one request into that request's 500; [`logsink`] batches
 //! log lines for a writer thread; [`iptext`] writes client addresses without `core::fmt`.
 //! [`demo`] plays the incidents statuslens exists for against a synthetic API.

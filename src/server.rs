@@ -21,7 +21,7 @@ use crate::fastpath::Replay;
 use crate::forward::{Arrival, Upgradable};
 use crate::framing::{Framing, Watched};
 use crate::generation::Live;
-use crate::idle::{Activity, Tracked};
+use crate::idle::{Activity, Starved, Tracked};
 use crate::isolate::CatchPanic;
 use crate::metrics::{method_index, ClientErrorKind};
 use crate::send::SendClock;
@@ -507,9 +507,11 @@ impl Accepting {
                 };
                 let proxy = live.load().proxy.clone();
                 let method = method_index(req.method());
+                // HTTP/1 has `send_timeout` on its writes; HTTP/2's window is watched.
+                let watch_takes = req.version() == http::Version::HTTP_2;
                 let observer = proxy.observer().clone();
                 let request = CatchPanic::start(observer, method, || proxy.handle(req, arrival));
-                Tracked::new(request, busy)
+                Tracked::new(request, busy, watch_takes)
             });
             let conn = self
                 .builder
@@ -526,7 +528,13 @@ impl Accepting {
             // client that holds connections open need not do. `guard` is held until
             // the connection ends (or its tunnel does), so a drain waits for it.
             let timeout = self.header_read_timeout;
-            let idle = tokio::time::sleep(timeout);
+            // The clock also looks for HTTP/2 response bodies the client gives no window
+            // to (see `idle`). Ticking at an eighth of `send_timeout` (a timer reset per
+            // connection every 7.5 s by default) closes such a connection between 1 and
+            // 1.25 times `send_timeout` after its wait began.
+            let tick = timeout.min(send_timeout / 8);
+            let mut starved = Starved::default();
+            let idle = tokio::time::sleep(tick);
             tokio::pin!(idle);
             let mut stop = stop;
             let mut closing = false;
@@ -549,6 +557,7 @@ impl Accepting {
                     }
                     _ = &mut idle => {
                         let now = tokio::time::Instant::now();
+                        let still = starved.check(&activity);
                         match activity.idle_for() {
                             Some(quiet) if quiet >= timeout => {
                                 idle_cut = true;
@@ -559,7 +568,21 @@ impl Accepting {
                                 closing = true;
                                 idle.as_mut().reset(now + timeout);
                             }
-                            quiet => idle.as_mut().reset(now + timeout - quiet.unwrap_or_default()),
+                            Some(quiet) => idle.as_mut().reset(now + tick.min(timeout - quiet)),
+                            None => {
+                                if still >= send_timeout {
+                                    // Not gracefully: its streams would never finish.
+                                    // Their responses end as the client's (499).
+                                    tracing::debug!(
+                                        client = %peer,
+                                        still_ms = still.as_millis() as u64,
+                                        "closing an HTTP/2 connection whose client took no \
+                                         response data for proxy.send_timeout"
+                                    );
+                                    break Ok(());
+                                }
+                                idle.as_mut().reset(now + tick);
+                            }
                         }
                     }
                 }

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -341,6 +342,66 @@ async fn broken_chunk_framing_mid_body_is_a_protocol_error() {
         );
         assert_eq!(protocol, 1.0, "fast_path = {fast}: {m:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_client_that_grants_no_window_is_given_up_on_after_send_timeout() {
+    // An HTTP/2 client can read its socket (so no write ever waits) and still take no
+    // response data: it grants no flow-control window. hyper then never polls the body,
+    // and the response held its in-flight slot and upstream connection for good.
+    let up = upstream().await;
+    for fast in [true, false] {
+        let p = start_with_proxy_settings(
+            &format!("fast_path = {fast}\nworkers = 1\nsend_timeout = \"1s\""),
+            up.addr,
+        );
+        let tcp = TcpStream::connect(p.proxy).await.unwrap();
+        let (mut h2c, conn) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .handshake::<_, Bytes>(tcp)
+            .await
+            .unwrap();
+        // The connection task goes on reading (and answering PINGs) to the end.
+        let conn = tokio::spawn(conn);
+        let req = http::Request::get(format!("http://{}/big/100000", p.proxy))
+            .body(())
+            .unwrap();
+        let (response, _) = h2c.send_request(req, true).unwrap();
+        // The head needs no window.
+        let response = tokio::time::timeout(DEADLINE, response)
+            .await
+            .expect("head within the deadline")
+            .unwrap();
+        assert_eq!(response.status(), 200, "fast_path = {fast}");
+        let m = wait_metrics(&p, "the starving client given up on", |m| {
+            responses(m, "499", "client") == 1.0 && settled(m)
+        })
+        .await;
+        assert_eq!(
+            sum(&m, "statuslens_responses_total", &[]),
+            1.0,
+            "fast_path = {fast}"
+        );
+        // Its connection is closed, not merely idle.
+        tokio::time::timeout(DEADLINE, conn)
+            .await
+            .expect("the starving client's connection closed")
+            .unwrap()
+            .ok();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_response_waiting_on_its_upstream_is_not_a_starving_client() {
+    // The window clock counts only bodies with a chunk ready: one whose upstream pauses
+    // longer than send_timeout between chunks is delivered whole.
+    let up = upstream().await;
+    let p = start_with_proxy_settings("workers = 1\nsend_timeout = \"300ms\"", up.addr);
+    let (parts, body) = get(&h2_client(), &p.url("/slowbody/700")).await;
+    assert_eq!(parts.status, 200);
+    assert_eq!(body, "0123456789".repeat(10));
+    let m = wait_settled(&p, 1.0).await;
+    assert_eq!(responses(&m, "200", "upstream"), 1.0, "{m:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
