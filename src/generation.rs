@@ -146,7 +146,6 @@ impl Generation {
                 previous.and_then(|p| p.detection.as_deref()),
             )
         });
-        let n = config.routes.len() + 1;
         let observer = Arc::new(Observer {
             metrics: metrics.clone(),
             log: AccessLog::new(config.access_log.volume),
@@ -163,10 +162,6 @@ impl Generation {
                 .collect(),
             sink: detection.as_ref().map(|d| d.sink()),
             in_flight: shared.in_flight.clone(),
-            quota_warned: (0..n).map(|_| Default::default()).collect(),
-            last_retry_after_ms: (0..n)
-                .map(|_| [AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)])
-                .collect(),
         });
         let proxy = Arc::new(Proxy::new(&config, observer, shared.draining.clone()));
         Generation {

@@ -6,7 +6,9 @@
 //! so `/metrics` shows only series that happened — bounded by configuration, since
 //! codes and methods come from fixed sets.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use http::Method;
 use prometheus::{
@@ -211,6 +213,41 @@ pub struct Families {
     connections_open: IntGauge,
     /// Client connections accepted on the proxy listener.
     connections_total: IntCounter,
+    /// What each configured route's upstream last reported, by route name: a reload
+    /// keeps it for the routes it keeps, and ends it for the routes it drops.
+    reports: Mutex<HashMap<String, Arc<Reports>>>,
+}
+
+/// What a route's upstream last reported — its quota and `Retry-After` — and what
+/// statuslens did about it. Kept by route name across reloads: a generation of its own
+/// would forget that a reset time was reported (so a later report without one would
+/// leave a stale reset time in place), warn of a low quota again at every reload, and
+/// lose `/api/status`'s last `Retry-After`.
+#[derive(Debug)]
+pub struct Reports {
+    /// remaining ratio, limit, remaining, reset time — each created when the upstream
+    /// first reports it, so no route shows a misleading 0 (a 429's `Retry-After` alone
+    /// is a reset time, not 0% of a quota left).
+    quota: [OnceLock<Gauge>; 4],
+    /// A low-quota warning was logged and has not been re-armed yet.
+    pub quota_warned: AtomicBool,
+    /// For 429 and 503: the last `Retry-After` the upstream sent, in milliseconds
+    /// (`u64::MAX`: none yet).
+    pub retry_after_ms: [AtomicU64; 2],
+    /// The route left the configuration: its quota series are gone and stay gone, even
+    /// if a request of an older generation still reports.
+    retired: AtomicBool,
+}
+
+impl Reports {
+    fn new() -> Reports {
+        Reports {
+            quota: Default::default(),
+            quota_warned: AtomicBool::new(false),
+            retry_after_ms: [AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)],
+            retired: AtomicBool::new(false),
+        }
+    }
 }
 
 /// The handles of one route (or of `unmatched`).
@@ -232,10 +269,9 @@ pub struct RouteMetrics {
     /// Response body bytes sent to clients.
     pub response_bytes: IntCounter,
     quota_vecs: [GaugeVec; 4],
-    /// remaining ratio, limit, remaining, reset time — each created when the upstream
-    /// first reports it, so no route shows a misleading 0 (a 429's `Retry-After` alone
-    /// is a reset time, not 0% of a quota left).
-    quota: [OnceLock<Gauge>; 4],
+    /// What the route's upstream last reported (shared with the generations before and
+    /// after that have the route).
+    pub reports: Arc<Reports>,
 }
 
 impl Metrics {
@@ -245,10 +281,12 @@ impl Metrics {
         Metrics::with_families(Families::new(), route_names)
     }
 
-    /// Handles for `route_names` (and `unmatched`) onto existing families.
+    /// Handles for `route_names` (and `unmatched`) onto existing families; the routes of
+    /// an earlier call missing from `route_names` lose their quota series.
     pub fn with_families(families: Arc<Families>, route_names: &[&str]) -> Metrics {
         let f = &*families;
         let slots = Slots::new();
+        let reports = f.reports_of(route_names);
         let routes = route_names
             .iter()
             .copied()
@@ -268,7 +306,7 @@ impl Metrics {
                 request_bytes: f.request_bytes.with_label_values(&[name]),
                 response_bytes: f.response_bytes.with_label_values(&[name]),
                 quota_vecs: f.quota.clone(),
-                quota: Default::default(),
+                reports: reports[name].clone(),
             })
             .collect();
         Metrics {
@@ -280,6 +318,34 @@ impl Metrics {
 }
 
 impl Families {
+    /// The reports of `route_names` and `unmatched`, kept or new; every other route's
+    /// are retired and their quota series removed (a stale quota would keep its alert
+    /// firing for a route that no longer exists).
+    fn reports_of(&self, route_names: &[&str]) -> HashMap<String, Arc<Reports>> {
+        let mut reports = self.reports.lock().unwrap_or_else(|e| e.into_inner());
+        let keep: Vec<&str> = route_names
+            .iter()
+            .copied()
+            .chain(std::iter::once("unmatched"))
+            .collect();
+        reports.retain(|name, r| {
+            let kept = keep.contains(&name.as_str());
+            if !kept {
+                r.retired.store(true, Ordering::Relaxed);
+                for vec in &self.quota {
+                    let _ = vec.remove_label_values(&[name]);
+                }
+            }
+            kept
+        });
+        for name in keep {
+            reports
+                .entry(name.to_string())
+                .or_insert_with(|| Arc::new(Reports::new()));
+        }
+        reports.clone()
+    }
+
     /// Registers every statuslens metric family in a fresh registry.
     pub fn new() -> Arc<Families> {
         let registry = Registry::new();
@@ -442,6 +508,7 @@ impl Families {
             log_lines_lost,
             connections_open,
             connections_total,
+            reports: Mutex::new(HashMap::new()),
         })
     }
 
@@ -521,8 +588,23 @@ impl Metrics {
     /// leave their gauge as it was.
     pub fn set_quota(&self, route: usize, q: &crate::quota::Quota) {
         let r = &self.routes[route];
-        let gauge =
-            |i: usize| r.quota[i].get_or_init(|| r.quota_vecs[i].with_label_values(&[&r.name]));
+        let reports = &r.reports;
+        // Checked under the families' lock, which retiring holds: a request of an older
+        // generation that reports after its route left cannot bring the series back.
+        let gauge = |i: usize| {
+            reports.quota[i].get_or_init(|| {
+                let _reports = self
+                    .families
+                    .reports
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let g = r.quota_vecs[i].with_label_values(&[&r.name]);
+                if reports.retired.load(Ordering::Relaxed) {
+                    let _ = r.quota_vecs[i].remove_label_values(&[&r.name]);
+                }
+                g
+            })
+        };
         if let Some(v) = q.remaining_ratio() {
             gauge(0).set(v);
         }
@@ -541,7 +623,7 @@ impl Metrics {
             }
             // A new report of the window without its reset: an older reset time says
             // nothing of it (NaN is "unknown" to Prometheus, and never in the past).
-            (None, Some(_)) if r.quota[3].get().is_some() => gauge(3).set(f64::NAN),
+            (None, Some(_)) if reports.quota[3].get().is_some() => gauge(3).set(f64::NAN),
             (None, _) => {}
         }
     }

@@ -71,11 +71,6 @@ pub struct Observer {
     /// after a reload. Per route (`routes[].max_in_flight`), the route's
     /// `statuslens_requests_in_flight` gauge is the count: shared the same way, by name.
     pub in_flight: Arc<AtomicU64>,
-    /// Per route: a low-quota warning was logged and has not been re-armed yet.
-    pub quota_warned: Vec<AtomicBool>,
-    /// Per route, for 429 and 503: the last `Retry-After` the upstream sent, in
-    /// milliseconds (`u64::MAX`: none yet), for `/api/status`.
-    pub last_retry_after_ms: Vec<[AtomicU64; 2]>,
 }
 
 /// The codes whose `Retry-After` `/api/status` reports, in `last_retry_after_ms` order.
@@ -90,14 +85,19 @@ impl Observer {
     /// Remembers the upstream's latest `Retry-After` for a 429 or 503 on a route.
     pub fn retry_after(&self, route: usize, code: u16, secs: f64) {
         if let Some(i) = RETRY_AFTER_CODES.iter().position(|&c| c == code) {
-            self.last_retry_after_ms[route][i].store((secs * 1000.0) as u64, Ordering::Relaxed);
+            let reports = &self.metrics.route(route).reports;
+            reports.retry_after_ms[i].store((secs * 1000.0) as u64, Ordering::Relaxed);
         }
     }
 
     /// The latest `Retry-After` (seconds) seen for `code` on a route, if any.
     pub fn last_retry_after(&self, route: usize, code: u16) -> Option<f64> {
         let i = RETRY_AFTER_CODES.iter().position(|&c| c == code)?;
-        let ms = self.last_retry_after_ms.get(route)?[i].load(Ordering::Relaxed);
+        if route >= self.route_names.len() {
+            return None;
+        }
+        let reports = &self.metrics.route(route).reports;
+        let ms = reports.retry_after_ms[i].load(Ordering::Relaxed);
         (ms != u64::MAX).then(|| ms as f64 / 1000.0)
     }
 
@@ -107,7 +107,7 @@ impl Observer {
         let Some(ratio) = q.remaining_ratio() else {
             return;
         };
-        let warned = &self.quota_warned[route];
+        let warned = &self.metrics.route(route).reports.quota_warned;
         if ratio < QUOTA_WARN {
             if !warned.swap(true, Ordering::Relaxed) {
                 tracing::warn!(

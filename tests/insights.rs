@@ -129,6 +129,82 @@ async fn quota_headers_of_every_dialect_become_gauges() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_a_kept_routes_quota_state_and_drops_a_removed_routes_series() {
+    // Each generation kept its own quota state: after a reload a report without a reset
+    // time left the previous window's reset time in place (the QuotaLow rule's
+    // "unless reset < time()" then hid the alert), the low-quota warning came again,
+    // and a removed route's gauges stayed for the process' life, its alert with them.
+    let with_reset = quota_upstream(
+        "X-RateLimit-Limit: 100\r\nX-RateLimit-Remaining: 5\r\nX-RateLimit-Reset: 30\r\n",
+    )
+    .await;
+    let without_reset = quota_upstream("Sforce-Limit-Info: api-usage=95/100\r\n").await;
+    let gone = quota_upstream("Sforce-Limit-Info: api-usage=99/100\r\n").await;
+    let routes = |kept: std::net::SocketAddr, gone: Option<std::net::SocketAddr>| {
+        let mut cfg = format!(
+            "[[routes]]\nname = \"kept\"\nmatch = {{ path_prefix = \"/kept/\" }}\nupstream = \"http://{kept}\"\n"
+        );
+        if let Some(gone) = gone {
+            cfg.push_str(&format!(
+                "[[routes]]\nname = \"gone\"\nmatch = {{ path_prefix = \"/gone/\" }}\nupstream = \"http://{gone}\"\n"
+            ));
+        }
+        cfg
+    };
+    let path = write_config(&routes(with_reset, Some(gone)));
+    let p = Proc::start(&["--config", path.to_str().unwrap()]);
+    let c = client();
+    for route in ["kept", "gone"] {
+        assert_eq!(get(&c, &p.url(&format!("/{route}/x"))).await.0.status, 200);
+    }
+    let gauge = |m: &[Sample], name: &str, route: &str| {
+        m.iter()
+            .find(|s| s.name == name && s.labels["route"] == route)
+            .map(|s| s.value)
+    };
+    const RESET: &str = "statuslens_upstream_quota_reset_timestamp_seconds";
+    const RATIO: &str = "statuslens_upstream_quota_remaining_ratio";
+    let m = wait_responses(&p, 2.0).await;
+    assert!(gauge(&m, RESET, "kept").is_some_and(f64::is_finite));
+    assert_eq!(gauge(&m, RATIO, "gone"), Some(0.01));
+
+    std::fs::write(&path, routes(without_reset, None)).unwrap();
+    p.signal("HUP");
+    p.wait_output("configuration reloaded");
+    let m = metrics(&p).await;
+    assert!(
+        m.iter()
+            .all(|s| !(s.name.starts_with("statuslens_upstream_quota")
+                && s.labels["route"] == "gone")),
+        "a removed route's quota series stayed"
+    );
+    assert_eq!(get(&c, &p.url("/kept/x")).await.0.status, 200);
+    let m = wait_responses(&p, 3.0).await;
+    assert_eq!(gauge(&m, RATIO, "kept"), Some(0.05));
+    assert!(
+        gauge(&m, RESET, "kept").is_some_and(f64::is_nan),
+        "the old window's reset time stayed: {:?}",
+        gauge(&m, RESET, "kept")
+    );
+    // Warned once for `kept` (5% left both times), `gone` once: a second reload's line
+    // is the fence for any warning logged before it.
+    p.signal("HUP");
+    let start = Instant::now();
+    while p.all_output().matches("configuration reloaded").count() < 2 {
+        assert!(start.elapsed() < DEADLINE, "no second reload line");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let warned: Vec<String> = p
+        .all_output()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "statuslens::quota")
+        .map(|v| v["route"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(warned, ["kept", "gone"], "quota warnings");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_and_retry_advice_reach_the_access_log() {
     let up = raw_upstream(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
     let p = Proc::start(&["--upstream", &format!("http://{up}")]);
