@@ -685,16 +685,31 @@ fn parse_duration(origin: &str, field: &str, value: &str) -> Result<Duration, Co
 }
 
 fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, ConfigError> {
-    let listen = match (&ov.listen, &file.proxy.listen) {
-        (Some(v), _) => parse_addr("flags", "--listen", v)?,
-        (None, Some(v)) => parse_addr(origin, "proxy.listen", v)?,
-        (None, None) => DEFAULT_LISTEN.parse().expect("valid default"),
+    // A file's value is checked even where a flag overrides it: the same file must not
+    // pass `run --listen …` and fail `check` (or the next start without the flag).
+    let file_listen = (file.proxy.listen.as_deref())
+        .map(|v| parse_addr(origin, "proxy.listen", v))
+        .transpose()?;
+    let file_admin = (file.admin.listen.as_deref())
+        .map(|v| parse_addr(origin, "admin.listen", v))
+        .transpose()?;
+    let listen = match &ov.listen {
+        Some(v) => parse_addr("flags", "--listen", v)?,
+        None => file_listen.unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default")),
     };
-    let admin_listen = match (&ov.admin, &file.admin.listen) {
-        (Some(v), _) => parse_addr("flags", "--admin", v)?,
-        (None, Some(v)) => parse_addr(origin, "admin.listen", v)?,
-        (None, None) => DEFAULT_ADMIN.parse().expect("valid default"),
+    let admin_listen = match &ov.admin {
+        Some(v) => parse_addr("flags", "--admin", v)?,
+        None => file_admin.unwrap_or_else(|| DEFAULT_ADMIN.parse().expect("valid default")),
     };
+    if let (Some(n), Some(_)) = (file.proxy.workers, ov.workers) {
+        if !(1..=MAX_WORKERS).contains(&n) {
+            return Err(field_err(
+                origin,
+                "proxy.workers",
+                format!("{n} is out of range: 1 to {MAX_WORKERS}"),
+            ));
+        }
+    }
     // One port on one address, or on a wildcard that covers the other address: the
     // second bind would fail at start-up. [::] is dual-stack (it takes the port on every
     // address, IPv4's too); 0.0.0.0 only on IPv4's.
@@ -890,10 +905,12 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
             ))
         }
     };
-    let format = match (&ov.log_format, &file.access_log.format) {
-        (Some(v), _) => parse_format("flags", "--log-format", v)?,
-        (None, Some(v)) => parse_format(origin, "access_log.format", v)?,
-        (None, None) => LogFormat::Json,
+    let file_format = (file.access_log.format.as_deref())
+        .map(|v| parse_format(origin, "access_log.format", v))
+        .transpose()?;
+    let format = match &ov.log_format {
+        Some(v) => parse_format("flags", "--log-format", v)?,
+        None => file_format.unwrap_or(LogFormat::Json),
     };
 
     let mut base = DetectorConfig::default();
@@ -984,6 +1001,7 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
             ));
         }
         let (scheme, authority, base_path) = parse_upstream("flags", "--upstream", url)?;
+        not_the_listener("flags", "--upstream", url, &scheme, &authority, listen)?;
         let zero_config_host = if scheme == Scheme::HTTPS {
             HostHeader::Upstream
         } else {
@@ -1088,6 +1106,14 @@ fn validate(file: FileConfig, origin: &str, ov: &Overrides) -> Result<Config, Co
             ));
         }
         let (scheme, authority, base_path) = parse_upstream(origin, &at("upstream"), &r.upstream)?;
+        not_the_listener(
+            origin,
+            &at("upstream"),
+            &r.upstream,
+            &scheme,
+            &authority,
+            listen,
+        )?;
         let host_header = match r.host_header.as_deref() {
             // An https upstream checks its certificate against its own name, and virtual
             // hosts behind it route on Host: send its name unless told otherwise.
@@ -1416,6 +1442,54 @@ fn strip_port(host: &str) -> &str {
         return host.find(']').map(|i| &host[..=i]).unwrap_or(host);
     }
     host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
+}
+
+/// Refuses an upstream that is the proxy listener itself: each request would come back
+/// in, one hop deeper, until sockets or the head limit ran out. Checked where the
+/// address is literal (or `localhost`); a name that resolves to it is not caught.
+fn not_the_listener(
+    origin: &str,
+    field: &str,
+    url: &str,
+    scheme: &Scheme,
+    authority: &Authority,
+    listen: SocketAddr,
+) -> Result<(), ConfigError> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let default_port = if *scheme == Scheme::HTTPS { 443 } else { 80 };
+    if listen.port() == 0 || authority.port_u16().unwrap_or(default_port) != listen.port() {
+        return Ok(());
+    }
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let ips: Vec<IpAddr> = if host.eq_ignore_ascii_case("localhost") {
+        vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()]
+    } else {
+        match host.parse::<IpAddr>() {
+            Ok(ip) => vec![ip.to_canonical()],
+            Err(_) => return Ok(()),
+        }
+    };
+    let bound = listen.ip();
+    // A wildcard listener takes the port on every local address of its family ([::]
+    // on IPv4's too); connecting to a wildcard address reaches the local host.
+    let same_family = |a: IpAddr, b: IpAddr| a.is_ipv4() == b.is_ipv4() || a.is_ipv6();
+    let local = |ip: IpAddr| ip.is_loopback() || ip.is_unspecified();
+    let loops = ips.iter().any(|&ip| {
+        ip == bound
+            || (bound.is_unspecified() && local(ip) && same_family(bound, ip))
+            || (ip.is_unspecified() && bound.is_loopback() && same_family(ip, bound))
+    });
+    if loops {
+        return Err(field_err(
+            origin,
+            field,
+            format!("{url:?} is statuslens' own proxy listener ({listen}): every request would come back to it"),
+        ));
+    }
+    Ok(())
 }
 
 fn parse_upstream(
@@ -1749,6 +1823,72 @@ upstream = "http://127.0.0.1:3001"
             err.contains("--upstream-timeout") && err.contains("soon"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_upstream_that_is_the_proxy_listener_is_refused() {
+        let at = |listen: &str, upstream: &str| {
+            let text = format!(
+                "[proxy]\nlisten='{listen}'\n[admin]\nlisten='127.0.0.1:1'\n[[routes]]\nname='a'\nupstream='{upstream}'\n"
+            );
+            parse(&text).map(|_| ()).map_err(|e| e.to_string())
+        };
+        for (listen, upstream) in [
+            ("127.0.0.1:8080", "http://127.0.0.1:8080"),
+            ("127.0.0.1:8080", "http://localhost:8080/api"),
+            ("127.0.0.1:80", "http://127.0.0.1"),
+            ("127.0.0.1:443", "https://localhost"),
+            ("0.0.0.0:8080", "http://127.0.0.1:8080"),
+            ("[::]:8080", "http://127.0.0.1:8080"),
+            ("[::1]:8080", "http://[::1]:8080"),
+            ("127.0.0.1:8080", "http://0.0.0.0:8080"),
+        ] {
+            let err = at(listen, upstream).expect_err(upstream);
+            assert!(
+                err.contains("routes[0].upstream") && err.contains("own proxy listener"),
+                "{listen} {upstream}: {err}"
+            );
+        }
+        for (listen, upstream) in [
+            ("127.0.0.1:8080", "http://127.0.0.1:8081"),
+            ("127.0.0.1:8080", "http://127.0.0.2:8080"),
+            ("127.0.0.1:8080", "http://api.internal:8080"),
+            ("0.0.0.0:8080", "http://[::1]:8080"),
+            ("127.0.0.1:0", "http://127.0.0.1:8080"),
+        ] {
+            assert_eq!(at(listen, upstream), Ok(()), "{listen} {upstream}");
+        }
+        // The zero-config route too, against the default listener.
+        let ov = Overrides {
+            upstream: Some("http://localhost:8080".into()),
+            ..Default::default()
+        };
+        let err = Config::from_flags(&ov).unwrap_err().to_string();
+        assert!(err.contains("--upstream"), "{err}");
+    }
+
+    #[test]
+    fn a_file_value_a_flag_overrides_is_still_checked() {
+        let route = "[[routes]]\nname='a'\nupstream='http://x'\n";
+        let flags = Overrides {
+            listen: Some("127.0.0.1:0".into()),
+            admin: Some("127.0.0.1:0".into()),
+            workers: Some(1),
+            log_format: Some("json".into()),
+            ..Default::default()
+        };
+        for (text, field) in [
+            ("[proxy]\nlisten='nonsense'\n", "proxy.listen"),
+            ("[admin]\nlisten='nonsense'\n", "admin.listen"),
+            ("[proxy]\nworkers=0\n", "proxy.workers"),
+            ("[access_log]\nformat='xml'\n", "access_log.format"),
+        ] {
+            let err = Config::parse(&format!("{text}{route}"), "test.toml", &flags)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "expected {field} in: {err}");
+        }
+        assert!(Config::parse(route, "test.toml", &flags).is_ok());
     }
 
     #[test]
