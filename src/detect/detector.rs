@@ -77,7 +77,8 @@
 //!   may be flagged at start-up (in simulation: never at ≤ 20 %, up to a
 //!   quarter of starts at 25 %, most starts at 30 %) and, by the rule above,
 //!   stays flagged; give such signals a `prior_ratio` close to their normal
-//!   level.
+//!   level ([`Detector::reconfigure`] at a reload works the active spike's
+//!   clear level out again, which ends it).
 //! * The tests assume responses are independent. A single client hammering a
 //!   route with a bad token is a real 401 spike as far as this code can tell.
 //! * Per detector: one ring of 602 × 8 bytes plus 336 bytes of state.
@@ -366,9 +367,32 @@ impl Detector {
         })
     }
 
-    /// The configuration this detector was built with.
+    /// The configuration this detector runs with.
     pub fn config(&self) -> &DetectorConfig {
         &self.config
+    }
+
+    /// Takes new thresholds and keeps everything learnt: windows, baselines and any
+    /// active spike, whose clear level is worked out again from its firing window's
+    /// (frozen) baseline under the new thresholds — so a better `prior_ratio` can end a
+    /// spike a fresh detector raised over a route's normal level. A new half-life
+    /// applies to the decay from now on; the quiet time an active spike needs stays.
+    ///
+    /// # Errors
+    ///
+    /// The [`DetectorConfig::validate`] message if `config` is invalid; the detector
+    /// is then unchanged.
+    pub fn reconfigure(&mut self, config: DetectorConfig) -> Result<(), InvalidThreshold> {
+        config.validate()?;
+        self.lambda = 0.5f64.powf(1.0 / config.baseline_half_life_secs);
+        self.ln_inv_p_value = -config.p_value.ln();
+        self.config = config;
+        if let Some(window) = self.active.as_ref().map(|a| a.stats.window_secs) {
+            let i = WINDOWS.iter().position(|&w| w == window).expect("a window");
+            let clear_ratio = self.levels(i).2;
+            self.active.as_mut().expect("checked").clear_ratio = clear_ratio;
+        }
+        Ok(())
     }
 
     /// Feed the counts of one whole second `t` (unix seconds, monotonically
@@ -562,6 +586,25 @@ impl Detector {
         transition
     }
 
+    /// For window `i`: the reference ratio, the ratio a spike must reach and the one it
+    /// must stay significantly above to last, from that window's baseline.
+    fn levels(&self, i: usize) -> (f64, f64, f64) {
+        let p_ref = self.baselines[i].upper(&self.config);
+        // `min_factor` times a high baseline would ask for more than 100% (3 × 34%):
+        // such a signal could never fire, not even at a total outage. The factor's
+        // part stops halfway from the baseline to 100%.
+        let factor = (self.config.min_factor * p_ref).min(p_ref + (1.0 - p_ref) / 2.0);
+        let threshold = self.config.min_ratio.max(factor);
+        // The spike lasts while traffic is significantly above half the threshold:
+        // well under the firing level, so one dip does not end it. But half of a
+        // threshold below 3 × p_ref (capped for a high baseline, or a small
+        // `min_factor`) lies at or under the baseline itself, where normal traffic
+        // would keep it elevated for ever; there a quarter of the way from the
+        // baseline to the threshold, which is where half lands at exactly 3 × p_ref.
+        let clear_ratio = (threshold / 2.0).max(p_ref + (threshold - p_ref) / 4.0);
+        (p_ref, threshold, clear_ratio)
+    }
+
     fn evaluate(&mut self, allow_start: bool) -> Option<Transition> {
         if let Some(active) = &self.active {
             let elevated = WINDOWS
@@ -590,25 +633,12 @@ impl Detector {
             if k < self.config.min_events || n == 0 {
                 continue;
             }
-            let baseline = &self.baselines[i];
-            let p_ref = baseline.upper(&self.config);
-            // `min_factor` times a high baseline would ask for more than 100% (3 × 34%):
-            // such a signal could never fire, not even at a total outage. The factor's
-            // part stops halfway from the baseline to 100%.
-            let factor = (self.config.min_factor * p_ref).min(p_ref + (1.0 - p_ref) / 2.0);
-            let threshold = self.config.min_ratio.max(factor);
+            let (p_ref, threshold, clear_ratio) = self.levels(i);
             let ratio = k as f64 / n as f64;
             if ratio < threshold || n as f64 * kl_bernoulli(ratio, p_ref) < self.ln_inv_p_value {
                 continue;
             }
-            let p0 = baseline.ratio(&self.config);
-            // The spike lasts while traffic is significantly above half the threshold:
-            // well under the firing level, so one dip does not end it. But half of a
-            // threshold below 3 × p_ref (capped for a high baseline, or a small
-            // `min_factor`) lies at or under the baseline itself, where normal traffic
-            // would keep it elevated for ever; there a quarter of the way from the
-            // baseline to the threshold, which is where half lands at exactly 3 × p_ref.
-            let clear_ratio = (threshold / 2.0).max(p_ref + (threshold - p_ref) / 4.0);
+            let p0 = self.baselines[i].ratio(&self.config);
             return Some(self.start(w, n, k, ratio, p0, clear_ratio));
         }
         None
@@ -993,6 +1023,41 @@ mod tests {
         assert_eq!(ends(&trs).len(), 1, "{trs:?}");
         assert!(starts(&trs).is_empty(), "{trs:?}");
         assert!(!d.is_active());
+    }
+
+    #[test]
+    fn a_better_prior_on_reload_ends_a_spike_raised_over_the_normal_level() {
+        // 35 % is normal; a fresh detector flags it and, its baseline frozen at the
+        // prior, would keep the spike for good.
+        let mut rng = Rng::new(15);
+        let mut d = detector();
+        assert_eq!(
+            starts(&run(&mut d, &mut rng, T0, T0 + 60, 1000.0, 0.35)).len(),
+            1
+        );
+        assert!(run(&mut d, &mut rng, T0 + 60, T0 + 600, 1000.0, 0.35).is_empty());
+        assert!(d.is_active());
+        // The operator reloads with the route's normal level as its prior.
+        d.reconfigure(DetectorConfig {
+            prior_ratio: 0.3,
+            ..Default::default()
+        })
+        .unwrap();
+        let trs = run(&mut d, &mut rng, T0 + 600, T0 + 1800, 1000.0, 0.35);
+        assert_eq!(ends(&trs).len(), 1, "{trs:?}");
+        assert!(ends(&trs)[0] <= T0 + 600 + 60, "{trs:?}");
+        assert!(starts(&trs).is_empty(), "{trs:?}");
+        // What it learnt stays: a real outage still fires.
+        let trs = run(&mut d, &mut rng, T0 + 1800, T0 + 1830, 1000.0, 1.0);
+        assert_eq!(starts(&trs).len(), 1, "{trs:?}");
+        // An invalid configuration changes nothing.
+        assert!(d
+            .reconfigure(DetectorConfig {
+                p_value: 2.0,
+                ..Default::default()
+            })
+            .is_err());
+        assert_eq!(d.config().prior_ratio, 0.3);
     }
 
     #[test]

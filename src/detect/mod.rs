@@ -250,8 +250,10 @@ impl Detection {
     }
 
     /// Builds the detectors of `config`. With `previous` (a config reload), a route ×
-    /// signal that keeps its name and thresholds keeps its detector — baseline, windows
-    /// and any active spike — so a reload neither forgets what is normal nor re-fires.
+    /// signal that keeps its name and codes keeps its detector — baseline, windows and
+    /// any active spike — with the thresholds it is given now, so a reload neither
+    /// forgets what is normal nor re-fires (not even one that tunes the thresholds
+    /// during an incident).
     pub fn build(
         config: &Config,
         families: &SpikeFamilies,
@@ -268,12 +270,18 @@ impl Detection {
                         p.route_names[k.route] == route.name
                             && p.signals[k.signal].name == signal.name
                             && p.signals[k.signal].codes == signal.codes
-                            && k.detector.config() == &route.detectors[s]
                     })
                 });
-                let detector = carried
-                    .map(|k| k.detector.clone())
-                    .unwrap_or_else(|| Detector::new(route.detectors[s].clone()));
+                let detector = match carried {
+                    Some(k) if k.detector.config() == &route.detectors[s] => k.detector.clone(),
+                    Some(k) => {
+                        let mut d = k.detector.clone();
+                        d.reconfigure(route.detectors[s].clone())
+                            .expect("validated with the config");
+                        d
+                    }
+                    None => Detector::new(route.detectors[s].clone()),
+                };
                 let gauge = families
                     .active
                     .with_label_values(&[&route.name, &signal.name]);
@@ -705,6 +713,39 @@ mod tests {
         ));
         let rebuilt = Detection::build(&other, &families, None, Some(&new));
         assert!(!Arc::ptr_eq(&rebuilt.counters, &new.counters));
+    }
+
+    #[test]
+    fn new_thresholds_on_reload_keep_what_the_detector_learnt() {
+        // A reload that tunes thresholds (during an incident, say) built fresh
+        // detectors: an hour of baseline gone, the active spike resolved and fired
+        // again as a new one.
+        let route = "[[routes]]\nname='a'\nupstream='http://x'\n";
+        let families = SpikeFamilies::register(&Registry::new());
+        let old = Detection::build(&config(route), &families, None, None);
+        for _ in 0..20 {
+            old.sink().observe(0, 503, None);
+        }
+        old.tick(1_000);
+        let active = |d: &Detection| {
+            d.keys
+                .lock()
+                .unwrap()
+                .0
+                .iter()
+                .filter(|k| k.detector.is_active())
+                .map(|k| (k.detector.snapshot().n_1m, k.detector.config().p_value))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(active(&old), [(20, 1e-6)]);
+        let tuned = config(&format!("[detection]\np_value = 1e-9\n{route}"));
+        let new = Detection::build(&tuned, &families, None, Some(&old));
+        assert_eq!(active(&new), [(20, 1e-9)]);
+        let started = families
+            .total
+            .with_label_values(&["a", "server_error"])
+            .get();
+        assert_eq!(started, 1, "the spike was counted once, not started again");
     }
 
     #[test]
