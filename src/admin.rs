@@ -113,10 +113,7 @@ impl Admin {
                 }
                 r
             }
-            "/api/spikes" => json_response(match &gen.detection {
-                Some(d) => d.spikes_json(),
-                None => json!({ "active": [], "recent": [], "detection": "disabled" }),
-            }),
+            "/api/spikes" => json_response(self.live.spikes_json()),
             _ => text(
                 StatusCode::NOT_FOUND,
                 "not an admin path: /metrics, /healthz, /readyz, /api/status, /api/spikes, /api/reload\n",

@@ -223,6 +223,15 @@ impl Live {
         self.current.load_full()
     }
 
+    /// `/api/spikes`: the current detection's spikes, or (detection off) the history it
+    /// had when a reload turned it off.
+    pub fn spikes_json(&self) -> serde_json::Value {
+        match &self.load().detection {
+            Some(d) => d.spikes_json(),
+            None => self.shared.spikes.retired_json(),
+        }
+    }
+
     /// The process-wide metric families.
     pub fn families(&self) -> &Arc<Families> {
         &self.shared.families

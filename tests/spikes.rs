@@ -483,4 +483,30 @@ async fn turning_detection_off_on_reload_ends_active_spikes() {
         assert!(start.elapsed() < DEADLINE, "no resolved alert");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // /api/spikes keeps the history meanwhile (it answered an empty one: the book went
+    // with the generation), and detection turned on again starts from it.
+    let recent = |v: &Value| -> Vec<(String, bool)> {
+        v["recent"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let signal = s["signal"].as_str().unwrap().to_string();
+                (signal, !s["ended_at"].is_null())
+            })
+            .collect()
+    };
+    let off = spikes(&p).await;
+    assert_eq!(off["detection"], "disabled");
+    assert_eq!(off["active"].as_array().unwrap().len(), 0);
+    assert_eq!(recent(&off), [("server_error".to_string(), true)], "{off}");
+    std::fs::write(&cfg, &text).unwrap();
+    p.signal("HUP");
+    let start = Instant::now();
+    while p.all_output().matches("configuration reloaded").count() < 2 {
+        assert!(start.elapsed() < DEADLINE, "no second reload");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let on = spikes(&p).await;
+    assert_eq!(recent(&on), [("server_error".to_string(), true)], "{on}");
 }

@@ -188,6 +188,9 @@ pub struct SpikeBook {
 pub struct SpikeFamilies {
     active: IntGaugeVec,
     total: IntCounterVec,
+    /// The history of a detection that a reload turned off: `/api/spikes` shows it
+    /// meanwhile, and detection turned on again starts from it.
+    retired: Mutex<VecDeque<Spike>>,
 }
 
 impl SpikeFamilies {
@@ -215,7 +218,17 @@ impl SpikeFamilies {
         registry
             .register(Box::new(total.clone()))
             .expect("unique metric");
-        SpikeFamilies { active, total }
+        SpikeFamilies {
+            active,
+            total,
+            retired: Mutex::default(),
+        }
+    }
+
+    /// `/api/spikes` while detection is off: the spikes it had when it was turned off.
+    pub fn retired_json(&self) -> serde_json::Value {
+        let retired = self.retired.lock().expect("spike history lock");
+        serde_json::json!({ "active": [], "recent": *retired, "detection": "disabled" })
     }
 }
 
@@ -305,6 +318,11 @@ impl Detection {
         drop(prev_keys);
         let now = unix_now();
         let mut book = SpikeBook::default();
+        if previous.is_none() {
+            // Detection turned on again (or for the first time): what it had before.
+            book.ended = std::mem::take(&mut *families.retired.lock().expect("spike history lock"));
+            book.ended.truncate(config.detection.history);
+        }
         if let Some(p) = previous {
             let old = p.book.lock().expect("spike book lock");
             book.ended = old.ended.clone();
@@ -379,6 +397,7 @@ impl Detection {
             book.ended.push_front(spike);
         }
         book.ended.truncate(self.history);
+        *families.retired.lock().expect("spike history lock") = book.ended.clone();
     }
 
     /// Whether `config` has the routes (by name, consumer tracking on or off) and
