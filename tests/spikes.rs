@@ -324,6 +324,19 @@ async fn webhook_gets_firing_then_resolved() {
     assert_eq!(s["active"].as_array().unwrap().len(), 0);
     assert_eq!(s["recent"][0]["signal"], "server_error");
     assert!(s["recent"][0]["ended_at"].as_u64().is_some());
+    // The whole episode's counts, beside the firing window's: at least the window's
+    // matches, and the healthy traffic that ended it.
+    let ended = &s["recent"][0];
+    let (requests, matched) = (
+        ended["episode_requests"]
+            .as_u64()
+            .expect("episode_requests"),
+        ended["episode_matched"].as_u64().expect("episode_matched"),
+    );
+    assert!(
+        matched >= ended["matched"].as_u64().unwrap() && requests >= matched + 20,
+        "{ended}"
+    );
 
     // No credential from the traffic reached the webhook, the API, metrics or the log.
     let c = client();

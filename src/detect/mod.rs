@@ -142,6 +142,10 @@ pub struct Spike {
     pub requests: u64,
     /// Matching responses in that window.
     pub matched: u64,
+    /// Once ended: all responses from its start to its end (None while active).
+    pub episode_requests: Option<u64>,
+    /// Once ended: the matching ones among them.
+    pub episode_matched: Option<u64>,
     /// The most frequent matching code around the start.
     pub dominant_code: Option<u16>,
     /// What that code means.
@@ -524,6 +528,8 @@ impl Detection {
                     window_seconds: st.window_secs,
                     requests: st.n,
                     matched: st.k,
+                    episode_requests: None,
+                    episode_matched: None,
                     dominant_code: dominant,
                     meaning,
                     severity: signal.severity.clone(),
@@ -564,6 +570,10 @@ impl Detection {
                     None => return,
                 };
                 spike.ended_at = Some(now);
+                // The detector totals the episode at its end; the start's window counts
+                // say only how it began.
+                spike.episode_requests = Some(st.n);
+                spike.episode_matched = Some(st.k);
                 tracing::warn!(
                     target: "statuslens::spike",
                     route = route.as_str(),

@@ -266,6 +266,8 @@ mod tests {
             window_seconds: 10,
             requests: 100,
             matched: 100,
+            episode_requests: None,
+            episode_matched: None,
             dominant_code: Some(503),
             meaning: String::new(),
             severity: "critical".into(),
