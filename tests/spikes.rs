@@ -60,6 +60,38 @@ async fn spikes(p: &Proc) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noise_above_min_ratio_is_not_a_spike_on_a_fresh_proxy() {
+    // 8 % 5xx clears min_ratio (5 %) and min_events on every window: only the baseline
+    // and the significance test (a fresh detector's reference is ~10.5 %, so ~31 % is
+    // needed) keep it quiet. The 2 % noise above could never fire at all.
+    let up = upstream().await;
+    let p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
+    let n = drive(&p, 600, 40, |i| if i % 25 < 2 { 503 } else { 200 }).await;
+    assert_eq!(n, 600);
+    // Every second of it evaluated: the detectors' 1-minute window holds all 48.
+    let start = Instant::now();
+    loop {
+        let (_, body) = get(&client(), &p.admin_url("/api/status")).await;
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        let r = v["routes"][0]["signals"]["server_error"]["live"]["ratio_1m"].as_f64();
+        if r.is_some_and(|r| (r - 0.08).abs() < 0.005) {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "1m window never held the noise: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let m = metrics(&p).await;
+    assert_eq!(
+        sum(&m, "statuslens_spikes_total", &[]),
+        0.0,
+        "false spike on 8 %"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn steady_noise_is_quiet_and_a_jump_flags_within_ten_seconds_of_traffic() {
     let up = upstream().await;
     let p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
