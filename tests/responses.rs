@@ -75,6 +75,20 @@ async fn exchange(p: &Proc, head: &str) -> String {
     String::from_utf8_lossy(&read_until_closed(&mut s, head).await).into_owned()
 }
 
+/// Waits until the one request `p` served is counted as a 499 (the client's), and
+/// nothing else is counted.
+async fn only_a_499(p: &Proc, what: &str, fast: bool) {
+    let m = wait_metrics(p, what, |m| {
+        responses(m, "499", "client") == 1.0 && settled(m)
+    })
+    .await;
+    assert_eq!(
+        sum(&m, "statuslens_responses_total", &[]),
+        1.0,
+        "fast_path = {fast}"
+    );
+}
+
 fn lower(text: &str) -> String {
     text.to_ascii_lowercase()
 }
@@ -373,15 +387,7 @@ async fn an_h2_client_that_grants_no_window_is_given_up_on_after_send_timeout() 
             .expect("head within the deadline")
             .unwrap();
         assert_eq!(response.status(), 200, "fast_path = {fast}");
-        let m = wait_metrics(&p, "the starving client given up on", |m| {
-            responses(m, "499", "client") == 1.0 && settled(m)
-        })
-        .await;
-        assert_eq!(
-            sum(&m, "statuslens_responses_total", &[]),
-            1.0,
-            "fast_path = {fast}"
-        );
+        only_a_499(&p, "the starving client given up on", fast).await;
         // Its connection is closed, not merely idle.
         tokio::time::timeout(DEADLINE, conn)
             .await
@@ -421,15 +427,7 @@ async fn a_client_that_stops_reading_is_given_up_on_after_send_timeout() {
         s.write_all(b"GET /big/16000000 HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .unwrap();
-        let m = wait_metrics(&p, "the client given up on", |m| {
-            responses(m, "499", "client") == 1.0 && settled(m)
-        })
-        .await;
-        assert_eq!(
-            sum(&m, "statuslens_responses_total", &[]),
-            1.0,
-            "fast_path = {fast}"
-        );
+        only_a_499(&p, "the client given up on", fast).await;
         // And its connection closed: what was sent arrives, then the end.
         let got = read_until_closed(&mut s, "the stalled client").await;
         assert!(got.starts_with(b"HTTP/1.1 200 "), "fast_path = {fast}");
