@@ -14,11 +14,13 @@
 //! writes nothing, so no write waits and `proxy.send_timeout`'s clock (see `send`)
 //! never starts — yet each such response holds its in-flight slot and its upstream
 //! connection. [`TrackedBody`] counts an HTTP/2 body as *held* from when hyper gets it
-//! (with no window hyper never polls it at all) and again after each chunk it yields,
-//! until hyper polls it once more; a body waiting on its upstream is not held. The
-//! connection's task ([`Starved`]) closes a connection whose held bodies saw no take
-//! for `send_timeout`. Per connection, not per stream: hyper offers no way to reset one
-//! stream from its body, and a body it does not poll cannot fail.
+//! and again after each chunk it yields, until hyper polls it once more (hyper 1.12
+//! takes one chunk, then waits for window before it polls again); a body waiting on its
+//! upstream is not held. The connection's task ([`Starved`]) tells a connection whose
+//! held bodies saw no take for `send_timeout` to go away (GOAWAY: its other streams may
+//! finish), and closes it once only held bodies are left, or another `send_timeout`
+//! on. Per connection, not per stream: hyper offers no way to reset one stream from its
+//! body, and a body it does not poll cannot fail.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -77,8 +79,15 @@ impl Activity {
     /// While a response body waits on the client: a count that moves each time hyper
     /// takes from one (or a wait begins anew). `None` while none waits.
     pub fn held(&self) -> Option<u64> {
-        // Relaxed: a connection's bodies and its task share one worker thread.
+        // Relaxed: a connection's tasks (its streams' too) run on its worker's
+        // single-threaded runtime; and a late read would only move a tick.
         (self.held.load(Ordering::Relaxed) > 0).then(|| self.moves.load(Ordering::Relaxed))
+    }
+
+    /// Whether every request in progress is a held response body: nothing on the
+    /// connection could still finish.
+    pub fn only_held(&self) -> bool {
+        self.held.load(Ordering::Relaxed) >= self.active.load(Ordering::SeqCst)
     }
 
     fn hold(&self) {

@@ -572,15 +572,24 @@ impl Accepting {
                             Some(quiet) => idle.as_mut().reset(now + tick.min(timeout - quiet)),
                             None => {
                                 if still >= send_timeout {
-                                    // Not gracefully: its streams would never finish.
+                                    // GOAWAY first: its other streams (an SSE stream
+                                    // waiting on its upstream, an upload) may finish.
+                                    // Closed once only starved responses are left, or
+                                    // another send_timeout on: those would never end.
                                     // Their responses end as the client's (499).
-                                    tracing::debug!(
-                                        client = %peer,
-                                        still_ms = still.as_millis() as u64,
-                                        "closing an HTTP/2 connection whose client took no \
-                                         response data for proxy.send_timeout"
-                                    );
-                                    break Ok(());
+                                    if !closing {
+                                        conn.as_mut().graceful_shutdown();
+                                        closing = true;
+                                    }
+                                    if activity.only_held() || still >= send_timeout * 2 {
+                                        tracing::debug!(
+                                            client = %peer,
+                                            still_ms = still.as_millis() as u64,
+                                            "closing an HTTP/2 connection whose client took \
+                                             no response data for proxy.send_timeout"
+                                        );
+                                        break Ok(());
+                                    }
                                 }
                                 idle.as_mut().reset(now + tick);
                             }

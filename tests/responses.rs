@@ -398,6 +398,52 @@ async fn an_h2_client_that_grants_no_window_is_given_up_on_after_send_timeout() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starved_h2_connection_lets_its_other_streams_finish_first() {
+    // The connection is told to go away (GOAWAY) once a stream starves; a stream still
+    // waiting on its upstream gets its answer, and the connection closes once nothing
+    // but starved responses is left. It was dropped at once, taking such streams along.
+    let up = upstream().await;
+    let p = start_with_proxy_settings("workers = 1\nsend_timeout = \"2s\"", up.addr);
+    let tcp = TcpStream::connect(p.proxy).await.unwrap();
+    let (mut h2c, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let get = |path: &str| {
+        http::Request::get(format!("http://{}{path}", p.proxy))
+            .body(())
+            .unwrap()
+    };
+    let (starved, _) = h2c.send_request(get("/big/100000"), true).unwrap();
+    // Answered 2.6 s on: after the starved stream's send_timeout (2 s, cut by 2.5 s).
+    let (waiting, _) = h2c.send_request(get("/stall/2600"), true).unwrap();
+    // Kept: a response dropped unread is the client's reset (CANCEL), not a starving.
+    let starved = starved.await.unwrap();
+    assert_eq!(starved.status(), 200);
+    let waiting = tokio::time::timeout(DEADLINE, waiting)
+        .await
+        .expect("the waiting stream's head within the deadline")
+        .expect("the waiting stream was not cut with the starved one");
+    assert_eq!(waiting.status(), 200);
+    // Its body needs window too: then only starved responses are left, and the
+    // connection goes. hyper took that short body whole (it polls a body once before
+    // it waits for window), so it counts as the upstream's 200; the big one as a 499.
+    let m = wait_metrics(&p, "both streams ended", |m| {
+        responses(m, "499", "client") == 1.0 && responses(m, "200", "upstream") == 1.0 && settled(m)
+    })
+    .await;
+    assert_eq!(sum(&m, "statuslens_responses_total", &[]), 2.0);
+    drop(starved);
+    tokio::time::timeout(DEADLINE, conn)
+        .await
+        .expect("the starving client's connection closed")
+        .unwrap()
+        .ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_response_waiting_on_its_upstream_is_not_a_starving_client() {
     // The window clock counts only bodies with a chunk ready: one whose upstream pauses
     // longer than send_timeout between chunks is delivered whole.
