@@ -129,10 +129,12 @@ impl Generation {
     /// Builds a generation; with `previous`, detectors that did not change carry over.
     pub fn build(config: Config, shared: &Shared, previous: Option<&Generation>) -> Generation {
         let route_names: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
-        let metrics = Arc::new(Metrics::with_families(
-            shared.families.clone(),
-            &route_names,
-        ));
+        let routes: Vec<(&str, &str)> = config
+            .routes
+            .iter()
+            .map(|r| (r.name.as_str(), r.upstream.as_str()))
+            .collect();
+        let metrics = Arc::new(Metrics::with_families(shared.families.clone(), &routes));
         if !config.detection.enabled {
             if let Some(old) = previous.and_then(|p| p.detection.as_deref()) {
                 old.end_all(&shared.spikes);

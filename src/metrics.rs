@@ -234,14 +234,17 @@ pub struct Reports {
     /// For 429 and 503: the last `Retry-After` the upstream sent, in milliseconds
     /// (`u64::MAX`: none yet).
     pub retry_after_ms: [AtomicU64; 2],
-    /// The route left the configuration: its quota series are gone and stay gone, even
-    /// if a request of an older generation still reports.
+    /// The route left the configuration (or its upstream changed): its quota series are
+    /// gone, and a request of an older generation that still reports cannot touch them.
     retired: AtomicBool,
+    /// The upstream that reported.
+    upstream: String,
 }
 
 impl Reports {
-    fn new() -> Reports {
+    fn new(upstream: &str) -> Reports {
         Reports {
+            upstream: upstream.to_string(),
             quota: Default::default(),
             quota_warned: AtomicBool::new(false),
             retry_after_ms: [AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)],
@@ -278,18 +281,20 @@ impl Metrics {
     /// Registers every metric and resolves the handles of each route; the last entry is
     /// the `unmatched` pseudo-route.
     pub fn new(route_names: &[&str]) -> Metrics {
-        Metrics::with_families(Families::new(), route_names)
+        let routes: Vec<(&str, &str)> = route_names.iter().map(|&n| (n, "")).collect();
+        Metrics::with_families(Families::new(), &routes)
     }
 
-    /// Handles for `route_names` (and `unmatched`) onto existing families; the routes of
-    /// an earlier call missing from `route_names` lose their quota series.
-    pub fn with_families(families: Arc<Families>, route_names: &[&str]) -> Metrics {
+    /// Handles for `routes` (name, upstream) and `unmatched` onto existing families; a
+    /// route of an earlier call missing here, or sent to another upstream, loses its
+    /// quota series and state.
+    pub fn with_families(families: Arc<Families>, routes: &[(&str, &str)]) -> Metrics {
         let f = &*families;
         let slots = Slots::new();
-        let reports = f.reports_of(route_names);
-        let routes = route_names
+        let reports = f.reports_of(routes);
+        let routes = routes
             .iter()
-            .copied()
+            .map(|&(name, _)| name)
             .chain(std::iter::once("unmatched"))
             .map(|name| RouteMetrics {
                 name: name.to_string(),
@@ -321,15 +326,16 @@ impl Families {
     /// The reports of `route_names` and `unmatched`, kept or new; every other route's
     /// are retired and their quota series removed (a stale quota would keep its alert
     /// firing for a route that no longer exists).
-    fn reports_of(&self, route_names: &[&str]) -> HashMap<String, Arc<Reports>> {
+    fn reports_of(&self, routes: &[(&str, &str)]) -> HashMap<String, Arc<Reports>> {
         let mut reports = self.reports.lock().unwrap_or_else(|e| e.into_inner());
-        let keep: Vec<&str> = route_names
+        let keep: Vec<(&str, &str)> = routes
             .iter()
             .copied()
-            .chain(std::iter::once("unmatched"))
+            .chain(std::iter::once(("unmatched", "")))
             .collect();
+        // A route sent to another upstream starts afresh too: the quota was the old one's.
         reports.retain(|name, r| {
-            let kept = keep.contains(&name.as_str());
+            let kept = keep.contains(&(name.as_str(), r.upstream.as_str()));
             if !kept {
                 r.retired.store(true, Ordering::Relaxed);
                 for vec in &self.quota {
@@ -338,10 +344,10 @@ impl Families {
             }
             kept
         });
-        for name in keep {
+        for (name, upstream) in keep {
             reports
                 .entry(name.to_string())
-                .or_insert_with(|| Arc::new(Reports::new()));
+                .or_insert_with(|| Arc::new(Reports::new(upstream)));
         }
         reports.clone()
     }
@@ -590,7 +596,9 @@ impl Metrics {
         let r = &self.routes[route];
         let reports = &r.reports;
         // Checked under the families' lock, which retiring holds: a request of an older
-        // generation that reports after its route left cannot bring the series back.
+        // generation that reports after its route left gets a gauge of its own, in no
+        // registry; the series (perhaps a newer generation's, of the same name) is not
+        // touched.
         let gauge = |i: usize| {
             reports.quota[i].get_or_init(|| {
                 let _reports = self
@@ -598,11 +606,11 @@ impl Metrics {
                     .reports
                     .lock()
                     .unwrap_or_else(|e| e.into_inner());
-                let g = r.quota_vecs[i].with_label_values(&[&r.name]);
                 if reports.retired.load(Ordering::Relaxed) {
-                    let _ = r.quota_vecs[i].remove_label_values(&[&r.name]);
+                    return Gauge::new("statuslens_retired_quota", "a retired route's quota")
+                        .expect("valid metric");
                 }
-                g
+                r.quota_vecs[i].with_label_values(&[&r.name])
             })
         };
         if let Some(v) = q.remaining_ratio() {
@@ -670,6 +678,38 @@ fn itoa_buf(code: u16) -> [u8; 3] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_removed_routes_late_report_leaves_the_re_added_routes_series_alone() {
+        let families = Families::new();
+        let first = Metrics::with_families(families.clone(), &[("a", "http://x")]);
+        let _removed = Metrics::with_families(families.clone(), &[]);
+        let again = Metrics::with_families(families.clone(), &[("a", "http://x")]);
+        let half = crate::quota::Quota {
+            limit: Some(100.0),
+            remaining: Some(50.0),
+            reset_secs: None,
+        };
+        again.set_quota(0, &half);
+        // A request of the first generation, still running, reports now.
+        let low = crate::quota::Quota {
+            limit: Some(100.0),
+            remaining: Some(1.0),
+            reset_secs: None,
+        };
+        first.set_quota(0, &low);
+        let text = String::from_utf8(again.render()).unwrap();
+        assert!(
+            text.contains(r#"statuslens_upstream_quota_remaining_ratio{route="a"} 0.5"#),
+            "{text}"
+        );
+        again.set_quota(0, &low);
+        let text = String::from_utf8(again.render()).unwrap();
+        assert!(
+            text.contains(r#"statuslens_upstream_quota_remaining_ratio{route="a"} 0.01"#),
+            "{text}"
+        );
+    }
 
     #[test]
     fn counts_land_in_exactly_one_series() {

@@ -128,33 +128,62 @@ async fn quota_headers_of_every_dialect_become_gauges() {
     }
 }
 
+/// A raw upstream whose first answer carries `first` and every later one `then`.
+async fn changing_quota_upstream(first: &'static str, then: &'static str) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        for i in 0usize.. {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let headers = if i == 0 { first } else { then };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\n{headers}Content-Length: 2\r\nConnection: close\r\n\r\nok"
+                );
+                let _ = s.write_all(reply.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_keeps_a_kept_routes_quota_state_and_drops_a_removed_routes_series() {
     // Each generation kept its own quota state: after a reload a report without a reset
     // time left the previous window's reset time in place (the QuotaLow rule's
     // "unless reset < time()" then hid the alert), the low-quota warning came again,
     // and a removed route's gauges stayed for the process' life, its alert with them.
-    let with_reset = quota_upstream(
+    // A route sent to another upstream starts afresh: the old quota was not its.
+    let kept = changing_quota_upstream(
         "X-RateLimit-Limit: 100\r\nX-RateLimit-Remaining: 5\r\nX-RateLimit-Reset: 30\r\n",
+        "Sforce-Limit-Info: api-usage=95/100\r\n",
     )
     .await;
-    let without_reset = quota_upstream("Sforce-Limit-Info: api-usage=95/100\r\n").await;
     let gone = quota_upstream("Sforce-Limit-Info: api-usage=99/100\r\n").await;
-    let routes = |kept: std::net::SocketAddr, gone: Option<std::net::SocketAddr>| {
-        let mut cfg = format!(
-            "[[routes]]\nname = \"kept\"\nmatch = {{ path_prefix = \"/kept/\" }}\nupstream = \"http://{kept}\"\n"
-        );
+    let moved = quota_upstream("Sforce-Limit-Info: api-usage=99/100\r\n").await;
+    let elsewhere = quota_upstream("").await;
+    let routes = |moved_to: std::net::SocketAddr, gone: Option<std::net::SocketAddr>| {
+        let route = |name: &str, addr: std::net::SocketAddr| {
+            format!(
+                "[[routes]]\nname = \"{name}\"\nmatch = {{ path_prefix = \"/{name}/\" }}\nupstream = \"http://{addr}\"\n"
+            )
+        };
+        let mut cfg = route("kept", kept) + &route("moved", moved_to);
         if let Some(gone) = gone {
-            cfg.push_str(&format!(
-                "[[routes]]\nname = \"gone\"\nmatch = {{ path_prefix = \"/gone/\" }}\nupstream = \"http://{gone}\"\n"
-            ));
+            cfg.push_str(&route("gone", gone));
         }
         cfg
     };
-    let path = write_config(&routes(with_reset, Some(gone)));
+    let path = write_config(&routes(moved, Some(gone)));
     let p = Proc::start(&["--config", path.to_str().unwrap()]);
     let c = client();
-    for route in ["kept", "gone"] {
+    for route in ["kept", "gone", "moved"] {
         assert_eq!(get(&c, &p.url(&format!("/{route}/x"))).await.0.status, 200);
     }
     let gauge = |m: &[Sample], name: &str, route: &str| {
@@ -164,30 +193,33 @@ async fn a_reload_keeps_a_kept_routes_quota_state_and_drops_a_removed_routes_ser
     };
     const RESET: &str = "statuslens_upstream_quota_reset_timestamp_seconds";
     const RATIO: &str = "statuslens_upstream_quota_remaining_ratio";
-    let m = wait_responses(&p, 2.0).await;
+    let m = wait_responses(&p, 3.0).await;
     assert!(gauge(&m, RESET, "kept").is_some_and(f64::is_finite));
     assert_eq!(gauge(&m, RATIO, "gone"), Some(0.01));
+    assert_eq!(gauge(&m, RATIO, "moved"), Some(0.01));
 
-    std::fs::write(&path, routes(without_reset, None)).unwrap();
+    std::fs::write(&path, routes(elsewhere, None)).unwrap();
     p.signal("HUP");
     p.wait_output("configuration reloaded");
     let m = metrics(&p).await;
-    assert!(
-        m.iter()
-            .all(|s| !(s.name.starts_with("statuslens_upstream_quota")
-                && s.labels["route"] == "gone")),
-        "a removed route's quota series stayed"
-    );
+    for route in ["gone", "moved"] {
+        assert!(
+            m.iter()
+                .all(|s| !(s.name.starts_with("statuslens_upstream_quota")
+                    && s.labels["route"] == route)),
+            "{route}: quota series stayed"
+        );
+    }
     assert_eq!(get(&c, &p.url("/kept/x")).await.0.status, 200);
-    let m = wait_responses(&p, 3.0).await;
+    let m = wait_responses(&p, 4.0).await;
     assert_eq!(gauge(&m, RATIO, "kept"), Some(0.05));
     assert!(
         gauge(&m, RESET, "kept").is_some_and(f64::is_nan),
         "the old window's reset time stayed: {:?}",
         gauge(&m, RESET, "kept")
     );
-    // Warned once for `kept` (5% left both times), `gone` once: a second reload's line
-    // is the fence for any warning logged before it.
+    // Warned once for `kept` (5% left both times), once each for `gone` and `moved`:
+    // a second reload's line is the fence for any warning logged before it.
     p.signal("HUP");
     let start = Instant::now();
     while p.all_output().matches("configuration reloaded").count() < 2 {
@@ -201,7 +233,7 @@ async fn a_reload_keeps_a_kept_routes_quota_state_and_drops_a_removed_routes_ser
         .filter(|v| v["target"] == "statuslens::quota")
         .map(|v| v["route"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(warned, ["kept", "gone"], "quota warnings");
+    assert_eq!(warned, ["kept", "gone", "moved"], "quota warnings");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
