@@ -1474,13 +1474,14 @@ fn not_the_listener(
     };
     let bound = listen.ip();
     // A wildcard listener takes the port on every local address of its family ([::]
-    // on IPv4's too); connecting to a wildcard address reaches the local host.
-    let same_family = |a: IpAddr, b: IpAddr| a.is_ipv4() == b.is_ipv4() || a.is_ipv6();
+    // on IPv4's too): checked here for loopback and wildcard addresses, not the host's
+    // other addresses. Connecting to a wildcard address reaches its family's loopback.
+    let covers = |wild: IpAddr, ip: IpAddr| wild.is_ipv6() || ip.is_ipv4();
     let local = |ip: IpAddr| ip.is_loopback() || ip.is_unspecified();
     let loops = ips.iter().any(|&ip| {
         ip == bound
-            || (bound.is_unspecified() && local(ip) && same_family(bound, ip))
-            || (ip.is_unspecified() && bound.is_loopback() && same_family(ip, bound))
+            || (bound.is_unspecified() && local(ip) && covers(bound, ip))
+            || (ip.is_unspecified() && bound.is_loopback() && ip.is_ipv4() == bound.is_ipv4())
     });
     if loops {
         return Err(field_err(
@@ -1854,6 +1855,7 @@ upstream = "http://127.0.0.1:3001"
             ("127.0.0.1:8080", "http://127.0.0.2:8080"),
             ("127.0.0.1:8080", "http://api.internal:8080"),
             ("0.0.0.0:8080", "http://[::1]:8080"),
+            ("127.0.0.1:8080", "http://[::]:8080"),
             ("127.0.0.1:0", "http://127.0.0.1:8080"),
         ] {
             assert_eq!(at(listen, upstream), Ok(()), "{listen} {upstream}");

@@ -68,13 +68,15 @@ async fn noise_above_min_ratio_is_not_a_spike_on_a_fresh_proxy() {
     let p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
     let n = drive(&p, 600, 40, |i| if i % 25 < 2 { 503 } else { 200 }).await;
     assert_eq!(n, 600);
-    // Every second of it evaluated: the detectors' 1-minute window holds all 48.
+    // Every second of it evaluated: the 10-second window has drained (ticks ran past
+    // the last request) while the 1-minute one still holds the noise.
     let start = Instant::now();
     loop {
         let (_, body) = get(&client(), &p.admin_url("/api/status")).await;
         let v: Value = serde_json::from_slice(&body).unwrap();
-        let r = v["routes"][0]["signals"]["server_error"]["live"]["ratio_1m"].as_f64();
-        if r.is_some_and(|r| (r - 0.08).abs() < 0.005) {
+        let live = &v["routes"][0]["signals"]["server_error"]["live"];
+        let (r10s, r1m) = (live["ratio_10s"].as_f64(), live["ratio_1m"].as_f64());
+        if r10s == Some(0.0) && r1m.is_some_and(|r| (r - 0.08).abs() < 0.005) {
             break;
         }
         assert!(
@@ -356,8 +358,9 @@ async fn webhook_gets_firing_then_resolved() {
     assert_eq!(s["active"].as_array().unwrap().len(), 0);
     assert_eq!(s["recent"][0]["signal"], "server_error");
     assert!(s["recent"][0]["ended_at"].as_u64().is_some());
-    // The whole episode's counts, beside the firing window's: at least the window's
-    // matches, and the healthy traffic that ended it.
+    // The whole episode's counts, beside the firing window's (which may reach back
+    // before the episode's first second): its matches, and the healthy traffic that
+    // ended it.
     let ended = &s["recent"][0];
     let (requests, matched) = (
         ended["episode_requests"]
@@ -365,10 +368,7 @@ async fn webhook_gets_firing_then_resolved() {
             .expect("episode_requests"),
         ended["episode_matched"].as_u64().expect("episode_matched"),
     );
-    assert!(
-        matched >= ended["matched"].as_u64().unwrap() && requests >= matched + 20,
-        "{ended}"
-    );
+    assert!(matched > 0 && requests >= matched + 20, "{ended}");
 
     // No credential from the traffic reached the webhook, the API, metrics or the log.
     let c = client();
