@@ -75,6 +75,33 @@ async fn exchange(p: &Proc, head: &str) -> String {
     String::from_utf8_lossy(&read_until_closed(&mut s, head).await).into_owned()
 }
 
+/// An HTTP/2 client that grants no flow-control window (initial window 0) while its
+/// connection task goes on reading (and answering PINGs); the task ends with the
+/// connection.
+async fn starving_h2_client(
+    proxy: SocketAddr,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = TcpStream::connect(proxy).await.unwrap();
+    let (h2c, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    (h2c, tokio::spawn(conn))
+}
+
+/// Waits for the starving client's connection to be closed by the proxy.
+async fn closed(conn: tokio::task::JoinHandle<Result<(), h2::Error>>) {
+    tokio::time::timeout(DEADLINE, conn)
+        .await
+        .expect("the starving client's connection closed")
+        .unwrap()
+        .ok();
+}
+
 /// Waits until the one request `p` served is counted as a 499 (the client's), and
 /// nothing else is counted.
 async fn only_a_499(p: &Proc, what: &str, fast: bool) {
@@ -369,14 +396,7 @@ async fn an_h2_client_that_grants_no_window_is_given_up_on_after_send_timeout() 
             &format!("fast_path = {fast}\nworkers = 1\nsend_timeout = \"1s\""),
             up.addr,
         );
-        let tcp = TcpStream::connect(p.proxy).await.unwrap();
-        let (mut h2c, conn) = h2::client::Builder::new()
-            .initial_window_size(0)
-            .handshake::<_, Bytes>(tcp)
-            .await
-            .unwrap();
-        // The connection task goes on reading (and answering PINGs) to the end.
-        let conn = tokio::spawn(conn);
+        let (mut h2c, conn) = starving_h2_client(p.proxy).await;
         let req = http::Request::get(format!("http://{}/big/100000", p.proxy))
             .body(())
             .unwrap();
@@ -389,11 +409,7 @@ async fn an_h2_client_that_grants_no_window_is_given_up_on_after_send_timeout() 
         assert_eq!(response.status(), 200, "fast_path = {fast}");
         only_a_499(&p, "the starving client given up on", fast).await;
         // Its connection is closed, not merely idle.
-        tokio::time::timeout(DEADLINE, conn)
-            .await
-            .expect("the starving client's connection closed")
-            .unwrap()
-            .ok();
+        closed(conn).await;
     }
 }
 
@@ -404,13 +420,7 @@ async fn a_starved_h2_connection_lets_its_other_streams_finish_first() {
     // but starved responses is left. It was dropped at once, taking such streams along.
     let up = upstream().await;
     let p = start_with_proxy_settings("workers = 1\nsend_timeout = \"2s\"", up.addr);
-    let tcp = TcpStream::connect(p.proxy).await.unwrap();
-    let (mut h2c, conn) = h2::client::Builder::new()
-        .initial_window_size(0)
-        .handshake::<_, Bytes>(tcp)
-        .await
-        .unwrap();
-    let conn = tokio::spawn(conn);
+    let (mut h2c, conn) = starving_h2_client(p.proxy).await;
     let get = |path: &str| {
         http::Request::get(format!("http://{}{path}", p.proxy))
             .body(())
@@ -436,11 +446,7 @@ async fn a_starved_h2_connection_lets_its_other_streams_finish_first() {
     .await;
     assert_eq!(sum(&m, "statuslens_responses_total", &[]), 2.0);
     drop(starved);
-    tokio::time::timeout(DEADLINE, conn)
-        .await
-        .expect("the starving client's connection closed")
-        .unwrap()
-        .ok();
+    closed(conn).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
