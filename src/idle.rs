@@ -196,6 +196,7 @@ where
                     busy,
                     watch,
                     held: watch,
+                    polled: false,
                 }
             })
         }))
@@ -209,9 +210,11 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         busy: Option<Busy>,
-        // HTTP/2: whether this body's takes are watched at all, and whether it is held.
+        // HTTP/2: whether this body's takes are watched at all, whether it is held, and
+        // whether hyper has polled it yet.
         watch: bool,
         held: bool,
+        polled: bool,
     }
 
     impl<B> PinnedDrop for TrackedBody<B> {
@@ -240,9 +243,17 @@ where
             return this.inner.poll_frame(cx);
         };
         if *this.held {
-            busy.0.take();
+            // hyper polls a new body at once, window or not: only a poll after a chunk
+            // is the client taking something. Else one new answer per send_timeout
+            // would keep a connection of starved streams alive.
+            if *this.polled {
+                busy.0.take();
+            } else {
+                busy.0.held.fetch_sub(1, Ordering::Relaxed);
+            }
             *this.held = false;
         }
+        *this.polled = true;
         let polled = this.inner.poll_frame(cx);
         if let Poll::Ready(Some(Ok(_))) = &polled {
             // The next chunk waits for hyper to come back, and hyper waits for window.
@@ -280,6 +291,37 @@ mod tests {
         drop(second);
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(a.idle_for(), Some(Duration::from_secs(2)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_bodys_first_poll_is_no_take() {
+        use http_body_util::{BodyExt, Full};
+        let a = Activity::new();
+        let mut s = Starved::default();
+        let starved = a.enter();
+        a.hold();
+        s.check(&a);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(s.check(&a), Duration::from_secs(1));
+        // A new answer arrives; hyper polls its body at once, before any window.
+        let answer =
+            async { Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("x")))) };
+        let mut body = Tracked::new(answer, a.enter(), true)
+            .await
+            .unwrap()
+            .into_body();
+        assert!(body.frame().await.is_some());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(
+            s.check(&a),
+            Duration::from_secs(2),
+            "the first poll restarted the wait"
+        );
+        // Polled again after its chunk: the client took something.
+        assert!(body.frame().await.is_none());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(s.check(&a), Duration::ZERO);
+        drop((body, starved));
     }
 
     #[tokio::test(start_paused = true)]
