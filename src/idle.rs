@@ -97,8 +97,14 @@ impl Activity {
         }
     }
 
-    fn take(&self) {
+    /// A held body is held no more, and the client took nothing (dropped, or hyper's
+    /// first poll of a new body).
+    fn release(&self) {
         self.held.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn take(&self) {
+        self.release();
         self.moves.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -221,7 +227,7 @@ pin_project_lite::pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let (true, Some(busy)) = (*this.held, this.busy.as_ref()) {
-                busy.0.held.fetch_sub(1, Ordering::Relaxed);
+                busy.0.release();
             }
         }
     }
@@ -249,7 +255,7 @@ where
             if *this.polled {
                 busy.0.take();
             } else {
-                busy.0.held.fetch_sub(1, Ordering::Relaxed);
+                busy.0.release();
             }
             *this.held = false;
         }
@@ -341,7 +347,7 @@ mod tests {
         // A second stream starved beside the first (or in place of one the client
         // reset) does not restart the wait.
         a.hold();
-        a.held.fetch_sub(1, Ordering::Relaxed);
+        a.release();
         tick().await;
         assert_eq!(s.check(&a), Duration::from_secs(2));
         // A take does, though another body stays held.
@@ -352,11 +358,11 @@ mod tests {
         tick().await;
         assert_eq!(s.check(&a), Duration::from_secs(1));
         // So does a moment with nothing held, even between two ticks.
-        a.held.fetch_sub(1, Ordering::Relaxed);
+        a.release();
         a.hold();
         tick().await;
         assert_eq!(s.check(&a), Duration::ZERO);
-        a.held.fetch_sub(1, Ordering::Relaxed);
+        a.release();
         tick().await;
         assert_eq!(s.check(&a), Duration::ZERO, "nothing held");
     }
