@@ -8,8 +8,10 @@
 #   haproxy (http-reuse always), statuslens (default config: metrics, detection and JSON
 #   access log all on, log written to a file), each proxy with ONE worker/thread, plus
 #   statuslens with its default worker count (one per core), labelled as such; and nginx
-#   again with a JSON access log of every request (buffered, like statuslens' own), the
-#   like-for-like comparison for statuslens' default of logging every request.
+#   and haproxy again with a JSON access log line for every request (nginx's buffered to
+#   a file, like statuslens' own; haproxy's into an in-memory ring, its cheapest log
+#   target), the like-for-like comparisons for statuslens' default of logging every
+#   request.
 # Per target: req/s, p50, p99, p99.9, CPU seconds per request of the proxy process
 # (utime+stime from /proc, nginx: master+worker), peak RSS sampled during the run
 # (nginx: the worker). Also HTTP/2 (h2c prior knowledge, h2load) and RSS while holding
@@ -20,9 +22,10 @@
 #
 # Usage: bash benches/compare.sh            (defaults: ROUNDS=3 DURATION=8 CONNECTIONS=50)
 # Env:   ROUNDS DURATION CONNECTIONS WRK_THREADS H2_CONNECTIONS H2_STREAMS BIG_CONNECTIONS
-#        WARMUP BODIES ("small 1k 64k api") BASE_PORT (18480; uses BASE_PORT..BASE_PORT+11)
+#        WARMUP BODIES ("small 1k 64k api") BASE_PORT (18480; uses BASE_PORT..BASE_PORT+13)
 #        SL_DEFAULT_THREADS (1: also run statuslens with its default workers; 0: skip)
 #        NGINX_LOG (1: also run nginx with a JSON access log; 0: skip)
+#        HAPROXY_LOG (1: also run haproxy with a JSON access log; 0: skip)
 #        RESULTS (output file; default benches/results.md) KEEP=1 (keep the temp dir)
 #        SKIP_BUILD=1 (use the existing target/release/statuslens)
 set -euo pipefail
@@ -40,8 +43,9 @@ BODIES=${BODIES:-"small 1k 64k api"}
 BASE_PORT=${BASE_PORT:-18480}
 SL_DEFAULT_THREADS=${SL_DEFAULT_THREADS:-1}
 NGINX_LOG=${NGINX_LOG:-1}
+HAPROXY_LOG=${HAPROXY_LOG:-1}
 RESULTS=${RESULTS:-$ROOT/benches/results.md}
-CMDLINE="SL_DEFAULT_THREADS=$SL_DEFAULT_THREADS NGINX_LOG=$NGINX_LOG ROUNDS=$ROUNDS DURATION=$DURATION CONNECTIONS=$CONNECTIONS bash benches/compare.sh"
+CMDLINE="SL_DEFAULT_THREADS=$SL_DEFAULT_THREADS NGINX_LOG=$NGINX_LOG HAPROXY_LOG=$HAPROXY_LOG ROUNDS=$ROUNDS DURATION=$DURATION CONNECTIONS=$CONNECTIONS bash benches/compare.sh"
 
 # shellcheck source=benches/api_client.sh
 source "$ROOT/benches/api_client.sh"
@@ -111,9 +115,10 @@ P_HAP=$((BASE_PORT + 4)) P_HAP_H2=$((BASE_PORT + 5))
 P_SL1=$((BASE_PORT + 6)) P_SL1_ADMIN=$((BASE_PORT + 7))
 P_SL2=$((BASE_PORT + 8)) P_SL2_ADMIN=$((BASE_PORT + 9))
 P_NGL=$((BASE_PORT + 10)) P_NGL_H2=$((BASE_PORT + 11))
+P_HPL=$((BASE_PORT + 12)) P_HPL_H2=$((BASE_PORT + 13))
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in $(seq "$BASE_PORT" $((BASE_PORT + 11))); do
+for p in $(seq "$BASE_PORT" $((BASE_PORT + 13))); do
     ! port_open "$p" || die "port $p is in use (set BASE_PORT)"
 done
 wait_port() { # port pid name
@@ -224,10 +229,13 @@ if [ "$NGINX_LOG" = 1 ]; then
         "        access_log $WORK/nginxlog/access.log json buffer=64k flush=1s;"
 fi
 
-# haproxy, one thread, http-reuse always; h2c prior knowledge on a second bind
-d=$WORK/haproxy
-mkdir -p "$d"
-cat >"$d/haproxy.cfg" <<EOF
+# haproxy, one thread, http-reuse always; h2c prior knowledge on a second bind;
+# haproxy_proxy name port h2port extra-top-level-lines extra-defaults-lines
+haproxy_proxy() {
+    local d=$WORK/$1
+    mkdir -p "$d"
+    cat >"$d/haproxy.cfg" <<EOF
+$4
 global
     nbthread 1
     maxconn 5000
@@ -239,16 +247,32 @@ defaults
     timeout server 300s
     timeout http-keep-alive 300s
     http-reuse always
+$5
 frontend fe
-    bind 127.0.0.1:$P_HAP
-    bind 127.0.0.1:$P_HAP_H2 proto h2
+    bind 127.0.0.1:$2
+    bind 127.0.0.1:$3 proto h2
     default_backend be
 backend be
     server up 127.0.0.1:$P_UP
 EOF
-haproxy -db -f "$d/haproxy.cfg" >"$d/haproxy.log" 2>&1 &
-PID_haproxy=$!
-PIDS+=("$PID_haproxy")
+    haproxy -db -f "$d/haproxy.cfg" >"$d/haproxy.log" 2>&1 &
+    local pid=$!
+    PIDS+=("$pid")
+    printf -v "PID_$1" '%s' "$pid"
+}
+haproxy_proxy haproxy "$P_HAP" "$P_HAP_H2" "" ""
+# the same, logging every request as a JSON line with the fields nginxlog's line carries
+# (string fields escaped: +E) into a 4 MiB in-memory ring, haproxy's cheapest log target:
+# no syscall per line and no file at all, so if anything this favours haproxy
+HAPROXY_JSON='{"time":"%tr","method":"%HM","uri":"%{+E}HU","status":%ST,"duration_ms":%Ta,"bytes_out":%B,"upstream":"%si:%sp","client":"%ci","request_id":"%ID"}'
+if [ "$HAPROXY_LOG" = 1 ]; then
+    haproxy_proxy haproxylog "$P_HPL" "$P_HPL_H2" "ring access
+    format raw
+    maxlen 2048
+    size 4194304" "    log ring@access local0
+    unique-id-format %{+X}o%ci:%cp_%fi:%fp_%Ts_%rt
+    log-format '$HAPROXY_JSON'"
+fi
 
 # statuslens, default behaviour (zero-config; metrics, detection, JSON access log on),
 # access log appended to a file (O_APPEND, so it can be truncated between runs).
@@ -272,6 +296,7 @@ wait_port "$P_UP_H2" "$PID_upstream" upstream
 wait_port "$P_NGX" "$PID_nginx" nginx
 [ "$NGINX_LOG" = 0 ] || wait_port "$P_NGL" "$PID_nginxlog" nginxlog
 wait_port "$P_HAP" "$PID_haproxy" haproxy
+[ "$HAPROXY_LOG" = 0 ] || wait_port "$P_HPL" "$PID_haproxylog" haproxylog
 wait_port "$P_SL1" "$PID_sl1" sl1
 wait_port "$P_SL1_ADMIN" "$PID_sl1" sl1
 if [ "$SL_DEFAULT_THREADS" != 0 ]; then
@@ -297,7 +322,9 @@ done
 # ---------------------------------------------------------------- targets
 TARGETS=(direct nginx)
 [ "$NGINX_LOG" = 0 ] || TARGETS+=(nginxlog)
-TARGETS+=(haproxy sl1)
+TARGETS+=(haproxy)
+[ "$HAPROXY_LOG" = 0 ] || TARGETS+=(haproxylog)
+TARGETS+=(sl1)
 [ "$SL_DEFAULT_THREADS" = 0 ] || TARGETS+=(sl2)
 nworkers() { # proxy worker threads of a pid
     grep -lE '^statuslens-w[0-9]+$' /proc/"$1"/task/*/comm 2>/dev/null | wc -l
@@ -311,6 +338,7 @@ label() {
     nginx) echo "nginx $(nginx -v 2>&1 | sed 's|.*/||') (1 worker)" ;;
     nginxlog) echo "nginx, JSON access log on (1 worker)" ;;
     haproxy) echo "haproxy $(haproxy -v | awk 'NR==1{print $3}' | sed 's/-.*//') (nbthread 1)" ;;
+    haproxylog) echo "haproxy, JSON access log on (nbthread 1)" ;;
     sl1) echo "**statuslens** (1 worker)" ;;
     sl2) echo "statuslens (default: $SL2_WORKERS workers)" ;;
     esac
@@ -321,6 +349,7 @@ port_of() { # target proto
     nginx:h1) echo "$P_NGX" ;; nginx:h2) echo "$P_NGX_H2" ;;
     nginxlog:h1) echo "$P_NGL" ;; nginxlog:h2) echo "$P_NGL_H2" ;;
     haproxy:h1) echo "$P_HAP" ;; haproxy:h2) echo "$P_HAP_H2" ;;
+    haproxylog:h1) echo "$P_HPL" ;; haproxylog:h2) echo "$P_HPL_H2" ;;
     sl1:*) echo "$P_SL1" ;; sl2:*) echo "$P_SL2" ;;
     esac
 }
@@ -330,6 +359,7 @@ cpu_pids() {
     nginx) echo "$PID_nginx $WORKER_nginx" ;;
     nginxlog) echo "$PID_nginxlog $WORKER_nginxlog" ;;
     haproxy) echo "$PID_haproxy" ;;
+    haproxylog) echo "$PID_haproxylog" ;;
     sl1) echo "$PID_sl1" ;; sl2) echo "$PID_sl2" ;;
     esac
 }
@@ -560,6 +590,8 @@ ratios() { # proto body
         [ "$NGINX_LOG" = 0 ] ||
             echo "| $name / nginx with access log | $(ratio "$1" "$2" "$sl" nginxlog 5) | $(ratio "$1" "$2" "$sl" nginxlog $lat) | $(ratio "$1" "$2" "$sl" nginxlog 9) |"
         echo "| $name / haproxy | $(ratio "$1" "$2" "$sl" haproxy 5) | $(ratio "$1" "$2" "$sl" haproxy $lat) | $(ratio "$1" "$2" "$sl" haproxy 9) |"
+        [ "$HAPROXY_LOG" = 0 ] ||
+            echo "| $name / haproxy with access log | $(ratio "$1" "$2" "$sl" haproxylog 5) | $(ratio "$1" "$2" "$sl" haproxylog $lat) | $(ratio "$1" "$2" "$sl" haproxylog 9) |"
         echo "| $name / direct | $(ratio "$1" "$2" "$sl" direct 5) | $(ratio "$1" "$2" "$sl" direct $lat) | - |"
     done
     echo
@@ -575,7 +607,7 @@ REPORT=$WORK/report.md
     echo "- versions: $(nginx -v 2>&1), $(haproxy -v | head -n1 | awk '{print $1, $2, $3}'), $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}'), $(h2load --version 2>&1 | head -n1)"
     echo "- clients: \`wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s\` (p99.9 from a wrk Lua \`done()\`); HTTP/2: \`h2load -c $H2_CONNECTIONS -m $H2_STREAMS -D $DURATION\` (h2c prior knowledge; h2load reports no percentiles, so mean); $ROUNDS rounds, targets interleaved per round, medians shown"
     echo "- upstream: nginx, 1 worker, \`return 200 \"ok\"\` / static 1 KiB / 64 KiB, keepalive_requests 1000000, access_log off"
-    echo "- proxies, 1 worker each: nginx (proxy_http_version 1.1, upstream keepalive 128, access_log off$([ "$NGINX_LOG" = 0 ] || echo "; and again with a JSON access log line per request, buffer=64k flush=1s")), haproxy (nbthread 1, http-reuse always, no logging), statuslens \`run --upstream\` defaults (metrics + spike detection + JSON access log to a file) with \`--workers 1\` (verified: $SL1_WORKERS proxy worker thread)$([ "$SL_DEFAULT_THREADS" = 0 ] || echo "; also statuslens with its default, $SL2_WORKERS workers (not a like-for-like comparison: 2 workers vs 1)")"
+    echo "- proxies, 1 worker each: nginx (proxy_http_version 1.1, upstream keepalive 128, access_log off$([ "$NGINX_LOG" = 0 ] || echo "; and again with a JSON access log line per request, buffer=64k flush=1s")), haproxy (nbthread 1, http-reuse always, no logging$([ "$HAPROXY_LOG" = 0 ] || echo "; and again with a JSON access log line per request into a 4 MiB in-memory ring")), statuslens \`run --upstream\` defaults (metrics + spike detection + JSON access log to a file) with \`--workers 1\` (verified: $SL1_WORKERS proxy worker thread)$([ "$SL_DEFAULT_THREADS" = 0 ] || echo "; also statuslens with its default, $SL2_WORKERS workers (not a like-for-like comparison: 2 workers vs 1)")"
     echo "- load average (1/5/15 min) before the measured runs: $LOAD_BEFORE, after: $LOAD_AFTER (the benchmark itself keeps about 2 busy; more means other work shared the machine)"
     echo "- CPU µs/req: utime+stime of the proxy process(es) from /proc over the run ÷ requests (nginx: master+worker); RSS: peak VmRSS sampled every 0.2 s during the run (nginx: worker)"
     echo
