@@ -1387,7 +1387,8 @@ struct Scan<'b> {
     /// The length to send as one plain field in place of the upstream's, which repeated
     /// it (a list, or several fields); None when its own field passes as it is.
     relength: Option<u64>,
-    /// A 204: it has no content, so no `Content-Length` either (RFC 9110 §8.6).
+    /// No `Content-Length` goes to the client: a 204 has no content (RFC 9110 §8.6), and
+    /// a length beside Transfer-Encoding, or an invalid one, is dropped.
     no_length: bool,
 }
 
@@ -1429,6 +1430,9 @@ fn scan<'b>(
     let mut dated = false;
     let mut named = Named::default();
     let mut fields = [Field::Other; MAX_RESPONSE_HEADERS];
+    // No body whatever the framing fields say (RFC 9112 §6.3 rule 1), as hyper's client
+    // reads these: their codings and lengths frame nothing, so none is refused.
+    let bodiless = head_only || status == 204 || status == 304;
     for (h, field) in resp.headers.iter().zip(fields.iter_mut()) {
         let name = h.name.as_bytes();
         *field = Field::of(name);
@@ -1454,7 +1458,7 @@ fn scan<'b>(
                 // decode, and passed on without its Transfer-Encoding (hop-by-hop, and
                 // an HTTP/2 client has none) the body would reach it undecodable; chunked
                 // twice is not allowed at all (RFC 9112 §7).
-                if chunked || !chunked_alone(h.value) {
+                if !bodiless && (chunked || !chunked_alone(h.value)) {
                     return Err(NoHead::UnknownCoding);
                 }
                 chunked = true;
@@ -1474,19 +1478,19 @@ fn scan<'b>(
     }
     // HTTP/1.0 has no Transfer-Encoding: RFC 9112 §6.1 has the framing treated as faulty,
     // and hyper's client refuses it — so does the fast path, alike.
-    if resp.version == Some(0) && chunked {
+    if resp.version == Some(0) && chunked && !bodiless {
         return Err(UpstreamErrorKind::Protocol.into());
     }
     // Transfer-Encoding overrides Content-Length, which is then dropped unread (RFC
     // 9112 §6.3 rule 3): only a length that frames the body must be valid.
-    if bad_length && !chunked {
+    if bad_length && !chunked && !bodiless {
         return Err(UpstreamErrorKind::Protocol.into());
     }
     let length = length.filter(|_| !bad_length);
     let keep_alive = !close && (resp.version == Some(1) || keep_alive_token);
     // A `Date` that `Connection` names is dropped: the client gets ours instead.
     let dated = dated && !named.contains(b"date");
-    let body = if head_only || status == 204 || status == 304 {
+    let body = if bodiless {
         Body::None
     } else {
         match (chunked, length) {
@@ -1504,7 +1508,10 @@ fn scan<'b>(
         named,
         fields,
         relength: length.filter(|_| repeated && !chunked && status != 204),
-        no_length: status == 204,
+        // A proxy removes a length beside Transfer-Encoding and never forwards an
+        // invalid one (RFC 9112 §6.3, RFC 9110 §8.6): on a bodiless answer too, where
+        // it framed nothing but a client would still read it.
+        no_length: status == 204 || chunked || bad_length,
     })
 }
 
@@ -2265,6 +2272,42 @@ mod tests {
             let out = String::from_utf8(out).unwrap();
             assert_eq!(out.matches("content-length").count(), 1, "{out}");
             assert!(out.contains("content-length: 2\r\n"), "{out}");
+        }
+    }
+
+    #[test]
+    fn bodiless_answers_ignore_framing_and_never_pass_a_bad_length() {
+        // HEAD answers, 204 and 304 have no body whatever their framing fields say (RFC
+        // 9112 §6.3 rule 1); a length beside Transfer-Encoding or an invalid one is not
+        // forwarded (RFC 9112 §6.3, RFC 9110 §8.6). The fast path passed `content-length:
+        // abc` on beside chunked, and refused gzip-coded or HTTP/1.0 ones with a 502.
+        let client = |up: &[u8], head: bool| {
+            let mut out = Vec::new();
+            match parse_head(up, head, false, &mut out) {
+                Ok(Parsed::Final(h)) => (h.body, String::from_utf8(out).unwrap()),
+                Ok(_) => panic!("{:?}: not final", String::from_utf8_lossy(up)),
+                Err(e) => panic!("{:?}: {e:?}", String::from_utf8_lossy(up)),
+            }
+        };
+        let cases: [(&[u8], bool, Option<&str>); 7] = [
+            (b"HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\ncontent-length: abc\r\ncontent-length: 1, 2\r\n\r\n", false, None),
+            (b"HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\ncontent-length: 7\r\n\r\n", false, None),
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n", true, None),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 5x\r\n\r\n", true, None),
+            (b"HTTP/1.0 304 Not Modified\r\ntransfer-encoding: chunked\r\n\r\n", false, None),
+            // A HEAD answer's valid length (the GET's) still goes on, once.
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", true, Some("5")),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\n", true, Some("5")),
+        ];
+        for (up, head, length) in cases {
+            let (body, out) = client(up, head);
+            assert_eq!(body, Body::None, "{out}");
+            assert!(!out.contains("transfer-encoding"), "{out}");
+            let lengths: Vec<&str> = out
+                .lines()
+                .filter_map(|l| l.strip_prefix("content-length: "))
+                .collect();
+            assert_eq!(lengths, length.into_iter().collect::<Vec<_>>(), "{out}");
         }
     }
 
