@@ -251,6 +251,9 @@ struct Client {
     wrote: bool,
     /// `proxy.send_timeout`: how long a write may wait for a client that takes nothing.
     send: Duration,
+    /// Bytes of the request body still to come when its answer went out without them
+    /// (see [`linger`]).
+    owed: u64,
 }
 
 /// Serves `io` on the fast path until it closes (None) or a request needs hyper; `early`
@@ -271,6 +274,7 @@ pub async fn serve(
         out: Vec::with_capacity(1024),
         wrote: false,
         send: live.load().config.proxy.send_timeout,
+        owed: 0,
     };
     // One timer for the connection's waits between requests, moved on at each: tokio
     // extends a later deadline in place, where a timeout per wait put an entry into the
@@ -300,6 +304,7 @@ pub async fn serve(
         }
         let proxy = live.load().proxy.clone();
         c.wrote = false;
+        c.owed = 0;
         let before = isolate::failures();
         let planned = match isolate::catch("request handler", || plan(&proxy, &mut c)) {
             Some(Some(planned)) => planned,
@@ -319,7 +324,10 @@ pub async fn serve(
         .await
         {
             Some(Next::Keep) if !proxy.is_draining() => {}
-            Some(_) => return None,
+            Some(_) => {
+                linger(&mut c, &mut stop).await;
+                return None;
+            }
             None => {
                 internal_error(&mut c).await;
                 return None;
@@ -664,10 +672,12 @@ async fn forward_one(
                         Ok(Ok(conn)) => (conn, true),
                         Ok(Err(e)) => {
                             let e = e.to_string();
+                            c.owed = body_left;
                             return fail(c, ex, cfg, UpstreamErrorKind::Connect, &e, unread).await;
                         }
                         Err(_) => {
-                            return fail(c, ex, cfg, UpstreamErrorKind::Timeout, "", unread).await
+                            c.owed = body_left;
+                            return fail(c, ex, cfg, UpstreamErrorKind::Timeout, "", unread).await;
                         }
                     }
                 }
@@ -677,6 +687,7 @@ async fn forward_one(
                 Err(_) if !fresh => continue,
                 Err(e) => {
                     let e = e.to_string();
+                    c.owed = body_left;
                     return fail(c, ex, cfg, UpstreamErrorKind::Reset, &e, unread).await;
                 }
             }
@@ -713,12 +724,16 @@ async fn forward_one(
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => {
                     client_close |= body_left > 0;
+                    c.owed = body_left;
                     // Whatever the upstream answers, the rest of the body was never sent:
                     // the connection is not fit for another request (as fastclient has it).
                     body_unsent = true;
                     break;
                 }
-                Err(_) => return fail(c, ex, cfg, UpstreamErrorKind::Timeout, "", true).await,
+                Err(_) => {
+                    c.owed = body_left;
+                    return fail(c, ex, cfg, UpstreamErrorKind::Timeout, "", true).await;
+                }
             }
         }
 
@@ -1106,6 +1121,37 @@ async fn stream_until_close(
         write_client(c, ex, n).await?;
         if n == 0 {
             return Ok(());
+        }
+    }
+}
+
+/// How long a lingering close waits for one read, and in all (nginx's
+/// `lingering_timeout` and `lingering_time`).
+const LINGER_READ: Duration = Duration::from_secs(5);
+const LINGER_TOTAL: Duration = Duration::from_secs(30);
+
+/// Before a connection closes whose answer went out while the client still had request
+/// body to send (the upstream failed or stopped reading mid-body), reads and drops the
+/// rest of that body (`Client::owed`, at most the fast path's 64 KiB): closed with bytes
+/// unread, or receiving more, the socket resets the connection, and a client still
+/// sending can lose the answer to that reset (RFC 9112 §9.6). A lingering close, as
+/// nginx's; the bytes dropped are not counted (they reached no upstream).
+async fn linger(c: &mut Client, stop: &mut watch::Receiver<bool>) {
+    if c.owed == 0 {
+        return;
+    }
+    let _ = c.io.shutdown().await;
+    let until = tokio::time::Instant::now() + LINGER_TOTAL;
+    let mut left = c.owed;
+    while left > 0 {
+        c.buf.clear();
+        let by = (tokio::time::Instant::now() + LINGER_READ).min(until);
+        tokio::select! {
+            read = tokio::time::timeout_at(by, c.io.read_buf(&mut c.buf)) => match read {
+                Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n as u64),
+                _ => return,
+            },
+            _ = stop.wait_for(|s| *s) => return,
         }
     }
 }

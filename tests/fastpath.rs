@@ -1233,3 +1233,52 @@ async fn an_h2_upload_the_client_resets_with_no_error_is_never_a_whole_body() {
         );
     }
 }
+
+/// An answer that goes out before the request body is in (here: the upstream refuses
+/// the connection) must not have the rest of the body reset the connection under it.
+/// The fast path closed at once with the client still sending: the kernel answered the
+/// body's next bytes with a reset, the client's writes failed, and a client that reads
+/// after it writes could lose the 502 (RFC 9112 §9.6). It now drops the rest of the
+/// body before it closes, as nginx's lingering close does; hyper's path reads it and
+/// keeps the connection.
+#[tokio::test]
+async fn an_answer_before_the_body_ends_is_not_lost_to_a_reset() {
+    const BODY: usize = 60_000;
+    for fast in [true, false] {
+        let p = Proc::start(&["--config", config(closed_port(), fast).to_str().unwrap()]);
+        let mut s = TcpStream::connect(p.proxy).await.unwrap();
+        s.write_all(
+            format!("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: {BODY}\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut buf = Vec::new();
+        let seen = read_response(&mut s, &mut buf, false).await;
+        assert_eq!(seen.status, 502, "fast_path = {fast}");
+        // The body, in pieces, as a client streaming an upload sends it.
+        for piece in vec![b'x'; BODY].chunks(BODY / 6) {
+            s.write_all(piece)
+                .await
+                .unwrap_or_else(|e| panic!("fast_path = {fast}: the body's write failed: {e}"));
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        if fast {
+            // Answered with `Connection: close`: a clean end once the body is dropped.
+            assert_eq!(
+                seen.headers.get("connection").map(String::as_str),
+                Some("close")
+            );
+            let mut rest = Vec::new();
+            tokio::time::timeout(DEADLINE, s.read_to_end(&mut rest))
+                .await
+                .expect("closed within the deadline")
+                .expect("closed without a reset");
+            assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+        }
+        let m = wait_metrics(&p, "the 502", |m| {
+            sum(m, "statuslens_responses_total", &[]) == 1.0
+        })
+        .await;
+        assert_eq!(responses(&m, "502", "proxy"), 1.0, "fast_path = {fast}");
+    }
+}
