@@ -864,7 +864,14 @@ async fn forward_one(
             }
         }
         Body::Chunked => {
-            let mut chunks = Chunks::default();
+            // The trailer section goes on as hyper's path sends it (`trailer_section`):
+            // kept only when the head's `Trailer` announces fields (`c.out` holds the
+            // client's head now).
+            let announced = announced_trailers(&c.out);
+            let mut chunks = match announced {
+                Some(_) => Chunks::collecting_trailers(),
+                None => Chunks::default(),
+            };
             let rest = &up.buf[body_start..];
             match chunks.feed(rest) {
                 // The head still goes out, then the truncated body ends the
@@ -873,8 +880,11 @@ async fn forward_one(
                 Ok(used) => {
                     let used = used.unwrap_or(rest.len());
                     reusable &= body_start + used == up.buf.len();
-                    c.out
-                        .extend_from_slice(&up.buf[body_start..body_start + used]);
+                    let verbatim = chunks.verbatim(used, false);
+                    c.out.extend_from_slice(&rest[..verbatim]);
+                    if chunks.done() {
+                        trailer_section(&chunks, announced.as_deref(), &mut c.out);
+                    }
                     match write_client(c, &mut ex, chunks.data as usize).await {
                         Ok(()) if chunks.done() => Ok(()),
                         Ok(()) => {
@@ -884,6 +894,7 @@ async fn forward_one(
                                 &mut up,
                                 silence.as_mut(),
                                 &mut chunks,
+                                announced.as_deref(),
                                 &mut reusable,
                             )
                             .await
@@ -1093,6 +1104,7 @@ async fn stream_chunked(
     up: &mut UpConn,
     mut silence: Pin<&mut Silence>,
     chunks: &mut Chunks,
+    announced: Option<&[HeaderName]>,
     reusable: &mut bool,
 ) -> Result<(), Broken> {
     while !chunks.done() {
@@ -1101,17 +1113,86 @@ async fn stream_chunked(
             return Err(Broken::Upstream);
         }
         let data_before = chunks.data;
+        let in_trailers = chunks.in_trailers();
         let used = chunks
             .feed(&up.buf[..n])
             .map_err(|()| Broken::Framing)?
             .unwrap_or(n);
         *reusable &= used == n;
-        send::write_all(&c.io, &up.buf[..used], c.send)
-            .await
-            .map_err(|_| Broken::Client)?;
+        let verbatim = chunks.verbatim(used, in_trailers);
+        let sent = if chunks.done() {
+            c.out.clear();
+            c.out.extend_from_slice(&up.buf[..verbatim]);
+            trailer_section(chunks, announced, &mut c.out);
+            send::write_all(&c.io, &c.out, c.send).await
+        } else if verbatim > 0 {
+            send::write_all(&c.io, &up.buf[..verbatim], c.send).await
+        } else {
+            Ok(())
+        };
+        sent.map_err(|_| Broken::Client)?;
         ex.sent(chunks.data - data_before);
     }
     Ok(())
+}
+
+/// The fields a response head's `Trailer` announces (None without one): what hyper's
+/// HTTP/1.1 server lets through of a trailer section, and what the fast path does too.
+fn announced_trailers(head: &[u8]) -> Option<Vec<HeaderName>> {
+    let mut names: Option<Vec<HeaderName>> = None;
+    for line in head.split(|&b| b == b'\n') {
+        let Some(value) = line
+            .get(..8)
+            .filter(|n| n.eq_ignore_ascii_case(b"trailer:"))
+            .map(|_| &line[8..])
+        else {
+            continue;
+        };
+        let found = value
+            .split(|&b| b == b',')
+            .filter_map(|n| HeaderName::from_bytes(n.trim_ascii()).ok());
+        names.get_or_insert_with(Vec::new).extend(found);
+    }
+    names
+}
+
+/// Ends a chunked body for the client: the trailer fields `announced` names that a
+/// trailer may carry, hop-by-hop ones left out — what hyper's path sends (its
+/// `strip_hop_by_hop`, then hyper's encoder) — then the section's empty line.
+fn trailer_section(chunks: &Chunks, announced: Option<&[HeaderName]>, out: &mut Vec<u8>) {
+    if let (Some(names), Some(mut fields)) = (announced, chunks.trailers()) {
+        forward::strip_hop_by_hop(&mut fields, false);
+        for (name, value) in &fields {
+            if names.contains(name) && may_trail(name) {
+                out.extend_from_slice(name.as_str().as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Whether a field may be sent as a trailer: hyper's encoder's list of those that must
+/// not (framing, routing, authentication, content handling, `Set-Cookie`).
+fn may_trail(name: &HeaderName) -> bool {
+    use http::header::*;
+    !matches!(
+        *name,
+        AUTHORIZATION
+            | CACHE_CONTROL
+            | CONTENT_ENCODING
+            | CONTENT_LENGTH
+            | CONTENT_RANGE
+            | CONTENT_TYPE
+            | HOST
+            | MAX_FORWARDS
+            | SET_COOKIE
+            | TRAILER
+            | TRANSFER_ENCODING
+            | TE
+    )
 }
 
 /// A body that ends when the upstream closes, re-framed as chunks so the client's
@@ -1713,6 +1794,8 @@ pub(crate) struct Chunks {
     pub(crate) data: u64,
     /// The trailer section's bytes, when collected (see `collecting_trailers`).
     trailers: Option<Vec<u8>>,
+    /// Where the trailer section began in the bytes last fed, if it began there.
+    trailer_from: Option<usize>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
@@ -1765,6 +1848,26 @@ impl Chunks {
         self.state == ChunkState::Done
     }
 
+    /// Past the last chunk: in the trailer section, or done.
+    fn in_trailers(&self) -> bool {
+        use ChunkState::*;
+        matches!(
+            self.state,
+            TrailerLineStart | TrailerLine | TrailerLineCr | TrailerEndCr | Done
+        )
+    }
+
+    /// How many of the `used` bytes just fed go on verbatim: all up to the trailer
+    /// section (`trailer_section` writes that), none once in it before this feed.
+    fn verbatim(&mut self, used: usize, was_in_trailers: bool) -> usize {
+        let from = self.trailer_from.take();
+        if was_in_trailers {
+            0
+        } else {
+            from.unwrap_or(used)
+        }
+    }
+
     /// Follows `data`; Some(n) when the body ends after its first n bytes.
     fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, ()> {
         self.feed_with(data, |_| {})
@@ -1810,7 +1913,10 @@ impl Chunks {
                     }
                     (SizeAfter::Space, _) => return Err(()),
                 },
-                SizeCr(0) if b == b'\n' => TrailerLineStart,
+                SizeCr(0) if b == b'\n' => {
+                    self.trailer_from = Some(i + 1);
+                    TrailerLineStart
+                }
                 SizeCr(size) if b == b'\n' => Data(size),
                 SizeCr(_) => return Err(()),
                 Data(left) => {
@@ -2333,6 +2439,40 @@ mod tests {
             assert_eq!(out.matches("content-length").count(), 1, "{out}");
             assert!(out.contains("content-length: 2\r\n"), "{out}");
         }
+    }
+
+    #[test]
+    fn a_trailer_section_split_anywhere_is_replaced_whole() {
+        // The fast path passes chunks on verbatim up to the trailer section and writes
+        // that itself; however the upstream's reads split the body, the client gets
+        // the same bytes.
+        let body = b"3\r\nabc\r\n0\r\nx-sum: 1\r\nkeep-alive: 5\r\nx-other: 2\r\n\r\n";
+        let announced =
+            announced_trailers(b"HTTP/1.1 200 OK\r\ntrailer: x-sum, keep-alive\r\n\r\n");
+        let want = b"3\r\nabc\r\n0\r\nx-sum: 1\r\n\r\n".to_vec();
+        for cut in 0..=body.len() {
+            let mut chunks = Chunks::collecting_trailers();
+            let mut out = Vec::new();
+            for piece in [&body[..cut], &body[cut..]] {
+                let was = chunks.in_trailers();
+                let used = chunks.feed(piece).unwrap().unwrap_or(piece.len());
+                let verbatim = chunks.verbatim(used, was);
+                out.extend_from_slice(&piece[..verbatim]);
+                if chunks.done() && !piece.is_empty() {
+                    trailer_section(&chunks, announced.as_deref(), &mut out);
+                }
+            }
+            assert_eq!(
+                out,
+                want,
+                "cut at {cut}: {:?}",
+                String::from_utf8_lossy(&out)
+            );
+        }
+        // Without a `Trailer` field, an empty section.
+        let mut out = Vec::new();
+        trailer_section(&Chunks::default(), None, &mut out);
+        assert_eq!(out, b"\r\n");
     }
 
     #[test]

@@ -36,6 +36,8 @@ fn scripted(path: &str, head_only: bool) -> &'static [u8] {
         ("/trailers", _) => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\n\r\n3\r\nabc\r\n0\r\nx-checksum: 42\r\n\r\n",
         // Connection-specific fields among the trailers: HTTP/2 cannot carry them.
         ("/trailers-hop", _) => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx-checksum: 42\r\nKeep-Alive: timeout=5\r\nConnection: close\r\nTE: gzip\r\n\r\n",
+        // Trailers announced or not, allowed as trailers or not, hop-by-hop or not.
+        ("/trailers-mixed", _) => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum, set-cookie, keep-alive\r\n\r\n3\r\nabc\r\n0\r\nx-sum: 1\r\nx-unannounced: 2\r\nSet-Cookie: a=b\r\nKeep-Alive: timeout=5\r\nX-Sum: 3\r\n\r\n",
         _ => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
     }
 }
@@ -334,6 +336,33 @@ async fn trailers_reach_http1_clients_that_accept_them_on_every_path() {
             assert_eq!(te, [&("te".to_string(), "trailers".to_string())], "{h:?}");
         }
     }
+}
+
+/// The trailer section reaches an HTTP/1.1 client as hyper's path sends it: only fields
+/// the head's `Trailer` announces, none a trailer may not carry (`Set-Cookie`), none
+/// hop-by-hop; without a `Trailer` field, none. The fast path passed the upstream's
+/// section on verbatim: `Connection`, `Keep-Alive` and unannounced fields included.
+#[tokio::test]
+async fn trailer_sections_are_filtered_alike_on_every_path() {
+    let requests = [
+        ("GET", "/trailers-hop", None),
+        ("GET", "/trailers-mixed", None),
+        ("GET", "/chunked", None),
+    ];
+    let (fast, _, _fast_proc) = run(true, &requests).await;
+    let (slow, _, _slow_proc) = run(false, &requests).await;
+    assert_eq!(fast, slow);
+    let trailers: Vec<_> = fast.iter().map(|r| r.trailers.clone()).collect();
+    assert_eq!(
+        trailers,
+        [
+            BTreeMap::new(),
+            BTreeMap::from([("x-sum".to_string(), "3".to_string())]),
+            BTreeMap::new(),
+        ]
+    );
+    assert_eq!(fast[1].body, b"abc");
+    assert_eq!(fast[2].body, b"hello world");
 }
 
 #[tokio::test]
