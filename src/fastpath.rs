@@ -820,7 +820,8 @@ async fn forward_one(
         Body::Length(n) => {
             // A body that fits the buffer goes out with the head, in one write (what
             // nginx's proxy buffering does); a larger one streams.
-            let whole = body_start as u64 + n;
+            // Saturating: `n` is the upstream's, up to u64::MAX.
+            let whole = (body_start as u64).saturating_add(n);
             let mut collected = Ok(());
             if whole <= up.buf.capacity() as u64 {
                 while (up.buf.len() as u64) < whole {
