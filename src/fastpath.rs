@@ -766,7 +766,9 @@ async fn forward_one(
                 &mut heard,
                 cfg.max_response_header_bytes,
                 head_only,
-                closing,
+                // A drain that began while the upstream thought ends this connection
+                // after the response: the head says so (RFC 9112 §9.6).
+                || closing || proxy.is_draining(),
                 &mut c.out,
             );
             tokio::select! {
@@ -1340,11 +1342,11 @@ async fn read_head(
     heard: &mut bool,
     limit: usize,
     head_only: bool,
-    close: bool,
+    close: impl Fn() -> bool,
     out: &mut Vec<u8>,
 ) -> Result<Head, NoHead> {
     read_response(up, heard, limit, |buf| {
-        parse_head(buf, head_only, close, out)
+        parse_head(buf, head_only, close(), out)
     })
     .await
 }

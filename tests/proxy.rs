@@ -1047,6 +1047,51 @@ async fn sigterm_drains_in_flight_requests() {
     assert!(out.contains("\"draining\""), "{out}");
 }
 
+/// A drain that begins while the upstream thinks ends the client's connection after the
+/// response, so that response says `Connection: close` (RFC 9112 §9.6). The fast path
+/// decided that before it forwarded the request: the answer came as keep-alive and the
+/// connection was closed under the client's next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_finished_during_a_drain_says_connection_close() {
+    let up = upstream().await;
+    let mut p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
+    let mut s = TcpStream::connect(p.proxy).await.unwrap();
+    s.write_all(b"GET /gate HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    wait_metrics(&p, "request in flight", |m| {
+        sum(m, "statuslens_requests_in_flight", &[]) == 1.0
+    })
+    .await;
+    p.sigterm();
+    let start = std::time::Instant::now();
+    loop {
+        let r = client()
+            .request(
+                Request::get(p.admin_url("/readyz"))
+                    .body(full(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .expect("admin still serving while draining");
+        if r.status() == 503 {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "/readyz never said 503");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    up.gate.add_permits(1);
+    let mut got = Vec::new();
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut got))
+        .await
+        .expect("the connection closed after the response")
+        .unwrap();
+    let got = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(got.starts_with("http/1.1 200"), "{got}");
+    assert!(got.contains("\r\nconnection: close\r\n"), "{got}");
+    assert_eq!(p.wait_exit(), Some(0), "{}", p.all_output());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_cut_at_the_drain_timeout_count_as_the_proxys_503() {
     // The clients did not go away: statuslens stopped them. They were counted and logged
