@@ -49,8 +49,9 @@ pub const CLIENT_BUF: usize = 8 * 1024;
 /// requests: a small body's head and body go out in one write (up to 16 KiB), a large
 /// response head too, but an idle connection should not hold that (a realloc for the
 /// next such response costs less than 16 KiB on each of 10,000 idle connections).
+/// 8 KiB keeps what a 4 KiB body with its head, or a cookie-heavy request head, needs.
 const OUT_BUF: usize = 1024;
-const OUT_KEPT: usize = 4 * 1024;
+const OUT_KEPT: usize = 8 * 1024;
 /// Upstream read buffer, kept with its pooled connection.
 pub(crate) const UPSTREAM_BUF: usize = 16 * 1024;
 /// The log's word for a response head over `max_response_header_bytes` (nginx: "upstream
@@ -392,6 +393,9 @@ struct Planned {
     replayable: bool,
     /// No route matches: answered 404 here.
     unmatched: bool,
+    /// The client's `TE` lists `trailers`: without it hyper's path sends none, nor
+    /// does this one.
+    te_trailers: bool,
 }
 
 /// The request at the front of `c.buf`, if the fast path takes it: routed, its exchange
@@ -536,6 +540,7 @@ fn plan(proxy: &Arc<Proxy>, c: &mut Client) -> Option<Planned> {
         body: body.unwrap_or(0),
         replayable: resendable,
         unmatched,
+        te_trailers,
     };
     let Some((cfg, fast)) = forwarding else {
         let mut ex = Exchange::start(observer.clone(), route, method, uri, request_id, c.peer);
@@ -626,6 +631,7 @@ async fn forward_one(
         body,
         replayable,
         unmatched,
+        te_trailers,
     } = p;
     if unmatched {
         return answer(
@@ -868,9 +874,9 @@ async fn forward_one(
         }
         Body::Chunked => {
             // The trailer section goes on as hyper's path sends it (`trailer_section`):
-            // kept only when the head's `Trailer` announces fields (`c.out` holds the
-            // client's head now).
-            let announced = announced_trailers(&c.out);
+            // kept only for a client that accepts trailers, when the head's `Trailer`
+            // announces fields (`c.out` holds the client's head now).
+            let announced = te_trailers.then(|| announced_trailers(&c.out)).flatten();
             let mut chunks = match announced {
                 Some(_) => Chunks::collecting_trailers(),
                 None => Chunks::default(),
@@ -883,9 +889,9 @@ async fn forward_one(
                 Ok(used) => {
                     let used = used.unwrap_or(rest.len());
                     reusable &= body_start + used == up.buf.len();
-                    let verbatim = chunks.verbatim(used, false);
+                    let (verbatim, section) = chunks.verbatim(used, false);
                     c.out.extend_from_slice(&rest[..verbatim]);
-                    if chunks.done() {
+                    if section {
                         trailer_section(&chunks, announced.as_deref(), &mut c.out);
                     }
                     match write_client(c, &mut ex, chunks.data as usize).await {
@@ -1122,8 +1128,8 @@ async fn stream_chunked(
             .map_err(|()| Broken::Framing)?
             .unwrap_or(n);
         *reusable &= used == n;
-        let verbatim = chunks.verbatim(used, in_trailers);
-        let sent = if chunks.done() {
+        let (verbatim, section) = chunks.verbatim(used, in_trailers);
+        let sent = if section {
             c.out.clear();
             c.out.extend_from_slice(&up.buf[..verbatim]);
             trailer_section(chunks, announced, &mut c.out);
@@ -1240,7 +1246,8 @@ async fn linger(c: &mut Client, stop: &mut watch::Receiver<bool>) {
     }
     let _ = c.io.shutdown().await;
     let until = tokio::time::Instant::now() + LINGER_TOTAL;
-    let mut left = c.owed;
+    // Some of it may have been read already, while the upstream's answer was awaited.
+    let mut left = c.owed.saturating_sub(c.buf.len() as u64);
     while left > 0 {
         c.buf.clear();
         let by = (tokio::time::Instant::now() + LINGER_READ).min(until);
@@ -1799,6 +1806,8 @@ pub(crate) struct Chunks {
     trailers: Option<Vec<u8>>,
     /// Where the trailer section began in the bytes last fed, if it began there.
     trailer_from: Option<usize>,
+    /// Bytes of the trailer section so far, its final CRLF included.
+    trailer_len: usize,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
@@ -1860,15 +1869,22 @@ impl Chunks {
         )
     }
 
-    /// How many of the `used` bytes just fed go on verbatim: all up to the trailer
-    /// section (`trailer_section` writes that), none once in it before this feed.
-    fn verbatim(&mut self, used: usize, was_in_trailers: bool) -> usize {
+    /// How many of the `used` bytes just fed go on verbatim — all up to the trailer
+    /// section, none once in it before this feed — and whether the caller must then
+    /// write the section (`trailer_section`). An empty section that came whole in this
+    /// feed (the usual `0\r\n\r\n`) passes as it is, so the body's last read goes out
+    /// in place, uncopied.
+    fn verbatim(&mut self, used: usize, was_in_trailers: bool) -> (usize, bool) {
         let from = self.trailer_from.take();
-        if was_in_trailers {
+        if !was_in_trailers && self.done() && self.trailer_len == 2 {
+            return (used, false);
+        }
+        let verbatim = if was_in_trailers {
             0
         } else {
             from.unwrap_or(used)
-        }
+        };
+        (verbatim, self.done())
     }
 
     /// Follows `data`; Some(n) when the body ends after its first n bytes.
@@ -1935,6 +1951,7 @@ impl Chunks {
                 DataLf if b == b'\n' => SizeStart,
                 DataCr | DataLf => return Err(()),
                 TrailerLineStart | TrailerLine | TrailerLineCr | TrailerEndCr => {
+                    self.trailer_len += 1;
                     if let Some(kept) = self.trailers.as_mut() {
                         if kept.len() >= MAX_TRAILER_BYTES {
                             return Err(());
@@ -2447,35 +2464,57 @@ mod tests {
     #[test]
     fn a_trailer_section_split_anywhere_is_replaced_whole() {
         // The fast path passes chunks on verbatim up to the trailer section and writes
-        // that itself; however the upstream's reads split the body, the client gets
-        // the same bytes.
-        let body = b"3\r\nabc\r\n0\r\nx-sum: 1\r\nkeep-alive: 5\r\nx-other: 2\r\n\r\n";
+        // that itself (an empty one passes as it is); however the upstream's reads split
+        // the body, the client gets the same bytes.
         let announced =
             announced_trailers(b"HTTP/1.1 200 OK\r\ntrailer: x-sum, keep-alive\r\n\r\n");
-        let want = b"3\r\nabc\r\n0\r\nx-sum: 1\r\n\r\n".to_vec();
-        for cut in 0..=body.len() {
-            let mut chunks = Chunks::collecting_trailers();
-            let mut out = Vec::new();
-            for piece in [&body[..cut], &body[cut..]] {
-                let was = chunks.in_trailers();
-                let used = chunks.feed(piece).unwrap().unwrap_or(piece.len());
-                let verbatim = chunks.verbatim(used, was);
-                out.extend_from_slice(&piece[..verbatim]);
-                if chunks.done() && !piece.is_empty() {
-                    trailer_section(&chunks, announced.as_deref(), &mut out);
+        /// A body, the fields its head announces, what the client gets.
+        type Case<'a> = (&'a [u8], Option<&'a [HeaderName]>, &'a [u8]);
+        let cases: [Case; 3] = [
+            (
+                b"3\r\nabc\r\n0\r\nx-sum: 1\r\nkeep-alive: 5\r\nx-other: 2\r\n\r\n",
+                announced.as_deref(),
+                b"3\r\nabc\r\n0\r\nx-sum: 1\r\n\r\n",
+            ),
+            // Not announced (or the client did not accept trailers): none.
+            (
+                b"3\r\nabc\r\n0\r\nx-sum: 1\r\n\r\n",
+                None,
+                b"3\r\nabc\r\n0\r\n\r\n",
+            ),
+            (b"3\r\nabc\r\n0\r\n\r\n", None, b"3\r\nabc\r\n0\r\n\r\n"),
+        ];
+        for (body, names, want) in cases {
+            for first in 0..=body.len() {
+                for second in first..=body.len() {
+                    let mut chunks = match names {
+                        Some(_) => Chunks::collecting_trailers(),
+                        None => Chunks::default(),
+                    };
+                    let mut out = Vec::new();
+                    for piece in [&body[..first], &body[first..second], &body[second..]] {
+                        // As the callers: nothing is fed once the body is done.
+                        if chunks.done() {
+                            break;
+                        }
+                        let was = chunks.in_trailers();
+                        let used = chunks.feed(piece).unwrap().unwrap_or(piece.len());
+                        let (verbatim, section) = chunks.verbatim(used, was);
+                        out.extend_from_slice(&piece[..verbatim]);
+                        if section {
+                            trailer_section(&chunks, names, &mut out);
+                        }
+                    }
+                    assert!(chunks.done());
+                    assert_eq!(
+                        out,
+                        want,
+                        "cut at {first}, {second}: {:?}",
+                        String::from_utf8_lossy(&out)
+                    );
                 }
             }
-            assert_eq!(
-                out,
-                want,
-                "cut at {cut}: {:?}",
-                String::from_utf8_lossy(&out)
-            );
         }
-        // Without a `Trailer` field, an empty section.
-        let mut out = Vec::new();
-        trailer_section(&Chunks::default(), None, &mut out);
-        assert_eq!(out, b"\r\n");
     }
 
     #[test]

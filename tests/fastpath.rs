@@ -363,6 +363,26 @@ async fn trailer_sections_are_filtered_alike_on_every_path() {
     );
     assert_eq!(fast[1].body, b"abc");
     assert_eq!(fast[2].body, b"hello world");
+    // A client that does not accept trailers (no `TE: trailers`) gets none, announced or
+    // not: hyper's path drops them, and the fast path sent them.
+    let (up, _) = recording_upstream().await;
+    for fast in [true, false] {
+        let p = Proc::start(&["--config", config(up, fast).to_str().unwrap()]);
+        let mut s = TcpStream::connect(p.proxy).await.unwrap();
+        let mut buf = Vec::new();
+        for target in ["/trailers", "/trailers-mixed"] {
+            s.write_all(format!("GET {target} HTTP/1.1\r\nHost: api.test\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let seen = read_response(&mut s, &mut buf, false).await;
+            assert_eq!((seen.status, &seen.body[..]), (200, &b"abc"[..]));
+            assert_eq!(
+                seen.trailers,
+                BTreeMap::new(),
+                "{target}, fast_path = {fast}"
+            );
+        }
+    }
 }
 
 #[tokio::test]
