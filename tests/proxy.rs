@@ -984,19 +984,8 @@ async fn admin_and_proxy_ports_stay_apart() {
     assert!(route["signals"]["unauthorized"]["ratio"].is_number());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_in_flight_requests() {
-    let up = upstream().await;
-    let mut p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
-    // The upstream answers only when the test says so, after it has looked at the drain.
-    let url = p.url("/gate");
-    let inflight = tokio::spawn(async move { get(&client(), &url).await });
-    wait_metrics(&p, "request in flight", |m| {
-        sum(m, "statuslens_requests_in_flight", &[]) == 1.0
-    })
-    .await;
-    p.sigterm();
-    // While it drains, the admin port stays up and says "not ready".
+/// Waits until the admin API, still serving, says the proxy is draining (`/readyz` 503).
+async fn draining_reported(p: &Proc) {
     let start = std::time::Instant::now();
     loop {
         let r = client()
@@ -1013,6 +1002,22 @@ async fn sigterm_drains_in_flight_requests() {
         assert!(start.elapsed() < DEADLINE, "/readyz never said 503");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests() {
+    let up = upstream().await;
+    let mut p = Proc::start(&["--upstream", &format!("http://{}", up.addr)]);
+    // The upstream answers only when the test says so, after it has looked at the drain.
+    let url = p.url("/gate");
+    let inflight = tokio::spawn(async move { get(&client(), &url).await });
+    wait_metrics(&p, "request in flight", |m| {
+        sum(m, "statuslens_requests_in_flight", &[]) == 1.0
+    })
+    .await;
+    p.sigterm();
+    // While it drains, the admin port stays up and says "not ready".
+    draining_reported(&p).await;
     // A newcomer during the drain is not served: refused, or closed unanswered.
     let seen = up.seen.0.lock().unwrap().len();
     if let Ok(mut s) = TcpStream::connect(p.proxy).await {
@@ -1064,22 +1069,7 @@ async fn a_response_finished_during_a_drain_says_connection_close() {
     })
     .await;
     p.sigterm();
-    let start = std::time::Instant::now();
-    loop {
-        let r = client()
-            .request(
-                Request::get(p.admin_url("/readyz"))
-                    .body(full(Bytes::new()))
-                    .unwrap(),
-            )
-            .await
-            .expect("admin still serving while draining");
-        if r.status() == 503 {
-            break;
-        }
-        assert!(start.elapsed() < DEADLINE, "/readyz never said 503");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    draining_reported(&p).await;
     up.gate.add_permits(1);
     let mut got = Vec::new();
     tokio::time::timeout(DEADLINE, s.read_to_end(&mut got))
