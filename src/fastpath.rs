@@ -1173,10 +1173,7 @@ fn trailer_section(chunks: &Chunks, announced: Option<&[HeaderName]>, out: &mut 
         forward::strip_hop_by_hop(&mut fields, false);
         for (name, value) in &fields {
             if names.contains(name) && may_trail(name) {
-                out.extend_from_slice(name.as_str().as_bytes());
-                out.extend_from_slice(b": ");
-                out.extend_from_slice(value.as_bytes());
-                out.extend_from_slice(b"\r\n");
+                put_header(out, name.as_str().as_bytes(), value.as_bytes());
             }
         }
     }

@@ -531,8 +531,9 @@ impl Accepting {
             // The clock also looks for HTTP/2 response bodies the client gives no window
             // to (see `idle`). Ticking at an eighth of `send_timeout` (a timer reset per
             // connection every 7.5 s by default) sends such a connection a GOAWAY between
-            // 1 and 1.25 times `send_timeout` after its wait began, and closes it below. Never more often than every
-            // 50 ms: a `send_timeout` of milliseconds must not make every connection spin.
+            // 1 and 1.25 times `send_timeout` after its wait began, and closes it below.
+            // Never more often than every 50 ms: a `send_timeout` of milliseconds must
+            // not make every connection spin.
             let tick = timeout.min(send_timeout / 8).max(Duration::from_millis(50));
             let mut starved = Starved::default();
             let idle = tokio::time::sleep(tick);
